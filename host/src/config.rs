@@ -1,0 +1,142 @@
+//! Typed configuration, read once from the environment at start and passed down explicitly.
+//!
+//! Names and defaults are fixed by `shared/DESIGN.md`; runtime tuning knobs carry a `HANDLER_` prefix.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+
+/// Everything the host reads from its environment.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// `HANDLERS_DIR`: components plus `handlers.toml`.
+    pub handlers_dir: PathBuf,
+    /// `DEMO_MODE`: handed to every handler as its `DEMO_MODE` config value.
+    pub demo_mode: bool,
+    pub runtime: RuntimeConfig,
+}
+
+/// Sizing of the WebAssembly engine, shared by all handlers.
+#[derive(Debug, Clone)]
+pub struct RuntimeConfig {
+    /// `HANDLER_POOL_SIZE`: instances that can be alive at once across all handlers. Every
+    /// invocation holds one; the pooling allocator reserves their slots up front.
+    pub pool_size: u32,
+    /// `HANDLER_MAX_MEMORY_BYTES`: the largest linear memory any handler may get. A manifest's
+    /// `memory-limit-bytes` must not exceed it.
+    pub max_memory_bytes: u64,
+    /// `HANDLER_EPOCH_TICK_MS`: granularity of invocation deadlines. A deadline fires between
+    /// `timeout` and `timeout + tick`.
+    pub epoch_tick: Duration,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        RuntimeConfig {
+            pool_size: 64,
+            max_memory_bytes: 64 << 20,
+            epoch_tick: Duration::from_millis(5),
+        }
+    }
+}
+
+impl Config {
+    /// Values the host sets in every handler's config, over the manifest's own.
+    pub fn handler_config_overlay(&self) -> BTreeMap<String, String> {
+        BTreeMap::from([("DEMO_MODE".to_string(), self.demo_mode.to_string())])
+    }
+
+    /// Reads the process environment.
+    pub fn from_env() -> anyhow::Result<Config> {
+        Config::from_lookup(|key| std::env::var(key).ok())
+    }
+
+    /// Reads configuration through `lookup`, so tests need not touch the process environment.
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> anyhow::Result<Config> {
+        let defaults = RuntimeConfig::default();
+        Ok(Config {
+            handlers_dir: lookup("HANDLERS_DIR")
+                .map_or_else(|| PathBuf::from("target/handlers"), PathBuf::from),
+            demo_mode: parse(&lookup, "DEMO_MODE", false, parse_bool)?,
+            runtime: RuntimeConfig {
+                pool_size: parse(&lookup, "HANDLER_POOL_SIZE", defaults.pool_size, |v| {
+                    Ok(v.parse()?)
+                })?,
+                max_memory_bytes: parse(
+                    &lookup,
+                    "HANDLER_MAX_MEMORY_BYTES",
+                    defaults.max_memory_bytes,
+                    |v| Ok(v.parse()?),
+                )?,
+                epoch_tick: parse(&lookup, "HANDLER_EPOCH_TICK_MS", defaults.epoch_tick, |v| {
+                    Ok(Duration::from_millis(v.parse()?))
+                })?,
+            },
+        })
+    }
+}
+
+fn parse<T>(
+    lookup: &impl Fn(&str) -> Option<String>,
+    key: &str,
+    default: T,
+    parse: impl Fn(&str) -> anyhow::Result<T>,
+) -> anyhow::Result<T> {
+    match lookup(key) {
+        None => Ok(default),
+        Some(raw) => parse(raw.trim()).with_context(|| format!("invalid {key}={raw:?}")),
+    }
+}
+
+pub fn parse_bool(value: &str) -> anyhow::Result<bool> {
+    match value.to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" | "on" => Ok(true),
+        "false" | "0" | "no" | "off" | "" => Ok(false),
+        _ => bail!("expected true or false"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(pairs: &[(&str, &str)]) -> anyhow::Result<Config> {
+        Config::from_lookup(|key| {
+            pairs
+                .iter()
+                .find(|(k, _)| *k == key)
+                .map(|(_, v)| v.to_string())
+        })
+    }
+
+    #[test]
+    fn defaults_follow_the_design() {
+        let c = config(&[]).unwrap();
+        assert_eq!(c.handlers_dir, PathBuf::from("target/handlers"));
+        assert!(!c.demo_mode);
+        assert_eq!(c.runtime.pool_size, 64);
+    }
+
+    #[test]
+    fn values_are_parsed() {
+        let c = config(&[
+            ("DEMO_MODE", "TRUE"),
+            ("HANDLERS_DIR", "/h"),
+            ("HANDLER_EPOCH_TICK_MS", "2"),
+        ])
+        .unwrap();
+        assert!(c.demo_mode);
+        assert_eq!(c.handlers_dir, PathBuf::from("/h"));
+        assert_eq!(c.runtime.epoch_tick, Duration::from_millis(2));
+    }
+
+    #[test]
+    fn bad_values_name_the_variable() {
+        let err = config(&[("DEMO_MODE", "maybe")]).unwrap_err();
+        assert!(format!("{err:#}").contains("DEMO_MODE"), "{err:#}");
+        let err = config(&[("HANDLER_POOL_SIZE", "-3")]).unwrap_err();
+        assert!(format!("{err:#}").contains("HANDLER_POOL_SIZE"), "{err:#}");
+    }
+}

@@ -1,0 +1,399 @@
+//! The WebAssembly runtime: one `Engine` with a pooling allocator and epoch deadlines, a `Linker`
+//! offering sandboxed WASI p2 plus the `host` interface, component loading with a check against the
+//! `order-handler` world, and invocation with a fresh Store per event.
+//!
+//! Only this module knows wasmtime. Callers see [`LoadedHandler`], [`Event`], [`wit`] values and
+//! [`DispatchError`].
+
+mod error;
+mod host_api;
+pub mod manifest;
+mod registry;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::SystemTime;
+
+use anyhow::{Context, bail};
+use sha2::{Digest, Sha256};
+use wasmtime::component::{Component, HasSelf, Linker};
+use wasmtime::{Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, Trap};
+
+use crate::config::RuntimeConfig;
+pub use error::{DispatchError, Disposition, TrapKind, describe_handler_error};
+use host_api::StoreState;
+pub use host_api::{NoOrders, OrderSource, StaticOrders};
+pub use manifest::{EventKind, HandlerManifest, HandlerSpec, Manifest};
+pub use registry::{LoadProblem, Registry};
+
+/// Rust types generated from `wit/`; the host's side of the contract.
+pub mod wit {
+    wasmtime::component::bindgen!({
+        path: "../wit",
+        world: "metalmart:orders/order-handler",
+        imports: {
+            // Reads Postgres; a failure traps the guest as a host failure instead of reaching it.
+            "metalmart:orders/host.get-order": async | trappable,
+            default: tracing,
+        },
+        exports: { default: async },
+        additional_derives: [PartialEq],
+    });
+
+    pub use metalmart::orders::types::*;
+}
+
+/// The world's name, as component authors know it.
+pub const WORLD: &str = "metalmart:orders/order-handler@0.1.0";
+
+/// One event for a handler.
+#[derive(Debug, Clone)]
+pub enum Event {
+    OrderCreated {
+        meta: wit::EventMeta,
+        order: wit::Order,
+    },
+    StatusUpdated {
+        meta: wit::EventMeta,
+        update: wit::StatusUpdate,
+    },
+}
+
+impl Event {
+    pub fn kind(&self) -> EventKind {
+        match self {
+            Event::OrderCreated { .. } => EventKind::OrderCreated,
+            Event::StatusUpdated { .. } => EventKind::StatusUpdated,
+        }
+    }
+
+    pub fn meta(&self) -> &wit::EventMeta {
+        match self {
+            Event::OrderCreated { meta, .. } | Event::StatusUpdated { meta, .. } => meta,
+        }
+    }
+}
+
+/// A compiled, type-checked handler ready to be instantiated.
+pub struct LoadedHandler {
+    pub name: String,
+    /// Hex sha256 of the component bytes: the handler's version.
+    pub version: String,
+    pub manifest: HandlerManifest,
+    pub loaded_at: SystemTime,
+    /// Manifest config overlaid with the host's values, as `host.config` answers it.
+    config: Arc<std::collections::BTreeMap<String, String>>,
+    pre: wit::OrderHandlerPre<StoreState>,
+}
+
+impl LoadedHandler {
+    /// First 12 hex digits of the version, as used in causes and logs.
+    pub fn short_version(&self) -> &str {
+        &self.version[..12]
+    }
+
+    /// `handler:<name>@<short sha>`: recorded with everything this handler causes.
+    pub fn cause(&self) -> String {
+        format!("handler:{}@{}", self.name, self.short_version())
+    }
+
+    pub fn subscribes_to(&self, kind: EventKind) -> bool {
+        self.manifest.events.contains(&kind)
+    }
+
+    pub fn config(&self) -> &std::collections::BTreeMap<String, String> {
+        &self.config
+    }
+}
+
+impl std::fmt::Debug for LoadedHandler {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoadedHandler")
+            .field("name", &self.name)
+            .field("version", &self.version)
+            .finish()
+    }
+}
+
+/// The engine, the linker and the epoch ticker. Cheap to share behind an `Arc`; dropping the last
+/// one stops the ticker thread.
+pub struct Runtime {
+    engine: Engine,
+    linker: Linker<StoreState>,
+    config: RuntimeConfig,
+    ticker: Option<Ticker>,
+}
+
+/// Advances the engine's epoch every tick so that deadlines fire; stops when the runtime drops.
+struct Ticker {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Ticker {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            t.thread().unpark();
+            let _ = t.join();
+        }
+    }
+}
+
+impl Runtime {
+    pub fn new(config: &RuntimeConfig) -> anyhow::Result<Runtime> {
+        let mut pool = PoolingAllocationConfig::default();
+        // A wit-component output has one main module plus small shim modules and tables; these
+        // multipliers leave headroom for that without reserving much.
+        let n = config.pool_size;
+        pool.total_component_instances(n)
+            .total_core_instances(n * 4)
+            .total_memories(n * 2)
+            .total_tables(n * 4)
+            .total_stacks(n)
+            .max_memory_size(
+                usize::try_from(config.max_memory_bytes)
+                    .context("max memory does not fit usize")?,
+            );
+
+        let mut wasm = wasmtime::Config::new();
+        wasm.allocation_strategy(InstanceAllocationStrategy::Pooling(pool))
+            .epoch_interruption(true)
+            .wasm_component_model(true);
+        let engine = wasm_err(Engine::new(&wasm)).context("creating the wasmtime engine")?;
+
+        let mut linker = Linker::new(&engine);
+        wasm_err(wasmtime_wasi::p2::add_to_linker_async(&mut linker)).context("linking WASI p2")?;
+        wasm_err(wit::OrderHandler::add_to_linker::<_, HasSelf<StoreState>>(
+            &mut linker,
+            |s| s,
+        ))
+        .context("linking the host interface")?;
+
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let (engine, stop, tick) = (engine.weak(), stop.clone(), config.epoch_tick);
+            std::thread::Builder::new()
+                .name("wasm-epoch".into())
+                .spawn(move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        std::thread::park_timeout(tick);
+                        match engine.upgrade() {
+                            Some(engine) => engine.increment_epoch(),
+                            None => break,
+                        }
+                    }
+                })
+                .context("starting the epoch ticker")?
+        };
+
+        Ok(Runtime {
+            engine,
+            linker,
+            config: config.clone(),
+            ticker: Some(Ticker {
+                stop,
+                thread: Some(thread),
+            }),
+        })
+    }
+
+    /// Compiles `bytes` and checks them against the world. CPU-bound (Cranelift): call it off the
+    /// async worker threads. Every error names the handler and what is wrong.
+    pub fn load(
+        &self,
+        manifest: HandlerManifest,
+        bytes: &[u8],
+        config_overlay: &std::collections::BTreeMap<String, String>,
+    ) -> anyhow::Result<LoadedHandler> {
+        let name = manifest.name.clone();
+        self.load_inner(manifest, bytes, config_overlay)
+            .with_context(|| format!("handler `{name}`"))
+    }
+
+    fn load_inner(
+        &self,
+        manifest: HandlerManifest,
+        bytes: &[u8],
+        config_overlay: &std::collections::BTreeMap<String, String>,
+    ) -> anyhow::Result<LoadedHandler> {
+        manifest.spec().validate().map_err(anyhow::Error::msg)?;
+        if manifest.memory_limit_bytes > self.config.max_memory_bytes {
+            bail!(
+                "memory-limit-bytes {} is above the host's HANDLER_MAX_MEMORY_BYTES {}",
+                manifest.memory_limit_bytes,
+                self.config.max_memory_bytes
+            );
+        }
+        let version = sha256_hex(bytes);
+        if let Some(expected) = &manifest.sha256
+            && !expected.eq_ignore_ascii_case(&version)
+        {
+            bail!(
+                "{} has sha256 {version} but the manifest says {expected}: the file changed after the \
+                 manifest was written (or is still being written)",
+                manifest.file
+            );
+        }
+        if wasmtime::wasmparser::Parser::is_core_wasm(bytes) {
+            bail!(
+                "{} is a core WebAssembly module, not a component: build it for wasm32-wasip2",
+                manifest.file
+            );
+        }
+        if !wasmtime::wasmparser::Parser::is_component(bytes) {
+            bail!(
+                "{} is not a WebAssembly component (no component header)",
+                manifest.file
+            );
+        }
+        let component =
+            wasm_err(Component::new(&self.engine, bytes)).context("compiling the component")?;
+        self.check_world(&component)?;
+        let instance_pre =
+            wasm_err(self.linker.instantiate_pre(&component)).with_context(|| {
+                format!("it imports something the host does not provide (world {WORLD})")
+            })?;
+        let pre = wasm_err(wit::OrderHandlerPre::new(instance_pre))
+            .with_context(|| format!("its exports do not match world {WORLD}"))?;
+
+        let mut config = manifest.config.clone();
+        config.extend(config_overlay.iter().map(|(k, v)| (k.clone(), v.clone())));
+        Ok(LoadedHandler {
+            name: manifest.name.clone(),
+            version,
+            manifest,
+            loaded_at: SystemTime::now(),
+            config: Arc::new(config),
+            pre,
+        })
+    }
+
+    /// Names every missing export up front; `OrderHandlerPre::new` then checks their types.
+    fn check_world(&self, component: &Component) -> anyhow::Result<()> {
+        let missing: Vec<&str> = EventKind::ALL
+            .iter()
+            .map(|k| k.export_name())
+            .filter(|name| component.get_export_index(None, name).is_none())
+            .collect();
+        if !missing.is_empty() {
+            bail!(
+                "it does not export {}: build it against world {WORLD} (wit/ in this repository)",
+                missing
+                    .iter()
+                    .map(|m| format!("`{m}`"))
+                    .collect::<Vec<_>>()
+                    .join(" and ")
+            );
+        }
+        Ok(())
+    }
+
+    /// Runs one event through one handler in a fresh Store: its own WASI context (no files, no
+    /// sockets, no environment), its memory cap and its deadline. The Store is dropped afterwards
+    /// whatever happened, so a trap leaves nothing behind.
+    pub async fn invoke(
+        &self,
+        handler: &LoadedHandler,
+        event: &Event,
+        orders: Arc<dyn OrderSource>,
+    ) -> Result<Vec<wit::Action>, DispatchError> {
+        let state = StoreState::new(handler, event.meta().event_id.clone(), orders);
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(|s| &mut s.limiter);
+        store.set_epoch_deadline(self.deadline_ticks(handler.manifest.timeout_ms));
+        store.epoch_deadline_trap();
+
+        let outcome = async {
+            let bindings = handler.pre.instantiate_async(&mut store).await?;
+            match event {
+                Event::OrderCreated { meta, order } => {
+                    bindings
+                        .call_on_order_created(&mut store, meta, order)
+                        .await
+                }
+                Event::StatusUpdated { meta, update } => {
+                    bindings
+                        .call_on_status_updated(&mut store, meta, update)
+                        .await
+                }
+            }
+        }
+        .await;
+
+        match outcome {
+            Ok(Ok(actions)) => Ok(actions),
+            Ok(Err(e)) => Err(DispatchError::Handler(e)),
+            Err(e) => Err(classify(e, store.data())),
+        }
+    }
+
+    // +1: the current epoch may be about to tick, so `n` ticks can be as short as `n - 1`.
+    fn deadline_ticks(&self, timeout_ms: u64) -> u64 {
+        let tick = self.config.epoch_tick.as_millis().max(1) as u64;
+        timeout_ms.div_ceil(tick) + 1
+    }
+
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    pub fn config(&self) -> &RuntimeConfig {
+        &self.config
+    }
+
+    /// Stops the epoch ticker now (it also stops on drop). Deadlines stop firing afterwards.
+    pub fn shutdown(&mut self) {
+        self.ticker.take();
+    }
+}
+
+fn classify(error: wasmtime::Error, state: &StoreState) -> DispatchError {
+    if let Some(failure) = error.downcast_ref::<host_api::HostFailure>() {
+        return DispatchError::Host(anyhow::anyhow!("{}", failure.0));
+    }
+    let trap = error.downcast_ref::<Trap>().copied();
+    let detail = format!("{:#}", anyhow::Error::from(error));
+    if state.limiter.exceeded() {
+        let message = format!(
+            "the guest asked for more than its {} byte memory limit ({detail})",
+            state.limiter.limit_bytes()
+        );
+        return DispatchError::Trap {
+            kind: TrapKind::MemoryLimit,
+            message,
+        };
+    }
+    match trap {
+        Some(Trap::Interrupt) => DispatchError::Trap {
+            kind: TrapKind::Deadline,
+            message: format!("did not finish within its {} ms deadline", state.timeout_ms),
+        },
+        Some(Trap::UnreachableCodeReached) => DispatchError::Trap {
+            kind: TrapKind::Panic,
+            message: match &state.last_error_log {
+                Some(panic) => panic.clone(),
+                None => detail,
+            },
+        },
+        Some(_) => DispatchError::Trap {
+            kind: TrapKind::Other,
+            message: detail,
+        },
+        // Not a trap: instantiation could not get a pool slot, or similar host-side trouble.
+        None => DispatchError::Host(anyhow::anyhow!(detail)),
+    }
+}
+
+/// wasmtime has its own error type; the host's plumbing speaks anyhow.
+fn wasm_err<T>(result: wasmtime::Result<T>) -> anyhow::Result<T> {
+    result.map_err(anyhow::Error::from)
+}
+
+/// Hex sha256: a component's version.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}

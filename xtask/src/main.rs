@@ -1,0 +1,51 @@
+//! `cargo xtask`: the project's build and test automation, in Rust so it runs wherever cargo does.
+//! One module per command; external programs run through `xshell`.
+
+mod bench;
+mod build_handlers;
+mod test;
+mod wasm;
+
+use std::path::{Path, PathBuf};
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "cargo xtask",
+    about = "Build, test and benchmark the order-handler host"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Build handlers/* for wasm32-wasip2, check them against the world, and write
+    /// target/handlers/<name>.wasm plus handlers.toml.
+    BuildHandlers(build_handlers::Args),
+    /// The full test suite: build handlers and test fixtures, then test the workspace and the
+    /// handlers natively.
+    Test(test::Args),
+    /// Run the benchmarks (criterion) after building what they load.
+    Bench(bench::Args),
+}
+
+fn main() -> anyhow::Result<()> {
+    let sh = xshell::Shell::new()?;
+    sh.change_dir(project_root());
+    match Cli::parse().command {
+        Command::BuildHandlers(args) => build_handlers::run(&sh, &args),
+        Command::Test(args) => test::run(&sh, &args),
+        Command::Bench(args) => bench::run(&sh, &args),
+    }
+}
+
+/// The repository root (the parent of `xtask/`).
+pub fn project_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the repository")
+        .to_path_buf()
+}
