@@ -153,7 +153,16 @@ pub fn describe(action: &Action) -> String {
             };
             format!("notify {channel} [{}] {}", n.subject, n.body)
         }
-        Action::Log(l) => format!("log {:?} {}", l.level, l.message),
+        Action::Log(l) => {
+            let level = match l.level {
+                LogLevel::Trace => "trace",
+                LogLevel::Debug => "debug",
+                LogLevel::Info => "info",
+                LogLevel::Warn => "warn",
+                LogLevel::Error => "error",
+            };
+            format!("log {level} {}", l.message)
+        }
     }
 }
 

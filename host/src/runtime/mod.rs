@@ -397,3 +397,48 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
         .map(|b| format!("{b:02x}"))
         .collect()
 }
+
+impl wit::OrderStatus {
+    /// The lowercase name used in WIT, JSON and the database.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            wit::OrderStatus::Pending => "pending",
+            wit::OrderStatus::Processing => "processing",
+            wit::OrderStatus::Confirmed => "confirmed",
+            wit::OrderStatus::Shipped => "shipped",
+            wit::OrderStatus::Delivered => "delivered",
+            wit::OrderStatus::Cancelled => "cancelled",
+        }
+    }
+}
+
+/// One line per action, for logs; the SDK's `testing::describe` renders the same form, which is
+/// how the golden cases compare native and in-component answers.
+impl std::fmt::Display for wit::Action {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            wit::Action::SetStatus(s) => match s.delay_ms {
+                Some(ms) => write!(f, "set-status {} after {ms}ms", s.status.as_str()),
+                None => write!(f, "set-status {}", s.status.as_str()),
+            },
+            wit::Action::NotifyCustomer(n) => {
+                let channel = match n.channel {
+                    wit::Channel::Email => "email",
+                    wit::Channel::Sms => "sms",
+                    wit::Channel::Push => "push",
+                };
+                write!(f, "notify {channel} [{}] {}", n.subject, n.body)
+            }
+            wit::Action::Log(l) => {
+                let level = match l.level {
+                    wit::LogLevel::Trace => "trace",
+                    wit::LogLevel::Debug => "debug",
+                    wit::LogLevel::Info => "info",
+                    wit::LogLevel::Warn => "warn",
+                    wit::LogLevel::Error => "error",
+                };
+                write!(f, "log {level} {}", l.message)
+            }
+        }
+    }
+}

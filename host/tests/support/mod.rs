@@ -1,0 +1,131 @@
+//! Shared by the integration tests: where the built components are, and the sample order the
+//! golden cases in `handlers/testdata/cases.json` are about (the same one `sdk::testing` builds).
+
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use host::config::RuntimeConfig;
+use host::runtime::wit::{EventMeta, LineItem, Order, OrderStatus, ShippingAddress, StatusUpdate};
+use host::runtime::{Event, HandlerSpec, LoadedHandler, Runtime};
+
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+/// Bytes of a built component: `handlers` or `fixtures`, by name.
+pub fn component(kind: &str, name: &str) -> Vec<u8> {
+    let path = root()
+        .join("target")
+        .join(kind)
+        .join(format!("{name}.wasm"));
+    std::fs::read(&path).unwrap_or_else(|e| {
+        panic!(
+            "{}: {e}; build the components first with `cargo xtask test`",
+            path.display()
+        )
+    })
+}
+
+pub fn runtime() -> Runtime {
+    Runtime::new(&RuntimeConfig {
+        pool_size: 8,
+        ..RuntimeConfig::default()
+    })
+    .expect("runtime starts")
+}
+
+/// Loads a fixture with default limits, or the given ones.
+pub fn load_fixture(rt: &Runtime, name: &str, timeout_ms: u64, memory: u64) -> Arc<LoadedHandler> {
+    let spec = HandlerSpec {
+        timeout_ms,
+        memory_limit_bytes: memory,
+        ..HandlerSpec::default()
+    };
+    let manifest = spec.into_manifest(name, &format!("{name}.wasm"), None);
+    Arc::new(
+        rt.load(manifest, &component("fixtures", name), &Default::default())
+            .expect("fixture loads"),
+    )
+}
+
+pub fn sample_order(status: OrderStatus) -> Order {
+    Order {
+        id: "6f1c2d3e-0000-4000-8000-000000000042".into(),
+        order_number: "MM-10042".into(),
+        customer_name: "Ada Lovelace".into(),
+        customer_email: "ada@metalbear.com".into(),
+        shipping_address: ShippingAddress {
+            line1: "1 Analytical Way".into(),
+            line2: String::new(),
+            city: "London".into(),
+            postal_code: "N1 9GU".into(),
+            country: "GB".into(),
+        },
+        items: vec![
+            LineItem {
+                product_id: "1".into(),
+                name: "MetalBear Mug".into(),
+                quantity: 2,
+                unit_price_cents: 1499,
+            },
+            LineItem {
+                product_id: "7".into(),
+                name: "MetalBear Cap".into(),
+                quantity: 1,
+                unit_price_cents: 2199,
+            },
+        ],
+        total_cents: 2 * 1499 + 2199,
+        status,
+        created_at: 1_790_000_000_000,
+    }
+}
+
+pub fn sample_meta(topic: &str) -> EventMeta {
+    EventMeta {
+        event_id: "evt-1".into(),
+        topic: topic.into(),
+        partition: 0,
+        offset: 7,
+        key: Some(sample_order(OrderStatus::Pending).id),
+        headers: vec![("customer_email".into(), b"ada@metalbear.com".to_vec())],
+        attempt: 1,
+    }
+}
+
+pub fn order_created(status: OrderStatus) -> Event {
+    Event::OrderCreated {
+        meta: sample_meta("order.created"),
+        order: sample_order(status),
+    }
+}
+
+pub fn status_updated(previous: OrderStatus, current: OrderStatus) -> Event {
+    Event::StatusUpdated {
+        meta: sample_meta("order.status-updated"),
+        update: StatusUpdate {
+            order: sample_order(current),
+            previous,
+            current,
+            changed_at: 1_790_000_005_000,
+            cause: "handler:order-processor@0123456789ab".into(),
+        },
+    }
+}
+
+pub fn parse_status(s: &str) -> OrderStatus {
+    match s {
+        "pending" => OrderStatus::Pending,
+        "processing" => OrderStatus::Processing,
+        "confirmed" => OrderStatus::Confirmed,
+        "shipped" => OrderStatus::Shipped,
+        "delivered" => OrderStatus::Delivered,
+        "cancelled" => OrderStatus::Cancelled,
+        other => panic!("unknown status {other:?}"),
+    }
+}
