@@ -328,6 +328,19 @@ impl Runtime {
         }
     }
 
+    /// Instantiates `handler` in a fresh Store exactly as [`Runtime::invoke`] does, without calling
+    /// it: lets the benchmark split instantiation from the call.
+    #[doc(hidden)]
+    pub async fn instantiate_only(&self, handler: &LoadedHandler) -> anyhow::Result<()> {
+        let state = StoreState::new(handler, String::new(), Arc::new(NoOrders));
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(|s| &mut s.limiter);
+        store.set_epoch_deadline(self.deadline_ticks(handler.manifest.timeout_ms));
+        store.epoch_deadline_trap();
+        wasm_err(handler.pre.instantiate_async(&mut store).await)?;
+        Ok(())
+    }
+
     // +1: the current epoch may be about to tick, so `n` ticks can be as short as `n - 1`.
     fn deadline_ticks(&self, timeout_ms: u64) -> u64 {
         let tick = self.config.epoch_tick.as_millis().max(1) as u64;
