@@ -8,6 +8,12 @@ use xshell::{Shell, cmd};
 
 pub const TARGET: &str = "wasm32-wasip2";
 
+/// Rust gives a wasm guest a 1 MiB shadow stack at the bottom of linear memory, so every fresh
+/// instance dirties pages a megabyte apart and the host pays page faults and an madvise to reset
+/// them. Decision functions need a few KiB; 64 KiB keeps stack, data and early heap within the
+/// pages the runtime keeps resident (see `Runtime::new`).
+const STACK_FLAGS: &str = "-Clink-arg=-zstack-size=65536";
+
 /// A crate of a component workspace.
 pub struct Member {
     /// The package name, which is also the handler name.
@@ -87,6 +93,7 @@ pub fn build(
         .collect();
     cmd!(sh, "cargo build --quiet --manifest-path {manifest} --target {TARGET} {profile...} {package_args...}")
         .env("CARGO_TARGET_DIR", &target_dir)
+        .env("CARGO_TARGET_WASM32_WASIP2_RUSTFLAGS", STACK_FLAGS)
         .run()
         .with_context(|| format!("building {} for {TARGET}", dir.display()))?;
     let out = target_dir
