@@ -4,6 +4,8 @@
 mod bench;
 mod build_handlers;
 mod test;
+#[cfg(test)]
+mod tidy;
 mod wasm;
 
 use std::path::{Path, PathBuf};
