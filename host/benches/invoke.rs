@@ -4,74 +4,27 @@
 //! Figures and their reading live in BENCHMARKS.md. Needs `cargo xtask bench` (builds components).
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use host::config::RuntimeConfig;
-use host::runtime::wit::{EventMeta, LineItem, Order, OrderStatus, ShippingAddress};
-use host::runtime::{Event, NoOrders, Registry, Runtime};
+use host::runtime::wit::OrderStatus;
+use host::runtime::{NoOrders, Registry, Runtime};
 use sdk::Handler;
 
-fn order() -> Order {
-    Order {
-        id: "6f1c2d3e-0000-4000-8000-000000000042".into(),
-        order_number: "MM-10042".into(),
-        customer_name: "Ada Lovelace".into(),
-        customer_email: "ada@metalbear.com".into(),
-        shipping_address: ShippingAddress {
-            line1: "1 Analytical Way".into(),
-            line2: String::new(),
-            city: "London".into(),
-            postal_code: "N1 9GU".into(),
-            country: "GB".into(),
-        },
-        items: vec![LineItem {
-            product_id: "1".into(),
-            name: "MetalBear Mug".into(),
-            quantity: 2,
-            unit_price_cents: 1499,
-        }],
-        total_cents: 2998,
-        status: OrderStatus::Pending,
-        created_at: 1_790_000_000_000,
-    }
-}
-
-fn meta() -> EventMeta {
-    EventMeta {
-        event_id: "evt-1".into(),
-        topic: "order.created".into(),
-        partition: 0,
-        offset: 7,
-        key: Some(order().id),
-        headers: vec![("customer_email".into(), b"ada@metalbear.com".to_vec())],
-        attempt: 1,
-    }
-}
+#[path = "../tests/support/mod.rs"]
+mod support;
 
 fn invoke(c: &mut Criterion) {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf();
-    let tokio = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let root = support::root();
+    let tokio = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let rt = Runtime::new(&RuntimeConfig::default()).unwrap();
     let overlay = BTreeMap::from([("DEMO_MODE".to_string(), "true".to_string())]);
     let (registry, problems) = Registry::load_dir(&rt, &root.join("target/handlers"), &overlay)
         .expect("target/handlers loads: run `cargo xtask bench`");
     assert!(problems.is_empty(), "{problems:?}");
-    let processor = registry
-        .get("order-processor")
-        .expect("order-processor is built")
-        .clone();
-    let event = Event::OrderCreated {
-        meta: meta(),
-        order: order(),
-    };
+    let processor = registry.get("order-processor").expect("order-processor is built").clone();
+    let event = support::order_created(OrderStatus::Pending);
 
     let mut group = c.benchmark_group("invoke");
 
@@ -80,11 +33,7 @@ fn invoke(c: &mut Criterion) {
     let native_meta = sdk::testing::sample_event("order.created");
     group.bench_function("native order-processor on-order-created", |b| {
         b.iter(|| {
-            order_processor::OrderProcessor::on_order_created(
-                &native_host,
-                &native_meta,
-                &native_order,
-            )
+            order_processor::OrderProcessor::on_order_created(&native_host, &native_meta, &native_order)
         })
     });
 
@@ -109,21 +58,13 @@ fn invoke(c: &mut Criterion) {
         })
     });
 
-    group.bench_function(
-        "instantiate order-processor (fresh Store + WASI, no call)",
-        |b| b.iter(|| tokio.block_on(rt.instantiate_only(&processor)).unwrap()),
-    );
+    group.bench_function("instantiate order-processor (fresh Store + WASI, no call)", |b| {
+        b.iter(|| tokio.block_on(rt.instantiate_only(&processor)).unwrap())
+    });
 
-    group.bench_function(
-        "invoke order-processor on-order-created (fresh instance)",
-        |b| {
-            b.iter(|| {
-                tokio
-                    .block_on(rt.invoke(&processor, &event, Arc::new(NoOrders)))
-                    .unwrap()
-            })
-        },
-    );
+    group.bench_function("invoke order-processor on-order-created (fresh instance)", |b| {
+        b.iter(|| tokio.block_on(rt.invoke(&processor, &event, Arc::new(NoOrders))).unwrap())
+    });
     group.finish();
 }
 

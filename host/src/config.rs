@@ -34,11 +34,7 @@ pub struct RuntimeConfig {
 
 impl Default for RuntimeConfig {
     fn default() -> Self {
-        RuntimeConfig {
-            pool_size: 64,
-            max_memory_bytes: 64 << 20,
-            epoch_tick: Duration::from_millis(5),
-        }
+        RuntimeConfig { pool_size: 64, max_memory_bytes: 64 << 20, epoch_tick: Duration::from_millis(5) }
     }
 }
 
@@ -61,9 +57,7 @@ impl Config {
                 .map_or_else(|| PathBuf::from("target/handlers"), PathBuf::from),
             demo_mode: parse(&lookup, "DEMO_MODE", false, parse_bool)?,
             runtime: RuntimeConfig {
-                pool_size: parse(&lookup, "HANDLER_POOL_SIZE", defaults.pool_size, |v| {
-                    Ok(v.parse()?)
-                })?,
+                pool_size: parse(&lookup, "HANDLER_POOL_SIZE", defaults.pool_size, |v| Ok(v.parse()?))?,
                 max_memory_bytes: parse(
                     &lookup,
                     "HANDLER_MAX_MEMORY_BYTES",
@@ -103,12 +97,7 @@ mod tests {
     use super::*;
 
     fn config(pairs: &[(&str, &str)]) -> anyhow::Result<Config> {
-        Config::from_lookup(|key| {
-            pairs
-                .iter()
-                .find(|(k, _)| *k == key)
-                .map(|(_, v)| v.to_string())
-        })
+        Config::from_lookup(|key| pairs.iter().find(|(k, _)| *k == key).map(|(_, v)| v.to_string()))
     }
 
     #[test]
@@ -121,12 +110,8 @@ mod tests {
 
     #[test]
     fn values_are_parsed() {
-        let c = config(&[
-            ("DEMO_MODE", "TRUE"),
-            ("HANDLERS_DIR", "/h"),
-            ("HANDLER_EPOCH_TICK_MS", "2"),
-        ])
-        .unwrap();
+        let c =
+            config(&[("DEMO_MODE", "TRUE"), ("HANDLERS_DIR", "/h"), ("HANDLER_EPOCH_TICK_MS", "2")]).unwrap();
         assert!(c.demo_mode);
         assert_eq!(c.handlers_dir, PathBuf::from("/h"));
         assert_eq!(c.runtime.epoch_tick, Duration::from_millis(2));

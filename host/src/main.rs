@@ -9,11 +9,7 @@ use host::config::Config;
 use host::runtime::{Registry, Runtime};
 
 #[derive(Parser)]
-#[command(
-    name = "order-host",
-    version,
-    about = "Runs order-pipeline handlers as WebAssembly components"
-)]
+#[command(name = "order-host", version, about = "Runs order-pipeline handlers as WebAssembly components")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -47,25 +43,15 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Check => {
             let runtime = Runtime::new(&config.runtime)?;
             let overlay = config.handler_config_overlay();
-            let (registry, problems) =
-                Registry::load_dir(&runtime, &config.handlers_dir, &overlay)?;
+            let (registry, problems) = Registry::load_dir(&runtime, &config.handlers_dir, &overlay)?;
             for h in registry.iter() {
-                let events: Vec<String> = h.manifest.events.iter().map(|e| e.to_string()).collect();
-                println!(
-                    "{:<20} {}  events: {}",
-                    h.name,
-                    h.short_version(),
-                    events.join(", ")
-                );
+                let events: Vec<String> = h.manifest.spec.events.iter().map(|e| e.to_string()).collect();
+                println!("{:<20} {}  events: {}", h.name, h.short_version(), events.join(", "));
             }
             for p in &problems {
                 eprintln!("rejected {p}");
             }
-            Ok(if problems.is_empty() {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::FAILURE
-            })
+            Ok(if problems.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
         }
     }
 }

@@ -23,32 +23,19 @@ fn check(dir: &std::path::Path) -> (bool, String, String) {
 fn check_lists_the_built_handlers() {
     let (ok, stdout, stderr) = check(&support::root().join("target/handlers"));
     assert!(ok, "{stderr}");
-    let names: Vec<&str> = stdout
-        .lines()
-        .filter_map(|l| l.split_whitespace().next())
-        .collect();
+    let names: Vec<&str> = stdout.lines().filter_map(|l| l.split_whitespace().next()).collect();
     assert_eq!(names, ["notifier", "order-processor"], "{stdout}");
-    assert!(
-        stdout.contains("events: order-created, status-updated"),
-        "{stdout}"
-    );
+    assert!(stdout.contains("events: order-created, status-updated"), "{stdout}");
 }
 
 #[test]
 fn check_fails_naming_a_rejected_file() {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(
-        dir.path().join("notifier.wasm"),
-        support::component("handlers", "notifier"),
-    )
-    .unwrap();
+    std::fs::write(dir.path().join("notifier.wasm"), support::component("handlers", "notifier")).unwrap();
     std::fs::write(dir.path().join("broken.wasm"), b"\0asm\x01\0\0\0").unwrap();
     let (ok, stdout, stderr) = check(dir.path());
     assert!(!ok, "a rejected file makes check fail");
-    assert!(
-        stdout.starts_with("notifier "),
-        "the good handler still loads: {stdout}"
-    );
+    assert!(stdout.starts_with("notifier "), "the good handler still loads: {stdout}");
     assert!(
         stderr.contains("broken.wasm: handler `broken`: broken.wasm is a core WebAssembly module"),
         "{stderr}"
@@ -64,8 +51,5 @@ fn a_bad_setting_is_named() {
         .expect("order-host runs");
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        stderr.contains("invalid DEMO_MODE=\"sometimes\": expected true or false"),
-        "{stderr}"
-    );
+    assert!(stderr.contains("invalid DEMO_MODE=\"sometimes\": expected true or false"), "{stderr}");
 }

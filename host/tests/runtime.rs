@@ -31,10 +31,9 @@ fn overlay(demo: bool) -> BTreeMap<String, String> {
 
 #[tokio::test]
 async fn shipped_handlers_answer_the_golden_cases_like_their_native_tests() {
-    let cases: Vec<Case> = serde_json::from_str(
-        &std::fs::read_to_string(root().join("handlers/testdata/cases.json")).unwrap(),
-    )
-    .unwrap();
+    let cases: Vec<Case> =
+        serde_json::from_str(&std::fs::read_to_string(root().join("handlers/testdata/cases.json")).unwrap())
+            .unwrap();
     let rt = runtime();
     let dir = root().join("target/handlers");
     let mut checked = 0;
@@ -42,9 +41,8 @@ async fn shipped_handlers_answer_the_golden_cases_like_their_native_tests() {
         let (registry, problems) = Registry::load_dir(&rt, &dir, &overlay(demo)).unwrap();
         assert!(problems.is_empty(), "{problems:?}");
         for case in cases.iter().filter(|c| c.demo == demo) {
-            let handler = registry
-                .get(&case.handler)
-                .unwrap_or_else(|| panic!("{} not loaded", case.handler));
+            let handler =
+                registry.get(&case.handler).unwrap_or_else(|| panic!("{} not loaded", case.handler));
             let status = parse_status(&case.status);
             let event = match case.event.as_str() {
                 "order-created" => order_created(status),
@@ -70,22 +68,11 @@ fn built_handlers_are_components_exporting_the_world() {
     assert!(problems.is_empty(), "{problems:?}");
     for name in ["order-processor", "notifier"] {
         let bytes = component("handlers", name);
-        assert!(
-            wasmparser_is_component(&bytes),
-            "{name} is a component, not a core module"
-        );
-        let h = registry
-            .get(name)
-            .unwrap_or_else(|| panic!("{name} loaded from the manifest"));
+        assert!(wasmparser_is_component(&bytes), "{name} is a component, not a core module");
+        let h = registry.get(name).unwrap_or_else(|| panic!("{name} loaded from the manifest"));
         assert_eq!(h.version, host::runtime::sha256_hex(&bytes));
-        assert_eq!(
-            h.manifest.sha256.as_deref(),
-            Some(h.version.as_str()),
-            "manifest records the sha256"
-        );
-        assert!(
-            h.subscribes_to(EventKind::OrderCreated) && h.subscribes_to(EventKind::StatusUpdated)
-        );
+        assert_eq!(h.manifest.sha256.as_deref(), Some(h.version.as_str()), "manifest records the sha256");
+        assert!(h.subscribes_to(EventKind::OrderCreated) && h.subscribes_to(EventKind::StatusUpdated));
         assert_eq!(h.cause(), format!("handler:{name}@{}", &h.version[..12]));
     }
 }
@@ -97,8 +84,7 @@ fn wasmparser_is_component(bytes: &[u8]) -> bool {
 
 /// After a hostile guest, the same runtime still serves a good handler.
 async fn good_handler_still_works(rt: &host::runtime::Runtime) {
-    let (registry, _) =
-        Registry::load_dir(rt, &root().join("target/handlers"), &overlay(true)).unwrap();
+    let (registry, _) = Registry::load_dir(rt, &root().join("target/handlers"), &overlay(true)).unwrap();
     let actions = rt
         .invoke(
             registry.get("order-processor").unwrap(),
@@ -113,35 +99,29 @@ async fn good_handler_still_works(rt: &host::runtime::Runtime) {
     );
 }
 
+/// Invokes a fixture's `on-order-created` with the given limits; it must fail. Also returns how
+/// long the invocation alone took (loading is not timed).
+async fn failing_fixture(
+    rt: &host::runtime::Runtime,
+    name: &str,
+    timeout_ms: u64,
+    memory: u64,
+) -> (DispatchError, Duration) {
+    let fixture = load_fixture(rt, name, timeout_ms, memory);
+    let started = Instant::now();
+    match rt.invoke(&fixture, &order_created(OrderStatus::Pending), Arc::new(NoOrders)).await {
+        Ok(actions) => panic!("{name} returned {actions:?} instead of failing"),
+        Err(e) => (e, started.elapsed()),
+    }
+}
+
 #[tokio::test]
 async fn an_infinite_loop_hits_the_deadline_within_twice_the_timeout() {
     let rt = runtime();
     let timeout_ms = 200;
-    let looper = load_fixture(&rt, "looper", timeout_ms, 16 << 20);
-    let started = Instant::now();
-    let err = rt
-        .invoke(
-            &looper,
-            &order_created(OrderStatus::Pending),
-            Arc::new(NoOrders),
-        )
-        .await
-        .unwrap_err();
-    let took = started.elapsed();
-    assert!(
-        matches!(
-            err,
-            DispatchError::Trap {
-                kind: TrapKind::Deadline,
-                ..
-            }
-        ),
-        "{err}"
-    );
-    assert!(
-        took >= Duration::from_millis(timeout_ms),
-        "stopped before its deadline: {took:?}"
-    );
+    let (err, took) = failing_fixture(&rt, "looper", timeout_ms, 16 << 20).await;
+    assert!(matches!(err, DispatchError::Trap { kind: TrapKind::Deadline, .. }), "{err}");
+    assert!(took >= Duration::from_millis(timeout_ms), "stopped before its deadline: {took:?}");
     assert!(
         took < Duration::from_millis(2 * timeout_ms),
         "took {took:?}, over twice the {timeout_ms} ms deadline"
@@ -153,59 +133,18 @@ async fn an_infinite_loop_hits_the_deadline_within_twice_the_timeout() {
 #[tokio::test]
 async fn a_memory_bomb_hits_the_memory_limit() {
     let rt = runtime();
-    let bomb = load_fixture(&rt, "memory-bomb", 5_000, 8 << 20);
-    let err = rt
-        .invoke(
-            &bomb,
-            &order_created(OrderStatus::Pending),
-            Arc::new(NoOrders),
-        )
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(
-            err,
-            DispatchError::Trap {
-                kind: TrapKind::MemoryLimit,
-                ..
-            }
-        ),
-        "{err}"
-    );
-    assert!(
-        err.to_string().contains("8388608 byte memory limit"),
-        "{err}"
-    );
+    let (err, _) = failing_fixture(&rt, "memory-bomb", 5_000, 8 << 20).await;
+    assert!(matches!(err, DispatchError::Trap { kind: TrapKind::MemoryLimit, .. }), "{err}");
+    assert!(err.to_string().contains("8388608 byte memory limit"), "{err}");
     good_handler_still_works(&rt).await;
 }
 
 #[tokio::test]
 async fn a_panic_is_a_trap_carrying_the_panic_message() {
     let rt = runtime();
-    let panicker = load_fixture(&rt, "panicker", 500, 16 << 20);
-    let err = rt
-        .invoke(
-            &panicker,
-            &order_created(OrderStatus::Pending),
-            Arc::new(NoOrders),
-        )
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(
-            err,
-            DispatchError::Trap {
-                kind: TrapKind::Panic,
-                ..
-            }
-        ),
-        "{err}"
-    );
-    assert!(
-        err.to_string()
-            .contains("fixture panics on purpose for MM-10042"),
-        "{err}"
-    );
+    let (err, _) = failing_fixture(&rt, "panicker", 500, 16 << 20).await;
+    assert!(matches!(err, DispatchError::Trap { kind: TrapKind::Panic, .. }), "{err}");
+    assert!(err.to_string().contains("fixture panics on purpose for MM-10042"), "{err}");
     good_handler_still_works(&rt).await;
 }
 
@@ -217,30 +156,17 @@ async fn host_imports_answer_and_the_sandbox_grants_nothing() {
         ..HandlerSpec::default()
     };
     let noop = rt
-        .load(
-            spec.into_manifest("noop", "noop.wasm", None),
-            &component("fixtures", "noop"),
-            &BTreeMap::new(),
-        )
+        .load(spec.into_manifest("noop", "noop.wasm", None), &component("fixtures", "noop"), &BTreeMap::new())
         .unwrap();
     let orders = Arc::new(StaticOrders(vec![sample_order(OrderStatus::Confirmed)]));
-    let actions = rt
-        .invoke(&noop, &order_created(OrderStatus::Pending), orders)
-        .await
-        .unwrap();
+    let actions = rt.invoke(&noop, &order_created(OrderStatus::Pending), orders).await.unwrap();
     assert_eq!(
         actions.iter().map(ToString::to_string).collect::<Vec<_>>(),
-        [
-            "log info found=Some(\"MM-10042\") greeting=Some(\"hello\") clock=true env=0 fs=false net=false"
-        ]
+        ["log info found=Some(\"MM-10042\") greeting=Some(\"hello\") clock=true env=0 fs=false net=false"]
     );
     // The SDK default for an event the handler does not implement: no actions.
     let none = rt
-        .invoke(
-            &noop,
-            &status_updated(OrderStatus::Pending, OrderStatus::Processing),
-            Arc::new(NoOrders),
-        )
+        .invoke(&noop, &status_updated(OrderStatus::Pending, OrderStatus::Processing), Arc::new(NoOrders))
         .await;
     assert_eq!(none.unwrap(), vec![]);
 }
@@ -251,9 +177,7 @@ impl OrderSource for BrokenDatabase {
     fn get_order<'a>(
         &'a self,
         _id: &'a str,
-    ) -> std::pin::Pin<
-        Box<dyn std::future::Future<Output = anyhow::Result<Option<Order>>> + Send + 'a>,
-    > {
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = anyhow::Result<Option<Order>>> + Send + 'a>> {
         Box::pin(async { Err(anyhow::anyhow!("connection refused")) })
     }
 }
@@ -262,48 +186,28 @@ impl OrderSource for BrokenDatabase {
 async fn a_failing_import_is_a_host_failure_not_the_handlers_fault() {
     let rt = runtime();
     let noop = load_fixture(&rt, "noop", 500, 16 << 20);
-    let err = rt
-        .invoke(
-            &noop,
-            &order_created(OrderStatus::Pending),
-            Arc::new(BrokenDatabase),
-        )
-        .await
-        .unwrap_err();
+    let err =
+        rt.invoke(&noop, &order_created(OrderStatus::Pending), Arc::new(BrokenDatabase)).await.unwrap_err();
     assert!(matches!(err, DispatchError::Host(_)), "{err}");
     assert!(err.to_string().contains("connection refused"), "{err}");
-    assert_eq!(
-        err.disposition(),
-        host::runtime::Disposition::RetryUntilRecovered
-    );
+    assert_eq!(err.disposition(), host::runtime::Disposition::RetryUntilRecovered);
 }
 
 #[test]
 fn handler_errors_keep_their_case() {
     // The shipped order-processor returns invalid-event for an order without id.
     let rt = runtime();
-    let (registry, _) =
-        Registry::load_dir(&rt, &root().join("target/handlers"), &BTreeMap::new()).unwrap();
+    let (registry, _) = Registry::load_dir(&rt, &root().join("target/handlers"), &BTreeMap::new()).unwrap();
     let mut event = order_created(OrderStatus::Pending);
     if let host::runtime::Event::OrderCreated { order, .. } = &mut event {
         order.id.clear();
     }
     let err = tokio::runtime::Runtime::new()
         .unwrap()
-        .block_on(rt.invoke(
-            registry.get("order-processor").unwrap(),
-            &event,
-            Arc::new(NoOrders),
-        ))
+        .block_on(rt.invoke(registry.get("order-processor").unwrap(), &event, Arc::new(NoOrders)))
         .unwrap_err();
-    assert!(
-        matches!(&err, DispatchError::Handler(HandlerError::InvalidEvent(_))),
-        "{err}"
-    );
-    assert_eq!(
-        err.to_string(),
-        "handler returned invalid-event: order-created event without an order id"
-    );
+    assert!(matches!(&err, DispatchError::Handler(HandlerError::InvalidEvent(_))), "{err}");
+    assert_eq!(err.to_string(), "handler returned invalid-event: order-created event without an order id");
 }
 
 #[test]
@@ -311,29 +215,22 @@ fn components_of_another_world_are_rejected_with_what_is_wrong() {
     let rt = runtime();
     let load = |name: &str, bytes: &[u8]| {
         let manifest = HandlerSpec::default().into_manifest(name, &format!("{name}.wasm"), None);
-        format!(
-            "{:#}",
-            rt.load(manifest, bytes, &BTreeMap::new()).unwrap_err()
-        )
+        format!("{:#}", rt.load(manifest, bytes, &BTreeMap::new()).unwrap_err())
     };
     let half = load("half-world", &component("fixtures", "half-world"));
-    assert!(
-        half.contains("handler `half-world`: it does not export `on-status-updated`"),
-        "{half}"
-    );
-    assert!(
-        !half.contains("`on-order-created`"),
-        "only the missing export is named: {half}"
-    );
+    assert!(half.contains("handler `half-world`: it does not export `on-status-updated`"), "{half}");
+    assert!(!half.contains("`on-order-created`"), "only the missing export is named: {half}");
 
     let other = load("other-world", &component("fixtures", "other-world"));
-    assert!(other.contains("handler `other-world`: its exports do not match world metalmart:orders/order-handler@0.1.0"), "{other}");
+    assert!(
+        other.contains(
+            "handler `other-world`: its exports do not match world metalmart:orders/order-handler@0.1.0"
+        ),
+        "{other}"
+    );
 
     let core = load("core", b"\0asm\x01\0\0\0");
-    assert!(
-        core.contains("core WebAssembly module, not a component"),
-        "{core}"
-    );
+    assert!(core.contains("core WebAssembly module, not a component"), "{core}");
     let text = load("text", b"not wasm at all");
     assert!(text.contains("not a WebAssembly component"), "{text}");
 }
@@ -341,25 +238,15 @@ fn components_of_another_world_are_rejected_with_what_is_wrong() {
 #[test]
 fn a_bad_file_in_the_handlers_dir_is_reported_and_the_rest_load() {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(
-        dir.path().join("order-processor.wasm"),
-        component("handlers", "order-processor"),
-    )
-    .unwrap();
+    std::fs::write(dir.path().join("order-processor.wasm"), component("handlers", "order-processor"))
+        .unwrap();
     std::fs::write(dir.path().join("garbage.wasm"), b"this is not wasm").unwrap();
     std::fs::write(dir.path().join("README.txt"), b"notes").unwrap();
-    std::fs::write(
-        dir.path().join("half-world.wasm"),
-        component("fixtures", "half-world"),
-    )
-    .unwrap();
+    std::fs::write(dir.path().join("half-world.wasm"), component("fixtures", "half-world")).unwrap();
 
     let rt = runtime();
     let (registry, problems) = Registry::load_dir(&rt, dir.path(), &BTreeMap::new()).unwrap();
-    assert_eq!(
-        registry.iter().map(|h| h.name.as_str()).collect::<Vec<_>>(),
-        ["order-processor"]
-    );
+    assert_eq!(registry.iter().map(|h| h.name.as_str()).collect::<Vec<_>>(), ["order-processor"]);
     let report: Vec<String> = problems.iter().map(ToString::to_string).collect();
     assert_eq!(report.len(), 3, "{report:#?}");
     assert!(
@@ -367,15 +254,11 @@ fn a_bad_file_in_the_handlers_dir_is_reported_and_the_rest_load() {
         "{report:#?}"
     );
     assert!(
-        report[1].contains(
-            "garbage.wasm: handler `garbage`: garbage.wasm is not a WebAssembly component"
-        ),
+        report[1].contains("garbage.wasm: handler `garbage`: garbage.wasm is not a WebAssembly component"),
         "{report:#?}"
     );
     assert!(
-        report[2].contains(
-            "half-world.wasm: handler `half-world`: it does not export `on-status-updated`"
-        ),
+        report[2].contains("half-world.wasm: handler `half-world`: it does not export `on-status-updated`"),
         "{report:#?}"
     );
 }
@@ -394,14 +277,11 @@ fn a_file_that_does_not_match_its_manifest_sha256_is_refused() {
         )],
     };
     std::fs::write(dir.path().join("handlers.toml"), manifest.to_toml()).unwrap();
-    let (registry, problems) =
-        Registry::load_dir(&runtime(), dir.path(), &BTreeMap::new()).unwrap();
+    let (registry, problems) = Registry::load_dir(&runtime(), dir.path(), &BTreeMap::new()).unwrap();
     assert!(registry.is_empty());
     assert_eq!(problems.len(), 1, "{problems:?}");
     assert!(
-        problems[0]
-            .to_string()
-            .contains("the file changed after the manifest was written"),
+        problems[0].to_string().contains("the file changed after the manifest was written"),
         "{}",
         problems[0]
     );

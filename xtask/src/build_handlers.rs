@@ -24,23 +24,16 @@ pub struct Args {
 
 pub fn run(sh: &Shell, args: &Args) -> anyhow::Result<()> {
     let root = project_root();
-    let handlers: Vec<_> = wasm::members(&root.join("handlers"))?
-        .into_iter()
-        .filter(|m| m.metadata.is_some())
-        .collect();
+    let handlers: Vec<_> =
+        wasm::members(&root.join("handlers"))?.into_iter().filter(|m| m.metadata.is_some()).collect();
     for name in &args.names {
         if !handlers.iter().any(|h| &h.name == name) {
             let known: Vec<_> = handlers.iter().map(|h| h.name.as_str()).collect();
-            bail!(
-                "no handler named `{name}`; handlers/ has: {}",
-                known.join(", ")
-            );
+            bail!("no handler named `{name}`; handlers/ has: {}", known.join(", "));
         }
     }
-    let selected: Vec<_> = handlers
-        .into_iter()
-        .filter(|h| args.names.is_empty() || args.names.contains(&h.name))
-        .collect();
+    let selected: Vec<_> =
+        handlers.into_iter().filter(|h| args.names.is_empty() || args.names.contains(&h.name)).collect();
     let names: Vec<String> = selected.iter().map(|h| h.name.clone()).collect();
     let built = wasm::build(sh, &root.join("handlers"), &names, !args.debug)?;
 
@@ -55,28 +48,18 @@ pub fn run(sh: &Shell, args: &Args) -> anyhow::Result<()> {
     // Created only if something changed: compiling the checks is the slow part.
     let mut runtime: Option<Runtime> = None;
     for (member, wasm_path) in selected.iter().zip(&built) {
-        let spec: HandlerSpec = member
-            .metadata
-            .clone()
-            .expect("filtered above")
-            .try_into()
-            .with_context(|| {
-                format!(
-                    "handlers/{}/Cargo.toml: invalid [package.metadata.handler]",
-                    member.name
-                )
+        let spec: HandlerSpec =
+            member.metadata.clone().expect("filtered above").try_into().with_context(|| {
+                format!("handlers/{}/Cargo.toml: invalid [package.metadata.handler]", member.name)
             })?;
-        spec.validate()
-            .map_err(|e| anyhow::anyhow!("handler `{}`: {e}", member.name))?;
-        let bytes =
-            std::fs::read(wasm_path).with_context(|| format!("reading {}", wasm_path.display()))?;
+        spec.validate().map_err(|e| anyhow::anyhow!("handler `{}`: {e}", member.name))?;
+        let bytes = std::fs::read(wasm_path).with_context(|| format!("reading {}", wasm_path.display()))?;
         let sha = sha256_hex(&bytes);
         let file = format!("{}.wasm", member.name);
         let entry = spec.into_manifest(&member.name, &file, Some(sha.clone()));
 
         let unchanged = manifest.handlers.iter().any(|h| h == &entry)
-            && std::fs::read(out_dir.join(&file))
-                .is_ok_and(|existing| sha256_hex(&existing) == sha);
+            && std::fs::read(out_dir.join(&file)).is_ok_and(|existing| sha256_hex(&existing) == sha);
         if !unchanged {
             let rt = match &mut runtime {
                 Some(rt) => rt,
@@ -98,13 +81,7 @@ pub fn run(sh: &Shell, args: &Args) -> anyhow::Result<()> {
     }
     manifest.handlers.sort_by(|a, b| a.name.cmp(&b.name));
     write_atomically(&manifest_path, manifest.to_toml().as_bytes())?;
-    println!(
-        "wrote {}",
-        manifest_path
-            .strip_prefix(&root)
-            .unwrap_or(&manifest_path)
-            .display()
-    );
+    println!("wrote {}", manifest_path.strip_prefix(&root).unwrap_or(&manifest_path).display());
     Ok(())
 }
 

@@ -13,10 +13,7 @@ use std::path::{Path, PathBuf};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(
-    name = "cargo xtask",
-    about = "Build, test and benchmark the order-handler host"
-)]
+#[command(name = "cargo xtask", about = "Build, test and benchmark the order-handler host")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -46,8 +43,5 @@ fn main() -> anyhow::Result<()> {
 
 /// The repository root (the parent of `xtask/`).
 pub fn project_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("xtask lives in the repository")
-        .to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the repository").to_path_buf()
 }

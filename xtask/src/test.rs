@@ -28,10 +28,7 @@ pub fn run(sh: &Shell, args: &Args) -> anyhow::Result<()> {
 /// Builds `fixtures/` into `target/fixtures/<name>.wasm` (no world check: some are broken on purpose).
 pub fn build_fixtures(sh: &Shell) -> anyhow::Result<()> {
     let root = project_root();
-    let names: Vec<String> = wasm::members(&root.join("fixtures"))?
-        .into_iter()
-        .map(|m| m.name)
-        .collect();
+    let names: Vec<String> = wasm::members(&root.join("fixtures"))?.into_iter().map(|m| m.name).collect();
     let built = wasm::build(sh, &root.join("fixtures"), &names, true)?;
     let out = root.join("target/fixtures");
     std::fs::create_dir_all(&out)?;

@@ -30,10 +30,7 @@ fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
 }
 
 fn relative(path: &Path) -> String {
-    path.strip_prefix(project_root())
-        .unwrap_or(path)
-        .display()
-        .to_string()
+    path.strip_prefix(project_root()).unwrap_or(path).display().to_string()
 }
 
 #[test]
@@ -43,10 +40,7 @@ fn every_rust_file_says_what_it_is_for() {
         .filter(|p| !std::fs::read_to_string(p).unwrap().starts_with("//!"))
         .map(|p| relative(&p))
         .collect();
-    assert!(
-        missing.is_empty(),
-        "files without a leading `//!` line: {missing:?}"
-    );
+    assert!(missing.is_empty(), "files without a leading `//!` line: {missing:?}");
 }
 
 #[test]
@@ -63,10 +57,7 @@ fn ignored_tests_carry_a_tracking_note() {
             }
         }
     }
-    assert!(
-        bad.is_empty(),
-        "#[ignore] without a `tracking:` note: {bad:?}"
-    );
+    assert!(bad.is_empty(), "#[ignore] without a `tracking:` note: {bad:?}");
 }
 
 #[test]
@@ -76,43 +67,22 @@ fn only_the_runtime_module_knows_wasmtime() {
         .into_iter()
         .map(|p| relative(&p))
         .filter(|p| p.starts_with("host/") && !allowed.iter().any(|a| p.starts_with(a)))
-        .filter(|p| {
-            std::fs::read_to_string(project_root().join(p))
-                .unwrap()
-                .contains("wasmtime")
-        })
+        .filter(|p| std::fs::read_to_string(project_root().join(p)).unwrap().contains("wasmtime"))
         .collect();
-    assert!(
-        offenders.is_empty(),
-        "wasmtime used outside host/src/runtime: {offenders:?}"
-    );
+    assert!(offenders.is_empty(), "wasmtime used outside host/src/runtime: {offenders:?}");
 }
 
 #[test]
 fn every_wit_item_is_documented() {
     let item = |l: &str| {
         let l = l.trim_start();
-        [
-            "interface ",
-            "world ",
-            "record ",
-            "variant ",
-            "enum ",
-            "type ",
-            "export ",
-            "import ",
-        ]
-        .iter()
-        .any(|k| l.starts_with(k))
-            || l.split(':')
-                .nth(1)
-                .is_some_and(|rest| rest.trim_start().starts_with("func"))
+        ["interface ", "world ", "record ", "variant ", "enum ", "type ", "export ", "import "]
+            .iter()
+            .any(|k| l.starts_with(k))
+            || l.split(':').nth(1).is_some_and(|rest| rest.trim_start().starts_with("func"))
     };
     let mut undocumented = Vec::new();
-    for entry in std::fs::read_dir(project_root().join("wit"))
-        .unwrap()
-        .flatten()
-    {
+    for entry in std::fs::read_dir(project_root().join("wit")).unwrap().flatten() {
         let text = std::fs::read_to_string(entry.path()).unwrap();
         let lines: Vec<&str> = text.lines().collect();
         for (i, line) in lines.iter().enumerate() {
@@ -126,8 +96,5 @@ fn every_wit_item_is_documented() {
             }
         }
     }
-    assert!(
-        undocumented.is_empty(),
-        "WIT items without a `///` doc: {undocumented:#?}"
-    );
+    assert!(undocumented.is_empty(), "WIT items without a `///` doc: {undocumented:#?}");
 }

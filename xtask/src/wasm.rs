@@ -42,65 +42,45 @@ pub fn members(dir: &Path) -> anyhow::Result<Vec<Member>> {
                     .and_then(|n| n.as_str())
                     .context("package has no name")?
                     .to_string(),
-                metadata: package
-                    .get("metadata")
-                    .and_then(|m| m.get("handler"))
-                    .cloned(),
+                metadata: package.get("metadata").and_then(|m| m.get("handler")).cloned(),
             })
         })
         .collect()
 }
 
 fn read_toml(path: &Path) -> anyhow::Result<toml::Table> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))
 }
 
 /// Fails with the exact fix when the target is missing (rustup-managed toolchains only; others
 /// get cargo's own error).
 pub fn ensure_target(sh: &Shell) -> anyhow::Result<()> {
-    let Ok(installed) = cmd!(sh, "rustup target list --installed")
-        .quiet()
-        .ignore_stderr()
-        .read()
-    else {
+    let Ok(installed) = cmd!(sh, "rustup target list --installed").quiet().ignore_stderr().read() else {
         return Ok(());
     };
     if !installed.lines().any(|l| l.trim() == TARGET) {
-        bail!(
-            "the {TARGET} target is not installed; add it with:\n\n    rustup target add {TARGET}\n"
-        );
+        bail!("the {TARGET} target is not installed; add it with:\n\n    rustup target add {TARGET}\n");
     }
     Ok(())
 }
 
 /// Builds `packages` of the workspace at `dir` and returns each one's `.wasm` path, in order.
 /// Everything shares the repository's one target directory.
-pub fn build(
-    sh: &Shell,
-    dir: &Path,
-    packages: &[String],
-    release: bool,
-) -> anyhow::Result<Vec<PathBuf>> {
+pub fn build(sh: &Shell, dir: &Path, packages: &[String], release: bool) -> anyhow::Result<Vec<PathBuf>> {
     ensure_target(sh)?;
     let target_dir = crate::project_root().join("target");
     let manifest = dir.join("Cargo.toml");
     let profile: &[&str] = if release { &["--release"] } else { &[] };
-    let package_args: Vec<String> = packages
-        .iter()
-        .flat_map(|p| ["-p".to_string(), p.clone()])
-        .collect();
-    cmd!(sh, "cargo build --quiet --manifest-path {manifest} --target {TARGET} {profile...} {package_args...}")
-        .env("CARGO_TARGET_DIR", &target_dir)
-        .env("CARGO_TARGET_WASM32_WASIP2_RUSTFLAGS", STACK_FLAGS)
-        .run()
-        .with_context(|| format!("building {} for {TARGET}", dir.display()))?;
-    let out = target_dir
-        .join(TARGET)
-        .join(if release { "release" } else { "debug" });
-    Ok(packages
-        .iter()
-        .map(|p| out.join(format!("{}.wasm", p.replace('-', "_"))))
-        .collect())
+    let package_args: Vec<String> = packages.iter().flat_map(|p| ["-p".to_string(), p.clone()]).collect();
+    cmd!(
+        sh,
+        "cargo build --quiet --manifest-path {manifest} --target {TARGET} {profile...} {package_args...}"
+    )
+    .env("CARGO_TARGET_DIR", &target_dir)
+    .env("CARGO_TARGET_WASM32_WASIP2_RUSTFLAGS", STACK_FLAGS)
+    .run()
+    .with_context(|| format!("building {} for {TARGET}", dir.display()))?;
+    let out = target_dir.join(TARGET).join(if release { "release" } else { "debug" });
+    Ok(packages.iter().map(|p| out.join(format!("{}.wasm", p.replace('-', "_")))).collect())
 }

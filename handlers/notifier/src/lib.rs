@@ -24,11 +24,7 @@ impl Handler for Notifier {
         )])
     }
 
-    fn on_status_updated(
-        _host: &dyn Host,
-        _event: &EventMeta,
-        update: &StatusUpdate,
-    ) -> HandlerResult {
+    fn on_status_updated(_host: &dyn Host, _event: &EventMeta, update: &StatusUpdate) -> HandlerResult {
         let order = &update.order;
         let action = match update.current {
             OrderStatus::Cancelled => Action::email(

@@ -21,8 +21,8 @@ pub mod bindings {
 pub mod testing;
 
 pub use bindings::metalmart::orders::types::{
-    Action, Channel, EventMeta, HandlerError, LineItem, LogEntry, LogLevel, Notification, Order,
-    OrderStatus, SetStatus, ShippingAddress, StatusUpdate, Timestamp,
+    Action, Channel, EventMeta, HandlerError, LineItem, LogEntry, LogLevel, Notification, Order, OrderStatus,
+    SetStatus, ShippingAddress, StatusUpdate, Timestamp,
 };
 
 /// What every handler export returns.
@@ -41,12 +41,8 @@ pub trait Host {
 
     /// A boolean config flag: `true`, `1`, `yes` or `on`, in any case.
     fn flag(&self, key: &str) -> bool {
-        self.config(key).is_some_and(|v| {
-            matches!(
-                v.trim().to_ascii_lowercase().as_str(),
-                "true" | "1" | "yes" | "on"
-            )
-        })
+        self.config(key)
+            .is_some_and(|v| matches!(v.trim().to_ascii_lowercase().as_str(), "true" | "1" | "yes" | "on"))
     }
 }
 
@@ -76,11 +72,7 @@ pub trait Handler {
         Ok(Vec::new())
     }
 
-    fn on_status_updated(
-        host: &dyn Host,
-        event: &EventMeta,
-        update: &StatusUpdate,
-    ) -> HandlerResult {
+    fn on_status_updated(host: &dyn Host, event: &EventMeta, update: &StatusUpdate) -> HandlerResult {
         let _ = (host, event, update);
         Ok(Vec::new())
     }
@@ -102,10 +94,7 @@ macro_rules! export_handler {
         const _: () = {
             struct __SdkExport;
             impl $crate::bindings::Guest for __SdkExport {
-                fn on_order_created(
-                    event: $crate::EventMeta,
-                    order: $crate::Order,
-                ) -> $crate::HandlerResult {
+                fn on_order_created(event: $crate::EventMeta, order: $crate::Order) -> $crate::HandlerResult {
                     $crate::__install_panic_hook();
                     <$ty as $crate::Handler>::on_order_created(&$crate::WasmHost, &event, &order)
                 }

@@ -7,8 +7,8 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 
 use crate::{
-    Action, Channel, EventMeta, Host, LineItem, LogLevel, Order, OrderStatus, ShippingAddress,
-    StatusUpdate, Timestamp,
+    Action, Channel, EventMeta, Host, LineItem, LogLevel, Order, OrderStatus, ShippingAddress, StatusUpdate,
+    Timestamp,
 };
 
 /// An in-memory [`Host`]: config values, known orders, a fixed clock, and the log lines written.
@@ -23,10 +23,7 @@ pub struct TestHost {
 impl TestHost {
     pub fn with_config(pairs: &[(&str, &str)]) -> TestHost {
         TestHost {
-            config: pairs
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
+            config: pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
             ..TestHost::default()
         }
     }
@@ -170,8 +167,7 @@ pub fn describe(action: &Action) -> String {
 pub fn check_cases<H: crate::Handler>(name: &str) {
     let mut ran = 0;
     for case in cases().into_iter().filter(|c| c.handler == name) {
-        let host =
-            TestHost::with_config(&[("DEMO_MODE", if case.demo { "true" } else { "false" })]);
+        let host = TestHost::with_config(&[("DEMO_MODE", if case.demo { "true" } else { "false" })]);
         let result = match case.event.as_str() {
             "order-created" => H::on_order_created(
                 &host,
@@ -179,11 +175,8 @@ pub fn check_cases<H: crate::Handler>(name: &str) {
                 &sample_order(parse_status(&case.status)),
             ),
             "status-updated" => {
-                let previous = parse_status(
-                    case.previous
-                        .as_deref()
-                        .expect("status-updated case has previous"),
-                );
+                let previous =
+                    parse_status(case.previous.as_deref().expect("status-updated case has previous"));
                 H::on_status_updated(
                     &host,
                     &sample_event("order.status-updated"),
@@ -192,11 +185,8 @@ pub fn check_cases<H: crate::Handler>(name: &str) {
             }
             other => panic!("unknown event {other:?} in cases.json"),
         };
-        let got: Vec<String> = result
-            .unwrap_or_else(|e| panic!("{case:?} failed: {e:?}"))
-            .iter()
-            .map(describe)
-            .collect();
+        let got: Vec<String> =
+            result.unwrap_or_else(|e| panic!("{case:?} failed: {e:?}")).iter().map(describe).collect();
         assert_eq!(got, case.actions, "{case:?}");
         ran += 1;
     }

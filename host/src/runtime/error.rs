@@ -88,23 +88,11 @@ mod tests {
     #[test]
     fn each_outcome_has_its_disposition() {
         let handler = |e| DispatchError::Handler(e).disposition();
-        assert_eq!(
-            handler(HandlerError::InvalidEvent("x".into())),
-            Disposition::DeadLetter
-        );
-        assert_eq!(
-            handler(HandlerError::Reject("x".into())),
-            Disposition::DeadLetter
-        );
-        assert_eq!(
-            handler(HandlerError::RetryLater("x".into())),
-            Disposition::Retry
-        );
+        assert_eq!(handler(HandlerError::InvalidEvent("x".into())), Disposition::DeadLetter);
+        assert_eq!(handler(HandlerError::Reject("x".into())), Disposition::DeadLetter);
+        assert_eq!(handler(HandlerError::RetryLater("x".into())), Disposition::Retry);
         assert_eq!(handler(HandlerError::Other("x".into())), Disposition::Retry);
-        let trap = DispatchError::Trap {
-            kind: TrapKind::Deadline,
-            message: String::new(),
-        };
+        let trap = DispatchError::Trap { kind: TrapKind::Deadline, message: String::new() };
         assert_eq!(trap.disposition(), Disposition::Retry);
         let host = DispatchError::Host(anyhow::anyhow!("postgres down"));
         assert_eq!(host.disposition(), Disposition::RetryUntilRecovered);

@@ -111,27 +111,18 @@ pub struct StoreState {
 }
 
 impl StoreState {
-    pub fn new(
-        handler: &LoadedHandler,
-        event_id: String,
-        orders: Arc<dyn OrderSource>,
-    ) -> StoreState {
+    pub fn new(handler: &LoadedHandler, event_id: String, orders: Arc<dyn OrderSource>) -> StoreState {
         // No preopened directories, no environment, no arguments, no network: the defaults deny
         // addresses, and these switch the socket interfaces off entirely.
-        let wasi = WasiCtx::builder()
-            .allow_tcp(false)
-            .allow_udp(false)
-            .allow_ip_name_lookup(false)
-            .build();
+        let wasi = WasiCtx::builder().allow_tcp(false).allow_udp(false).allow_ip_name_lookup(false).build();
         StoreState {
             wasi,
             table: ResourceTable::new(),
             limiter: Limiter {
-                limit_bytes: usize::try_from(handler.manifest.memory_limit_bytes)
-                    .unwrap_or(usize::MAX),
+                limit_bytes: usize::try_from(handler.manifest.spec.memory_limit_bytes).unwrap_or(usize::MAX),
                 exceeded: false,
             },
-            timeout_ms: handler.manifest.timeout_ms,
+            timeout_ms: handler.manifest.spec.timeout_ms,
             last_error_log: None,
             handler: handler.name.clone(),
             version: handler.short_version().to_string(),
@@ -144,10 +135,7 @@ impl StoreState {
 
 impl WasiView for StoreState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView {
-            ctx: &mut self.wasi,
-            table: &mut self.table,
-        }
+        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
     }
 }
 
@@ -180,8 +168,6 @@ impl wit::metalmart::orders::host::Host for StoreState {
     }
 
     fn now(&mut self) -> Timestamp {
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64)
+        SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
     }
 }

@@ -49,11 +49,19 @@ pub struct Manifest {
 
 impl Manifest {
     pub fn parse(text: &str) -> anyhow::Result<Manifest> {
-        let manifest: Manifest = toml::from_str(text)?;
+        const KEYS: [&str; 7] =
+            ["name", "file", "sha256", "events", "timeout-ms", "memory-limit-bytes", "config"];
+        let table: toml::Table = toml::from_str(text)?;
+        let entries = table.get("handler").and_then(|h| h.as_array()).map(Vec::as_slice).unwrap_or_default();
+        for entry in entries.iter().filter_map(|e| e.as_table()) {
+            if let Some(key) = entry.keys().find(|k| !KEYS.contains(&k.as_str())) {
+                let name = entry.get("name").and_then(|n| n.as_str()).unwrap_or("?");
+                anyhow::bail!("handler `{name}`: unknown key `{key}` (known: {})", KEYS.join(", "));
+            }
+        }
+        let manifest: Manifest = table.try_into()?;
         for h in &manifest.handlers {
-            h.spec()
-                .validate()
-                .map_err(|e| anyhow::anyhow!("handler `{}`: {e}", h.name))?;
+            h.spec.validate().map_err(|e| anyhow::anyhow!("handler `{}`: {e}", h.name))?;
         }
         Ok(manifest)
     }
@@ -63,9 +71,9 @@ impl Manifest {
     }
 }
 
-/// One handler's entry.
+/// One handler's entry: where its component is, plus its [`HandlerSpec`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+#[serde(rename_all = "kebab-case")]
 pub struct HandlerManifest {
     pub name: String,
     /// Component file, relative to the manifest.
@@ -74,14 +82,9 @@ pub struct HandlerManifest {
     /// is how a half-written or stale file is told apart from the one the manifest describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sha256: Option<String>,
-    #[serde(default = "all_events")]
-    pub events: Vec<EventKind>,
-    #[serde(default = "default_timeout_ms")]
-    pub timeout_ms: u64,
-    #[serde(default = "default_memory_limit")]
-    pub memory_limit_bytes: u64,
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub config: BTreeMap<String, String>,
+    // serde ignores deny_unknown_fields through flatten: `Manifest::parse` checks keys itself.
+    #[serde(flatten)]
+    pub spec: HandlerSpec,
 }
 
 /// What a handler crate declares about itself in `[package.metadata.handler]`: the manifest entry
@@ -125,26 +128,7 @@ impl HandlerSpec {
     }
 
     pub fn into_manifest(self, name: &str, file: &str, sha256: Option<String>) -> HandlerManifest {
-        HandlerManifest {
-            name: name.to_string(),
-            file: file.to_string(),
-            sha256,
-            events: self.events,
-            timeout_ms: self.timeout_ms,
-            memory_limit_bytes: self.memory_limit_bytes,
-            config: self.config,
-        }
-    }
-}
-
-impl HandlerManifest {
-    pub fn spec(&self) -> HandlerSpec {
-        HandlerSpec {
-            events: self.events.clone(),
-            timeout_ms: self.timeout_ms,
-            memory_limit_bytes: self.memory_limit_bytes,
-            config: self.config.clone(),
-        }
+        HandlerManifest { name: name.to_string(), file: file.to_string(), sha256, spec: self }
     }
 }
 
@@ -178,9 +162,9 @@ mod tests {
         )
         .unwrap();
         let h = &m.handlers[0];
-        assert_eq!(h.events, vec![EventKind::StatusUpdated]);
-        assert_eq!(h.timeout_ms, 500);
-        assert_eq!(h.config["DEMO_MODE"], "true");
+        assert_eq!(h.spec.events, vec![EventKind::StatusUpdated]);
+        assert_eq!(h.spec.timeout_ms, 500);
+        assert_eq!(h.spec.config["DEMO_MODE"], "true");
         assert_eq!(Manifest::parse(&m.to_toml()).unwrap(), m);
     }
 
@@ -188,12 +172,10 @@ mod tests {
     fn typos_and_bad_limits_are_errors() {
         let typo = Manifest::parse("[[handler]]\nname = \"a\"\nfile = \"a.wasm\"\ntimout-ms = 5\n");
         assert!(format!("{:#}", typo.unwrap_err()).contains("timout-ms"));
-        let zero =
-            Manifest::parse("[[handler]]\nname = \"a\"\nfile = \"a.wasm\"\ntimeout-ms = 0\n");
+        let zero = Manifest::parse("[[handler]]\nname = \"a\"\nfile = \"a.wasm\"\ntimeout-ms = 0\n");
         assert!(format!("{:#}", zero.unwrap_err()).contains("handler `a`: timeout-ms"));
-        let event = Manifest::parse(
-            "[[handler]]\nname = \"a\"\nfile = \"a.wasm\"\nevents = [\"order-shipped\"]\n",
-        );
+        let event =
+            Manifest::parse("[[handler]]\nname = \"a\"\nfile = \"a.wasm\"\nevents = [\"order-shipped\"]\n");
         assert!(format!("{:#}", event.unwrap_err()).contains("order-shipped"));
     }
 }

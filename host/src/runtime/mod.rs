@@ -49,14 +49,8 @@ pub const WORLD: &str = "metalmart:orders/order-handler@0.1.0";
 /// One event for a handler.
 #[derive(Debug, Clone)]
 pub enum Event {
-    OrderCreated {
-        meta: wit::EventMeta,
-        order: wit::Order,
-    },
-    StatusUpdated {
-        meta: wit::EventMeta,
-        update: wit::StatusUpdate,
-    },
+    OrderCreated { meta: wit::EventMeta, order: wit::Order },
+    StatusUpdated { meta: wit::EventMeta, update: wit::StatusUpdate },
 }
 
 impl Event {
@@ -98,7 +92,7 @@ impl LoadedHandler {
     }
 
     pub fn subscribes_to(&self, kind: EventKind) -> bool {
-        self.manifest.events.contains(&kind)
+        self.manifest.spec.events.contains(&kind)
     }
 
     pub fn config(&self) -> &std::collections::BTreeMap<String, String> {
@@ -108,10 +102,7 @@ impl LoadedHandler {
 
 impl std::fmt::Debug for LoadedHandler {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LoadedHandler")
-            .field("name", &self.name)
-            .field("version", &self.version)
-            .finish()
+        f.debug_struct("LoadedHandler").field("name", &self.name).field("version", &self.version).finish()
     }
 }
 
@@ -159,8 +150,7 @@ impl Runtime {
             .linear_memory_keep_resident(256 << 10)
             .table_keep_resident(16 << 10)
             .max_memory_size(
-                usize::try_from(config.max_memory_bytes)
-                    .context("max memory does not fit usize")?,
+                usize::try_from(config.max_memory_bytes).context("max memory does not fit usize")?,
             );
 
         let mut wasm = wasmtime::Config::new();
@@ -171,11 +161,8 @@ impl Runtime {
 
         let mut linker = Linker::new(&engine);
         wasm_err(wasmtime_wasi::p2::add_to_linker_async(&mut linker)).context("linking WASI p2")?;
-        wasm_err(wit::OrderHandler::add_to_linker::<_, HasSelf<StoreState>>(
-            &mut linker,
-            |s| s,
-        ))
-        .context("linking the host interface")?;
+        wasm_err(wit::OrderHandler::add_to_linker::<_, HasSelf<StoreState>>(&mut linker, |s| s))
+            .context("linking the host interface")?;
 
         let stop = Arc::new(AtomicBool::new(false));
         let thread = {
@@ -198,10 +185,7 @@ impl Runtime {
             engine,
             linker,
             config: config.clone(),
-            ticker: Some(Ticker {
-                stop,
-                thread: Some(thread),
-            }),
+            ticker: Some(Ticker { stop, thread: Some(thread) }),
         })
     }
 
@@ -214,8 +198,7 @@ impl Runtime {
         config_overlay: &std::collections::BTreeMap<String, String>,
     ) -> anyhow::Result<LoadedHandler> {
         let name = manifest.name.clone();
-        self.load_inner(manifest, bytes, config_overlay)
-            .with_context(|| format!("handler `{name}`"))
+        self.load_inner(manifest, bytes, config_overlay).with_context(|| format!("handler `{name}`"))
     }
 
     fn load_inner(
@@ -224,11 +207,11 @@ impl Runtime {
         bytes: &[u8],
         config_overlay: &std::collections::BTreeMap<String, String>,
     ) -> anyhow::Result<LoadedHandler> {
-        manifest.spec().validate().map_err(anyhow::Error::msg)?;
-        if manifest.memory_limit_bytes > self.config.max_memory_bytes {
+        manifest.spec.validate().map_err(anyhow::Error::msg)?;
+        if manifest.spec.memory_limit_bytes > self.config.max_memory_bytes {
             bail!(
                 "memory-limit-bytes {} is above the host's HANDLER_MAX_MEMORY_BYTES {}",
-                manifest.memory_limit_bytes,
+                manifest.spec.memory_limit_bytes,
                 self.config.max_memory_bytes
             );
         }
@@ -249,22 +232,16 @@ impl Runtime {
             );
         }
         if !wasmtime::wasmparser::Parser::is_component(bytes) {
-            bail!(
-                "{} is not a WebAssembly component (no component header)",
-                manifest.file
-            );
+            bail!("{} is not a WebAssembly component (no component header)", manifest.file);
         }
-        let component =
-            wasm_err(Component::new(&self.engine, bytes)).context("compiling the component")?;
+        let component = wasm_err(Component::new(&self.engine, bytes)).context("compiling the component")?;
         self.check_world(&component)?;
-        let instance_pre =
-            wasm_err(self.linker.instantiate_pre(&component)).with_context(|| {
-                format!("it imports something the host does not provide (world {WORLD})")
-            })?;
+        let instance_pre = wasm_err(self.linker.instantiate_pre(&component))
+            .with_context(|| format!("it imports something the host does not provide (world {WORLD})"))?;
         let pre = wasm_err(wit::OrderHandlerPre::new(instance_pre))
             .with_context(|| format!("its exports do not match world {WORLD}"))?;
 
-        let mut config = manifest.config.clone();
+        let mut config = manifest.spec.config.clone();
         config.extend(config_overlay.iter().map(|(k, v)| (k.clone(), v.clone())));
         Ok(LoadedHandler {
             name: manifest.name.clone(),
@@ -286,11 +263,7 @@ impl Runtime {
         if !missing.is_empty() {
             bail!(
                 "it does not export {}: build it against world {WORLD} (wit/ in this repository)",
-                missing
-                    .iter()
-                    .map(|m| format!("`{m}`"))
-                    .collect::<Vec<_>>()
-                    .join(" and ")
+                missing.iter().map(|m| format!("`{m}`")).collect::<Vec<_>>().join(" and ")
             );
         }
         Ok(())
@@ -305,24 +278,16 @@ impl Runtime {
         event: &Event,
         orders: Arc<dyn OrderSource>,
     ) -> Result<Vec<wit::Action>, DispatchError> {
-        let state = StoreState::new(handler, event.meta().event_id.clone(), orders);
-        let mut store = Store::new(&self.engine, state);
-        store.limiter(|s| &mut s.limiter);
-        store.set_epoch_deadline(self.deadline_ticks(handler.manifest.timeout_ms));
-        store.epoch_deadline_trap();
+        let mut store = self.new_store(handler, event.meta().event_id.clone(), orders);
 
         let outcome = async {
             let bindings = handler.pre.instantiate_async(&mut store).await?;
             match event {
                 Event::OrderCreated { meta, order } => {
-                    bindings
-                        .call_on_order_created(&mut store, meta, order)
-                        .await
+                    bindings.call_on_order_created(&mut store, meta, order).await
                 }
                 Event::StatusUpdated { meta, update } => {
-                    bindings
-                        .call_on_status_updated(&mut store, meta, update)
-                        .await
+                    bindings.call_on_status_updated(&mut store, meta, update).await
                 }
             }
         }
@@ -339,13 +304,23 @@ impl Runtime {
     /// it: lets the benchmark split instantiation from the call.
     #[doc(hidden)]
     pub async fn instantiate_only(&self, handler: &LoadedHandler) -> anyhow::Result<()> {
-        let state = StoreState::new(handler, String::new(), Arc::new(NoOrders));
-        let mut store = Store::new(&self.engine, state);
-        store.limiter(|s| &mut s.limiter);
-        store.set_epoch_deadline(self.deadline_ticks(handler.manifest.timeout_ms));
-        store.epoch_deadline_trap();
+        let mut store = self.new_store(handler, String::new(), Arc::new(NoOrders));
         wasm_err(handler.pre.instantiate_async(&mut store).await)?;
         Ok(())
+    }
+
+    /// A Store for one invocation, with the handler's memory cap and deadline.
+    fn new_store(
+        &self,
+        handler: &LoadedHandler,
+        event_id: String,
+        orders: Arc<dyn OrderSource>,
+    ) -> Store<StoreState> {
+        let mut store = Store::new(&self.engine, StoreState::new(handler, event_id, orders));
+        store.limiter(|s| &mut s.limiter);
+        store.set_epoch_deadline(self.deadline_ticks(handler.manifest.spec.timeout_ms));
+        store.epoch_deadline_trap();
+        store
     }
 
     // +1: the current epoch may be about to tick, so `n` ticks can be as short as `n - 1`.
@@ -379,10 +354,7 @@ fn classify(error: wasmtime::Error, state: &StoreState) -> DispatchError {
             "the guest asked for more than its {} byte memory limit ({detail})",
             state.limiter.limit_bytes()
         );
-        return DispatchError::Trap {
-            kind: TrapKind::MemoryLimit,
-            message,
-        };
+        return DispatchError::Trap { kind: TrapKind::MemoryLimit, message };
     }
     match trap {
         Some(Trap::Interrupt) => DispatchError::Trap {
@@ -396,10 +368,7 @@ fn classify(error: wasmtime::Error, state: &StoreState) -> DispatchError {
                 None => detail,
             },
         },
-        Some(_) => DispatchError::Trap {
-            kind: TrapKind::Other,
-            message: detail,
-        },
+        Some(_) => DispatchError::Trap { kind: TrapKind::Other, message: detail },
         // Not a trap: instantiation could not get a pool slot, or similar host-side trouble.
         None => DispatchError::Host(anyhow::anyhow!(detail)),
     }
@@ -412,10 +381,7 @@ fn wasm_err<T>(result: wasmtime::Result<T>) -> anyhow::Result<T> {
 
 /// Hex sha256: a component's version.
 pub fn sha256_hex(bytes: &[u8]) -> String {
-    Sha256::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
 }
 
 impl wit::OrderStatus {

@@ -40,8 +40,9 @@ impl Registry {
     ) -> anyhow::Result<(Registry, Vec<LoadProblem>)> {
         let manifest_path = dir.join(MANIFEST_FILE);
         let manifest = match std::fs::read_to_string(&manifest_path) {
-            Ok(text) => Manifest::parse(&text)
-                .with_context(|| format!("reading {}", manifest_path.display()))?,
+            Ok(text) => {
+                Manifest::parse(&text).with_context(|| format!("reading {}", manifest_path.display()))?
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Manifest::default(),
             Err(e) => {
                 return Err(e).with_context(|| format!("reading {}", manifest_path.display()));
@@ -82,9 +83,7 @@ impl Registry {
             let Some(name) = file.strip_suffix(".wasm") else {
                 problems.push(LoadProblem {
                     path,
-                    error: anyhow::anyhow!(
-                        "ignored: not a .wasm component and not {MANIFEST_FILE}"
-                    ),
+                    error: anyhow::anyhow!("ignored: not a .wasm component and not {MANIFEST_FILE}"),
                 });
                 continue;
             };
@@ -95,10 +94,7 @@ impl Registry {
             match loaded {
                 Ok(h) if registry.get(&h.name).is_some() => problems.push(LoadProblem {
                     path,
-                    error: anyhow::anyhow!(
-                        "handler `{}` is already loaded from the manifest",
-                        h.name
-                    ),
+                    error: anyhow::anyhow!("handler `{}` is already loaded from the manifest", h.name),
                 }),
                 Ok(h) => registry.insert(h),
                 Err(error) => problems.push(LoadProblem { path, error }),
@@ -108,8 +104,7 @@ impl Registry {
     }
 
     pub fn insert(&mut self, handler: LoadedHandler) {
-        self.handlers
-            .insert(handler.name.clone(), Arc::new(handler));
+        self.handlers.insert(handler.name.clone(), Arc::new(handler));
     }
 
     pub fn get(&self, name: &str) -> Option<&Arc<LoadedHandler>> {

@@ -11,46 +11,26 @@ use host::runtime::wit::{EventMeta, LineItem, Order, OrderStatus, ShippingAddres
 use host::runtime::{Event, HandlerSpec, LoadedHandler, Runtime};
 
 pub fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
 }
 
 /// Bytes of a built component: `handlers` or `fixtures`, by name.
 pub fn component(kind: &str, name: &str) -> Vec<u8> {
-    let path = root()
-        .join("target")
-        .join(kind)
-        .join(format!("{name}.wasm"));
+    let path = root().join("target").join(kind).join(format!("{name}.wasm"));
     std::fs::read(&path).unwrap_or_else(|e| {
-        panic!(
-            "{}: {e}; build the components first with `cargo xtask test`",
-            path.display()
-        )
+        panic!("{}: {e}; build the components first with `cargo xtask test`", path.display())
     })
 }
 
 pub fn runtime() -> Runtime {
-    Runtime::new(&RuntimeConfig {
-        pool_size: 8,
-        ..RuntimeConfig::default()
-    })
-    .expect("runtime starts")
+    Runtime::new(&RuntimeConfig { pool_size: 8, ..RuntimeConfig::default() }).expect("runtime starts")
 }
 
 /// Loads a fixture with default limits, or the given ones.
 pub fn load_fixture(rt: &Runtime, name: &str, timeout_ms: u64, memory: u64) -> Arc<LoadedHandler> {
-    let spec = HandlerSpec {
-        timeout_ms,
-        memory_limit_bytes: memory,
-        ..HandlerSpec::default()
-    };
+    let spec = HandlerSpec { timeout_ms, memory_limit_bytes: memory, ..HandlerSpec::default() };
     let manifest = spec.into_manifest(name, &format!("{name}.wasm"), None);
-    Arc::new(
-        rt.load(manifest, &component("fixtures", name), &Default::default())
-            .expect("fixture loads"),
-    )
+    Arc::new(rt.load(manifest, &component("fixtures", name), &Default::default()).expect("fixture loads"))
 }
 
 pub fn sample_order(status: OrderStatus) -> Order {
@@ -99,10 +79,7 @@ pub fn sample_meta(topic: &str) -> EventMeta {
 }
 
 pub fn order_created(status: OrderStatus) -> Event {
-    Event::OrderCreated {
-        meta: sample_meta("order.created"),
-        order: sample_order(status),
-    }
+    Event::OrderCreated { meta: sample_meta("order.created"), order: sample_order(status) }
 }
 
 pub fn status_updated(previous: OrderStatus, current: OrderStatus) -> Event {
