@@ -66,6 +66,10 @@ fn built_handlers_are_components_exporting_the_world() {
     let dir = root().join("target/handlers");
     let (registry, problems) = Registry::load_dir(&rt, &dir, &BTreeMap::new()).unwrap();
     assert!(problems.is_empty(), "{problems:?}");
+    for kind in EventKind::ALL {
+        let subscribers: Vec<&str> = registry.subscribers(kind).map(|h| h.name.as_str()).collect();
+        assert_eq!(subscribers, ["notifier", "order-processor"], "{kind}");
+    }
     for name in ["order-processor", "notifier"] {
         let bytes = component("handlers", name);
         assert!(wasmparser_is_component(&bytes), "{name} is a component, not a core module");

@@ -85,9 +85,11 @@ pub fn run(sh: &Shell, args: &Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Write-then-rename, so a watcher of `HANDLERS_DIR` never sees a half-written file.
+/// Write-then-rename, so a watcher of `HANDLERS_DIR` never sees a half-written file. The temporary
+/// name starts with a dot, which the registry skips.
 fn write_atomically(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    let tmp = path.with_extension("tmp~");
+    let name = path.file_name().context("no file name")?.to_string_lossy();
+    let tmp = path.with_file_name(format!(".{name}.tmp"));
     std::fs::write(&tmp, bytes).with_context(|| format!("writing {}", tmp.display()))?;
     std::fs::rename(&tmp, path).with_context(|| format!("renaming {} into place", tmp.display()))
 }

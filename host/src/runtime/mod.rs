@@ -112,7 +112,7 @@ pub struct Runtime {
     engine: Engine,
     linker: Linker<StoreState>,
     config: RuntimeConfig,
-    ticker: Option<Ticker>,
+    _ticker: Ticker,
 }
 
 /// Advances the engine's epoch every tick so that deadlines fire; stops when the runtime drops.
@@ -181,12 +181,7 @@ impl Runtime {
                 .context("starting the epoch ticker")?
         };
 
-        Ok(Runtime {
-            engine,
-            linker,
-            config: config.clone(),
-            ticker: Some(Ticker { stop, thread: Some(thread) }),
-        })
+        Ok(Runtime { engine, linker, config: config.clone(), _ticker: Ticker { stop, thread: Some(thread) } })
     }
 
     /// Compiles `bytes` and checks them against the world. CPU-bound (Cranelift): call it off the
@@ -331,15 +326,6 @@ impl Runtime {
 
     pub fn engine(&self) -> &Engine {
         &self.engine
-    }
-
-    pub fn config(&self) -> &RuntimeConfig {
-        &self.config
-    }
-
-    /// Stops the epoch ticker now (it also stops on drop). Deadlines stop firing afterwards.
-    pub fn shutdown(&mut self) {
-        self.ticker.take();
     }
 }
 
