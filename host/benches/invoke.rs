@@ -48,15 +48,7 @@ fn invoke(c: &mut Criterion) {
         })
     });
 
-    group.bench_function("WASI context build", |b| {
-        b.iter(|| {
-            wasmtime_wasi::WasiCtx::builder()
-                .allow_tcp(false)
-                .allow_udp(false)
-                .allow_ip_name_lookup(false)
-                .build()
-        })
-    });
+    group.bench_function("WASI context build", |b| b.iter(|| host::runtime::sandbox_wasi_ctx()));
 
     group.bench_function("instantiate order-processor (fresh Store + WASI, no call)", |b| {
         b.iter(|| tokio.block_on(rt.instantiate_only(&processor)).unwrap())

@@ -16,7 +16,10 @@ pub fn run(sh: &Shell, args: &Args) -> anyhow::Result<()> {
     build_handlers::run(sh, &build_handlers::Args::default())?;
     build_fixtures(sh)?;
     let handlers = project_root().join("handlers/Cargo.toml");
-    let target_dir = project_root().join("target");
+    // Its own directory: native builds of `sdk` from the handlers workspace and from the host's
+    // dev-dependencies can share a file name in one `target/debug/deps` and overwrite each other,
+    // leaving the host's benchmark linked against two "different" sdk crates.
+    let target_dir = project_root().join("target/handlers-native");
     cmd!(sh, "cargo test --manifest-path {handlers} --workspace")
         .env("CARGO_TARGET_DIR", target_dir)
         .run()?;

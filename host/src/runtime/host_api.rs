@@ -95,6 +95,12 @@ impl ResourceLimiter for Limiter {
     }
 }
 
+/// The WASI context of every invocation: no preopened directories, no environment, no arguments,
+/// no network (the defaults deny addresses; these switch the socket interfaces off entirely).
+pub fn sandbox_wasi_ctx() -> WasiCtx {
+    WasiCtx::builder().allow_tcp(false).allow_udp(false).allow_ip_name_lookup(false).build()
+}
+
 /// The data of one invocation's Store.
 pub struct StoreState {
     wasi: WasiCtx,
@@ -112,11 +118,8 @@ pub struct StoreState {
 
 impl StoreState {
     pub fn new(handler: &LoadedHandler, event_id: String, orders: Arc<dyn OrderSource>) -> StoreState {
-        // No preopened directories, no environment, no arguments, no network: the defaults deny
-        // addresses, and these switch the socket interfaces off entirely.
-        let wasi = WasiCtx::builder().allow_tcp(false).allow_udp(false).allow_ip_name_lookup(false).build();
         StoreState {
-            wasi,
+            wasi: sandbox_wasi_ctx(),
             table: ResourceTable::new(),
             limiter: Limiter {
                 limit_bytes: usize::try_from(handler.manifest.spec.memory_limit_bytes).unwrap_or(usize::MAX),

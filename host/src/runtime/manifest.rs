@@ -49,17 +49,7 @@ pub struct Manifest {
 
 impl Manifest {
     pub fn parse(text: &str) -> anyhow::Result<Manifest> {
-        const KEYS: [&str; 7] =
-            ["name", "file", "sha256", "events", "timeout-ms", "memory-limit-bytes", "config"];
-        let table: toml::Table = toml::from_str(text)?;
-        let entries = table.get("handler").and_then(|h| h.as_array()).map(Vec::as_slice).unwrap_or_default();
-        for entry in entries.iter().filter_map(|e| e.as_table()) {
-            if let Some(key) = entry.keys().find(|k| !KEYS.contains(&k.as_str())) {
-                let name = entry.get("name").and_then(|n| n.as_str()).unwrap_or("?");
-                anyhow::bail!("handler `{name}`: unknown key `{key}` (known: {})", KEYS.join(", "));
-            }
-        }
-        let manifest: Manifest = table.try_into()?;
+        let manifest: Manifest = toml::from_str(text)?;
         for h in &manifest.handlers {
             h.spec.validate().map_err(|e| anyhow::anyhow!("handler `{}`: {e}", h.name))?;
         }
@@ -73,7 +63,7 @@ impl Manifest {
 
 /// One handler's entry: where its component is, plus its [`HandlerSpec`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
+#[serde(rename_all = "kebab-case", try_from = "RawEntry")]
 pub struct HandlerManifest {
     pub name: String,
     /// Component file, relative to the manifest.
@@ -82,9 +72,30 @@ pub struct HandlerManifest {
     /// is how a half-written or stale file is told apart from the one the manifest describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sha256: Option<String>,
-    // serde ignores deny_unknown_fields through flatten: `Manifest::parse` checks keys itself.
     #[serde(flatten)]
     pub spec: HandlerSpec,
+}
+
+/// How an entry is read: serde ignores `deny_unknown_fields` through `flatten`, so the rest of the
+/// entry is collected as a table and converted to a [`HandlerSpec`] on its own, which rejects
+/// unknown keys.
+#[derive(Deserialize)]
+struct RawEntry {
+    name: String,
+    file: String,
+    #[serde(default)]
+    sha256: Option<String>,
+    #[serde(flatten)]
+    spec: toml::Table,
+}
+
+impl TryFrom<RawEntry> for HandlerManifest {
+    type Error = String;
+
+    fn try_from(raw: RawEntry) -> Result<Self, String> {
+        let spec: HandlerSpec = raw.spec.try_into().map_err(|e| format!("handler `{}`: {e}", raw.name))?;
+        Ok(spec.into_manifest(&raw.name, &raw.file, raw.sha256))
+    }
 }
 
 /// What a handler crate declares about itself in `[package.metadata.handler]`: the manifest entry

@@ -22,7 +22,7 @@ use wasmtime::{Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Stor
 use crate::config::RuntimeConfig;
 pub use error::{DispatchError, Disposition, TrapKind, describe_handler_error};
 use host_api::StoreState;
-pub use host_api::{NoOrders, OrderSource, StaticOrders};
+pub use host_api::{NoOrders, OrderSource, StaticOrders, sandbox_wasi_ctx};
 pub use manifest::{EventKind, HandlerManifest, HandlerSpec, Manifest};
 pub use registry::{LoadProblem, Registry};
 
@@ -93,10 +93,6 @@ impl LoadedHandler {
 
     pub fn subscribes_to(&self, kind: EventKind) -> bool {
         self.manifest.spec.events.contains(&kind)
-    }
-
-    pub fn config(&self) -> &std::collections::BTreeMap<String, String> {
-        &self.config
     }
 }
 

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 
-use super::manifest::{HandlerSpec, MANIFEST_FILE, Manifest};
+use super::manifest::{HandlerManifest, HandlerSpec, MANIFEST_FILE, Manifest};
 use super::{EventKind, LoadedHandler, Runtime};
 
 /// A file in `HANDLERS_DIR` that did not become a handler, and why.
@@ -52,16 +52,24 @@ impl Registry {
         let mut registry = Registry::default();
         let mut problems = Vec::new();
         let mut claimed = BTreeSet::new();
-        for entry in manifest.handlers {
+        // One path for manifest entries and bare files; a duplicate name is refused before compiling.
+        let load = |registry: &mut Registry, problems: &mut Vec<LoadProblem>, entry: HandlerManifest| {
             let path = dir.join(&entry.file);
-            claimed.insert(entry.file.clone());
-            let loaded = std::fs::read(&path)
-                .with_context(|| format!("reading the component of handler `{}`", entry.name))
-                .and_then(|bytes| runtime.load(entry, &bytes, config_overlay));
+            let loaded = if registry.get(&entry.name).is_some() {
+                Err(anyhow::anyhow!("handler `{}` is already loaded from the manifest", entry.name))
+            } else {
+                std::fs::read(&path)
+                    .with_context(|| format!("reading the component of handler `{}`", entry.name))
+                    .and_then(|bytes| runtime.load(entry, &bytes, config_overlay))
+            };
             match loaded {
                 Ok(h) => registry.insert(h),
                 Err(error) => problems.push(LoadProblem { path, error }),
             }
+        };
+        for entry in manifest.handlers {
+            claimed.insert(entry.file.clone());
+            load(&mut registry, &mut problems, entry);
         }
 
         let mut files: Vec<_> = std::fs::read_dir(dir)
@@ -80,24 +88,16 @@ impl Registry {
             if path.is_dir() {
                 continue;
             }
-            let Some(name) = file.strip_suffix(".wasm") else {
-                problems.push(LoadProblem {
+            match file.strip_suffix(".wasm") {
+                Some(name) => load(
+                    &mut registry,
+                    &mut problems,
+                    HandlerSpec::default().into_manifest(name, &file, None),
+                ),
+                None => problems.push(LoadProblem {
                     path,
                     error: anyhow::anyhow!("ignored: not a .wasm component and not {MANIFEST_FILE}"),
-                });
-                continue;
-            };
-            let spec = HandlerSpec::default().into_manifest(name, &file, None);
-            let loaded = std::fs::read(&path)
-                .with_context(|| format!("reading the component of handler `{name}`"))
-                .and_then(|bytes| runtime.load(spec, &bytes, config_overlay));
-            match loaded {
-                Ok(h) if registry.get(&h.name).is_some() => problems.push(LoadProblem {
-                    path,
-                    error: anyhow::anyhow!("handler `{}` is already loaded from the manifest", h.name),
                 }),
-                Ok(h) => registry.insert(h),
-                Err(error) => problems.push(LoadProblem { path, error }),
             }
         }
         Ok((registry, problems))
@@ -119,10 +119,6 @@ impl Registry {
     /// The handlers an event of `kind` goes to, by name.
     pub fn subscribers(&self, kind: EventKind) -> impl Iterator<Item = &Arc<LoadedHandler>> {
         self.iter().filter(move |h| h.subscribes_to(kind))
-    }
-
-    pub fn len(&self) -> usize {
-        self.handlers.len()
     }
 
     pub fn is_empty(&self) -> bool {
