@@ -3,6 +3,7 @@
 //! Names and defaults are fixed by `shared/DESIGN.md`; runtime tuning knobs carry a `HANDLER_` prefix.
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -11,11 +12,47 @@ use anyhow::{Context, bail};
 /// Everything the host reads from its environment.
 #[derive(Debug, Clone)]
 pub struct Config {
+    /// `HTTP_ADDR`: where the API listens.
+    pub http_addr: SocketAddr,
+    /// `DATABASE_URL`: required to serve; `cargo xtask dev` supplies one.
+    pub database_url: Option<String>,
+    pub kafka: KafkaConfig,
+    /// Topics the host publishes to. Never derived from the consumed ones: mirrord renames those.
+    pub topics: Topics,
+    /// `LOG_FORMAT=json` switches logs to one JSON object per line.
+    pub log_json: bool,
     /// `HANDLERS_DIR`: components plus `handlers.toml`.
     pub handlers_dir: PathBuf,
     /// `DEMO_MODE`: handed to every handler as its `DEMO_MODE` config value.
     pub demo_mode: bool,
     pub runtime: RuntimeConfig,
+}
+
+/// Where Kafka is and what the dispatcher consumes.
+#[derive(Debug, Clone)]
+pub struct KafkaConfig {
+    /// `KAFKA_BROKERS`: bootstrap servers, or `embedded` for the in-process development broker.
+    pub brokers: String,
+    /// `KAFKA_GROUP_ID`.
+    pub group_id: String,
+    /// `KAFKA_TOPIC`: order-created events are consumed from here.
+    pub created_topic: String,
+    /// `KAFKA_STATUS_TOPIC`: status-updated events are consumed from here.
+    pub status_topic: String,
+}
+
+/// The value of `KAFKA_BROKERS` that starts the in-process development broker.
+pub const EMBEDDED_BROKERS: &str = "embedded";
+
+/// Topics the host produces to.
+#[derive(Debug, Clone)]
+pub struct Topics {
+    /// `ORDER_CREATED_TOPIC`.
+    pub order_created: String,
+    /// `STATUS_UPDATED_TOPIC`.
+    pub status_updated: String,
+    /// `DEAD_LETTER_TOPIC`.
+    pub dead_letter: String,
 }
 
 /// Sizing of the WebAssembly engine, shared by all handlers.
@@ -52,7 +89,33 @@ impl Config {
     /// Reads configuration through `lookup`, so tests need not touch the process environment.
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> anyhow::Result<Config> {
         let defaults = RuntimeConfig::default();
+        let text = |key: &str, default: &str| {
+            lookup(key)
+                .map(|v| v.trim().to_string())
+                .filter(|v| !v.is_empty())
+                .unwrap_or_else(|| default.into())
+        };
         Ok(Config {
+            http_addr: parse(&lookup, "HTTP_ADDR", SocketAddr::from(([0, 0, 0, 0], 8080)), |v| {
+                Ok(v.parse()?)
+            })?,
+            database_url: lookup("DATABASE_URL").filter(|v| !v.trim().is_empty()),
+            kafka: KafkaConfig {
+                brokers: text("KAFKA_BROKERS", "localhost:9092"),
+                group_id: text("KAFKA_GROUP_ID", "order-processor"),
+                created_topic: text("KAFKA_TOPIC", "order.created"),
+                status_topic: text("KAFKA_STATUS_TOPIC", "order.status-updated"),
+            },
+            topics: Topics {
+                order_created: text("ORDER_CREATED_TOPIC", "order.created"),
+                status_updated: text("STATUS_UPDATED_TOPIC", "order.status-updated"),
+                dead_letter: text("DEAD_LETTER_TOPIC", "order.dead-letter"),
+            },
+            log_json: match lookup("LOG_FORMAT").as_deref().map(str::trim) {
+                None | Some("" | "text") => false,
+                Some("json") => true,
+                Some(other) => bail!("invalid LOG_FORMAT={other:?}: expected json or text"),
+            },
             handlers_dir: lookup("HANDLERS_DIR")
                 .map_or_else(|| PathBuf::from("target/handlers"), PathBuf::from),
             demo_mode: parse(&lookup, "DEMO_MODE", false, parse_bool)?,
@@ -103,6 +166,15 @@ mod tests {
     #[test]
     fn defaults_follow_the_design() {
         let c = config(&[]).unwrap();
+        assert_eq!(c.http_addr.to_string(), "0.0.0.0:8080");
+        assert_eq!(c.database_url, None);
+        assert_eq!(c.kafka.brokers, "localhost:9092");
+        assert_eq!(c.kafka.group_id, "order-processor");
+        assert_eq!(c.kafka.created_topic, "order.created");
+        assert_eq!(c.kafka.status_topic, "order.status-updated");
+        assert_eq!(c.topics.order_created, "order.created");
+        assert_eq!(c.topics.status_updated, "order.status-updated");
+        assert_eq!(c.topics.dead_letter, "order.dead-letter");
         assert_eq!(c.handlers_dir, PathBuf::from("target/handlers"));
         assert!(!c.demo_mode);
         assert_eq!(c.runtime.pool_size, 64);
@@ -118,7 +190,18 @@ mod tests {
     }
 
     #[test]
+    fn consumed_topics_are_independent_of_published_ones() {
+        let c = config(&[("KAFKA_TOPIC", "mirrord-tmp-abc-order.created")]).unwrap();
+        assert_eq!(c.kafka.created_topic, "mirrord-tmp-abc-order.created");
+        assert_eq!(c.topics.order_created, "order.created");
+    }
+
+    #[test]
     fn bad_values_name_the_variable() {
+        let err = config(&[("HTTP_ADDR", "nowhere")]).unwrap_err();
+        assert!(format!("{err:#}").contains("HTTP_ADDR"), "{err:#}");
+        let err = config(&[("LOG_FORMAT", "xml")]).unwrap_err();
+        assert!(format!("{err:#}").contains("LOG_FORMAT"), "{err:#}");
         let err = config(&[("DEMO_MODE", "maybe")]).unwrap_err();
         assert!(format!("{err:#}").contains("DEMO_MODE"), "{err:#}");
         let err = config(&[("HANDLER_POOL_SIZE", "-3")]).unwrap_err();

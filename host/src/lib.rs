@@ -1,5 +1,13 @@
-//! The order-handler host as a library: typed configuration and the WebAssembly runtime that loads
-//! handler components and invokes them. The `order-host` binary and `xtask` are thin users of it.
+//! The order-handler host as a library: configuration, the WebAssembly runtime, Postgres, Kafka,
+//! the HTTP API and the wiring that runs them together. The `order-host` binary and `xtask` are
+//! thin users of it.
 
 pub mod config;
+pub mod db;
+pub mod events;
+pub mod http;
+pub mod kafka;
+pub mod orders;
+pub mod relay;
 pub mod runtime;
+pub mod serve;

@@ -1,5 +1,5 @@
-//! `order-host`: the host binary. Today it loads and checks the handlers in `HANDLERS_DIR`; the
-//! HTTP API and the dispatcher build on the same configuration and runtime.
+//! `order-host`: the host binary. `order-host` (or `order-host serve`) runs the service;
+//! `order-host check` loads and checks the handlers in `HANDLERS_DIR` and exits.
 
 use std::process::ExitCode;
 
@@ -7,28 +7,40 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use host::config::Config;
 use host::runtime::{Registry, Runtime};
+use host::serve::{Host, termination_signal};
 
 #[derive(Parser)]
 #[command(name = "order-host", version, about = "Runs order-pipeline handlers as WebAssembly components")]
 struct Cli {
     #[command(subcommand)]
-    command: Command,
+    command: Option<Command>,
 }
 
 #[derive(Subcommand)]
 enum Command {
+    /// Serve the API, relay the outbox and run the handlers until SIGTERM or Ctrl-C (the default).
+    Serve,
     /// Load every handler in HANDLERS_DIR, check it against the world and list it; exits non-zero
     /// if any file was rejected.
     Check,
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .init();
-    match run(Cli::parse()) {
+    let cli = Cli::parse();
+    let config = match Config::from_env().context("reading configuration") {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    if config.log_json {
+        tracing_subscriber::fmt().json().with_env_filter(filter).init();
+    } else {
+        tracing_subscriber::fmt().with_env_filter(filter).init();
+    }
+    match run(cli, config) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -37,9 +49,17 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    let config = Config::from_env().context("reading configuration")?;
-    match cli.command {
+fn run(cli: Cli, config: Config) -> anyhow::Result<ExitCode> {
+    match cli.command.unwrap_or(Command::Serve) {
+        Command::Serve => {
+            let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+            rt.block_on(async {
+                let host = Host::start(&config).await?;
+                termination_signal().await?;
+                host.shutdown().await
+            })?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Check => {
             let runtime = Runtime::new(&config.runtime)?;
             let overlay = config.handler_config_overlay();

@@ -1,0 +1,104 @@
+//! The HTTP API: MetalMart-compatible catalogue, checkout and order routes, live order streams,
+//! health and the OpenAPI document. Only this module knows axum.
+//!
+//! Routes are registered through `utoipa-axum`, so a route cannot exist without its OpenAPI entry.
+
+mod catalog;
+mod error;
+mod health;
+mod orders;
+mod stream;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context;
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::http::StatusCode;
+use sqlx::PgPool;
+use tokio::sync::watch;
+use tower_http::trace::TraceLayer;
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+pub use self::error::{ApiError, ErrorBody};
+pub use self::health::Probes;
+use crate::config::Topics;
+use crate::db::listen::Notices;
+
+/// Request bodies larger than this are refused with 413. An order of 50 lines is a few KiB.
+pub const BODY_LIMIT: usize = 64 * 1024;
+
+/// What every request handler can reach. Cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    pub pool: PgPool,
+    pub topics: Arc<Topics>,
+    pub notices: Notices,
+    pub probes: Probes,
+    /// Turns true at shutdown; ends live streams so the server can drain.
+    pub shutdown: watch::Receiver<bool>,
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "order-host", description = "MetalMart-compatible order, catalogue and checkout API"),
+    tags(
+        (name = "catalogue", description = "Products and stock"),
+        (name = "orders", description = "Orders, checkout, status and live tracking"),
+        (name = "health", description = "Liveness and readiness")
+    )
+)]
+struct ApiDoc;
+
+/// The application's routes and their OpenAPI document, built together.
+pub fn router_and_spec(state: AppState) -> (Router, utoipa::openapi::OpenApi) {
+    let (router, spec) = OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(catalog::list_products))
+        .routes(routes!(catalog::search_products))
+        .routes(routes!(catalog::products_in_category))
+        .routes(routes!(catalog::get_product))
+        .routes(routes!(catalog::get_inventory))
+        .routes(routes!(orders::create_order, orders::list_orders))
+        .routes(routes!(orders::checkout))
+        .routes(routes!(orders::get_order))
+        .routes(routes!(orders::track_order))
+        .routes(routes!(orders::get_status, orders::put_status))
+        .routes(routes!(orders::order_history))
+        .routes(routes!(stream::order_events))
+        .routes(routes!(health::healthz))
+        .routes(routes!(health::readyz))
+        .with_state(state)
+        .split_for_parts();
+    let doc = spec.clone();
+    let router = router
+        .route("/api/openapi.json", axum::routing::get(move || async move { axum::Json(doc) }))
+        .fallback(|| async { ApiError::not_found("no_route", "no such route") })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "method not allowed on this route",
+            )
+        })
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(TraceLayer::new_for_http());
+    (router, spec)
+}
+
+/// Serves until `shutdown` turns true, then stops accepting and lets in-flight requests finish.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: AppState,
+    mut shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    let (router, _) = router_and_spec(state);
+    axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())
+        .with_graceful_shutdown(async move {
+            let _ = shutdown.wait_for(|s| *s).await;
+        })
+        .await
+        .context("serving HTTP")
+}

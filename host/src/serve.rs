@@ -1,0 +1,156 @@
+//! Wires the running host together: Postgres, Kafka, handlers, the notification fan-out, the
+//! outbox relay and the HTTP server; and takes them down in order on shutdown.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use sqlx::PgPool;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::config::{Config, EMBEDDED_BROKERS};
+use crate::db;
+use crate::db::listen::{self, Notices};
+use crate::http::{self, AppState, Probes};
+use crate::kafka::{EmbeddedBroker, Producer};
+use crate::relay::{self, RelayConfig};
+use crate::runtime::{Registry, Runtime};
+
+/// How long librdkafka retries one record before the relay sees it fail and backs off.
+const PRODUCE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Bound on flushing the producer at shutdown; the outbox keeps whatever did not make it.
+const FLUSH_TIMEOUT: Duration = Duration::from_secs(10);
+/// Partitions of the embedded broker's topics, as in the k8s topic Job.
+const EMBEDDED_PARTITIONS: i32 = 3;
+
+/// A started host. Dropping it without `shutdown` aborts nothing gracefully; call `shutdown`.
+pub struct Host {
+    pub addr: SocketAddr,
+    pub pool: PgPool,
+    shutdown: watch::Sender<bool>,
+    server: JoinHandle<anyhow::Result<()>>,
+    background: Vec<JoinHandle<()>>,
+    producer: Arc<Producer>,
+    /// Kept alive for the host's lifetime when `KAFKA_BROKERS=embedded`.
+    embedded: Option<EmbeddedBroker>,
+}
+
+impl Host {
+    /// Connects, migrates, loads handlers and starts serving on `config.http_addr`.
+    pub async fn start(config: &Config) -> anyhow::Result<Host> {
+        let Some(url) = config.database_url.as_deref() else {
+            bail!("DATABASE_URL is not set (`cargo xtask dev` starts a local Postgres and sets it)");
+        };
+        let pool = db::connect(url, 16).await?;
+
+        let embedded = if config.kafka.brokers == EMBEDDED_BROKERS {
+            let t = &config.topics;
+            let topics = [
+                &t.order_created,
+                &t.status_updated,
+                &t.dead_letter,
+                &config.kafka.created_topic,
+                &config.kafka.status_topic,
+            ];
+            let mut names: Vec<&str> = topics.iter().map(|s| s.as_str()).collect();
+            names.sort_unstable();
+            names.dedup();
+            let broker = EmbeddedBroker::start(&names, EMBEDDED_PARTITIONS)?;
+            tracing::warn!(
+                bootstrap = broker.bootstrap_servers(),
+                "KAFKA_BROKERS=embedded: using an in-memory development broker; nothing survives a restart"
+            );
+            Some(broker)
+        } else {
+            None
+        };
+        let brokers = embedded.as_ref().map_or(config.kafka.brokers.as_str(), |b| b.bootstrap_servers());
+        let producer = Arc::new(Producer::new(brokers, PRODUCE_TIMEOUT)?);
+
+        let handlers = load_handlers(config).await?;
+
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let notices = Notices::new();
+        let background = vec![
+            tokio::spawn(listen::run(pool.clone(), notices.clone(), shutdown_rx.clone())),
+            tokio::spawn(relay::run(
+                pool.clone(),
+                producer.clone(),
+                notices.outbox(),
+                RelayConfig::default(),
+                shutdown_rx.clone(),
+            )),
+        ];
+
+        let listener = tokio::net::TcpListener::bind(config.http_addr)
+            .await
+            .with_context(|| format!("binding HTTP_ADDR {}", config.http_addr))?;
+        let addr = listener.local_addr()?;
+        let state = AppState {
+            pool: pool.clone(),
+            topics: Arc::new(config.topics.clone()),
+            notices,
+            probes: Probes { kafka: producer.clone(), handlers_loaded: Arc::new(move || handlers) },
+            shutdown: shutdown_rx.clone(),
+        };
+        let server = tokio::spawn(http::serve(listener, state, shutdown_rx));
+        tracing::info!(%addr, "order-host listening");
+        Ok(Host { addr, pool, shutdown, server, background, producer, embedded })
+    }
+
+    pub fn embedded_broker(&self) -> Option<&EmbeddedBroker> {
+        self.embedded.as_ref()
+    }
+
+    /// Stops accepting, lets in-flight requests finish, drains the relay, flushes the producer.
+    pub async fn shutdown(self) -> anyhow::Result<()> {
+        let _ = self.shutdown.send(true);
+        let served = self.server.await.context("joining the HTTP server")?;
+        for task in self.background {
+            task.await.context("joining a background task")?;
+        }
+        let producer = self.producer.clone();
+        tokio::task::spawn_blocking(move || producer.flush(FLUSH_TIMEOUT)).await??;
+        self.pool.close().await;
+        drop(self.embedded);
+        served
+    }
+}
+
+/// Loads `HANDLERS_DIR` off the async threads (compiling is CPU-bound). A missing directory means
+/// no handlers yet: the API still serves, readiness says why it is not ready.
+async fn load_handlers(config: &Config) -> anyhow::Result<usize> {
+    let config = config.clone();
+    tokio::task::spawn_blocking(move || {
+        if !config.handlers_dir.is_dir() {
+            tracing::warn!(dir = %config.handlers_dir.display(), "HANDLERS_DIR does not exist; no handlers loaded");
+            return Ok(0);
+        }
+        let runtime = Runtime::new(&config.runtime)?;
+        let (registry, problems) =
+            Registry::load_dir(&runtime, &config.handlers_dir, &config.handler_config_overlay())?;
+        for p in &problems {
+            tracing::error!(problem = %p, "handler rejected");
+        }
+        for h in registry.iter() {
+            tracing::info!(handler = %h.name, version = %h.short_version(), "handler loaded");
+        }
+        Ok(registry.iter().count())
+    })
+    .await
+    .context("joining the handler loader")?
+}
+
+/// Resolves on SIGTERM (Kubernetes) or SIGINT (Ctrl-C).
+pub async fn termination_signal() -> anyhow::Result<()> {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("installing the SIGTERM handler")?;
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => r.context("waiting for Ctrl-C")?,
+        _ = term.recv() => {}
+    }
+    tracing::info!("shutting down");
+    Ok(())
+}
