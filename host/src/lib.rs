@@ -4,6 +4,7 @@
 
 pub mod config;
 pub mod db;
+pub mod devdb;
 pub mod events;
 pub mod http;
 pub mod kafka;

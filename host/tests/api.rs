@@ -1,0 +1,626 @@
+//! The order service against a real throwaway Postgres and a Kafka-protocol broker: every route's
+//! happy path and bad inputs, the catalogue as the only source of prices, what lands on Kafka,
+//! stock that never oversells, and live status streams.
+
+mod support;
+
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use serde_json::{Value, json};
+use support::service::*;
+
+#[tokio::test]
+async fn catalogue_reads_keep_metalmart_ids_and_fields() {
+    let t = TestHost::start().await;
+    let (code, products) = t.get("/api/products").await;
+    assert_eq!(code, 200);
+    let ids: Vec<&str> = products.as_array().unwrap().iter().map(|p| p["id"].as_str().unwrap()).collect();
+    assert_eq!(ids, ["1", "2", "3", "4", "5", "6", "7", "8", "9", "10"]);
+    let mut keys: Vec<&String> = products[0].as_object().unwrap().keys().collect();
+    keys.sort();
+    assert_eq!(keys, ["category", "description", "id", "image_url", "name", "price"]);
+
+    let (code, mug) = t.get("/api/products/5").await;
+    assert_eq!(code, 200);
+    assert_eq!(mug["price"], json!(14.99));
+    assert!(mug["name"].as_str().unwrap().contains("Mug"));
+
+    let (_, hoodies) = t.get("/api/products/category/hoodies").await;
+    let names: Vec<&str> = hoodies.as_array().unwrap().iter().map(|p| p["id"].as_str().unwrap()).collect();
+    assert_eq!(names, ["2", "8"]);
+    // Case-insensitive, over names and descriptions (the polo's mentions hoodies).
+    let (_, found) = t.get("/api/products/search?q=HOODIE").await;
+    let ids: Vec<&str> = found.as_array().unwrap().iter().map(|p| p["id"].as_str().unwrap()).collect();
+    assert_eq!(ids, ["2", "7", "8"]);
+    let (_, found) = t.get("/api/products?q=beanie&category=accessories").await;
+    assert_eq!(found.as_array().unwrap().len(), 1);
+    // A search term is text: `%` matches only itself.
+    let (_, found) = t.get("/api/products/search?q=%25").await;
+    assert_eq!(found, json!([]));
+
+    let (code, stock) = t.get("/api/inventory/1").await;
+    assert_eq!(code, 200);
+    assert_eq!(
+        stock,
+        json!({"product_id": "1", "stock_quantity": 100, "reserved_quantity": 0, "available_quantity": 100})
+    );
+
+    for path in ["/api/products/99", "/api/inventory/99"] {
+        let (code, body) = t.get(path).await;
+        assert_eq!(code, 404, "{path}");
+        assert_eq!(body["error"]["code"], "product_not_found", "{path}");
+    }
+    let (code, body) = t.get("/api/products/search").await;
+    assert_eq!(code, 400);
+    assert_eq!(body["error"]["code"], "invalid_query");
+    t.host.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn an_order_is_priced_from_the_catalogue_and_announced_on_kafka() {
+    let t = TestHost::start().await;
+    // MetalMart's load generator sends arbitrary names and prices; they must be ignored.
+    let body = json!({
+        "customer_email": "ada@metalbear.com",
+        "customer_name": "Ada Lovelace",
+        "shipping_address": {"street": "1 Analytical St", "city": "London", "zip_code": "N1", "country": "UK"},
+        "items": [
+            {"product_id": "1", "product_name": "free stuff", "quantity": 2, "price": 0.01},
+            {"product_id": "6", "quantity": 1, "price": 1000}
+        ],
+        "reservation_id": "ignored",
+    });
+    let (code, order) = t.post("/api/orders", &body).await;
+    assert_eq!(code, 201, "{order}");
+    assert_eq!(order["status"], "pending");
+    assert_eq!(order["total_amount"], json!(69.97)); // 2 × 29.99 + 9.99
+    assert!(order["order_number"].as_str().unwrap().starts_with("MM-"));
+    assert_eq!(order["tracking_token"].as_str().unwrap().len(), 32);
+    assert_eq!(order["items"][0]["product_name"], "MetalBear Classic T-Shirt");
+    assert_eq!(order["items"][0]["price_at_time"], json!(29.99));
+    assert_eq!(order["shipping_address"]["city"], "London");
+    assert_eq!(order["source"], "cluster");
+    let id = order["id"].as_str().unwrap().to_string();
+
+    let (total,): (i64,) = sqlx::query_as("SELECT total_cents FROM orders WHERE id = $1::uuid")
+        .bind(&id)
+        .fetch_one(t.pool())
+        .await
+        .unwrap();
+    assert_eq!(total, 6997, "money is stored as exact cents");
+
+    let (code, fetched) = t.get(&format!("/api/orders/{id}")).await;
+    assert_eq!(code, 200);
+    assert_eq!(fetched["order_number"], order["order_number"]);
+    let (code, tracked) =
+        t.get(&format!("/api/orders/track/{}", order["tracking_token"].as_str().unwrap())).await;
+    assert_eq!(code, 200);
+    assert_eq!(tracked["id"], order["id"]);
+    let (_, history) = t.get(&format!("/api/orders/{id}/history")).await;
+    assert_eq!(history.as_array().unwrap().len(), 1);
+    assert_eq!(history[0]["to_status"], "pending");
+    assert_eq!(history[0]["cause"], "api");
+
+    let records =
+        consume(t.broker.bootstrap_servers(), "order.created", 1, Duration::from_secs(20), |c| c.key == id)
+            .await;
+    let r = &records[0];
+    assert_eq!(r.headers["customer_email"], "ada@metalbear.com");
+    assert_eq!(r.headers["ce_specversion"], "1.0");
+    assert_eq!(r.headers["ce_type"], "com.metalmart.order.created");
+    assert_eq!(r.headers["ce_source"], "/metalmart/order-host");
+    assert_eq!(r.headers["content-type"], "application/json");
+    assert!(uuid::Uuid::parse_str(&r.headers["ce_id"]).is_ok());
+    assert!(chrono::DateTime::parse_from_rfc3339(&r.headers["ce_time"]).is_ok());
+    for field in [
+        "order_id",
+        "order_number",
+        "customer_email",
+        "total_amount",
+        "status",
+        "created_at",
+        "items",
+        "customer_name",
+    ] {
+        assert!(r.value.get(field).is_some(), "order.created lacks {field}: {}", r.value);
+    }
+    assert_eq!(r.value["order_id"], json!(id));
+    assert_eq!(r.value["total_amount"], json!(69.97));
+    assert_eq!(r.value["status"], "pending");
+
+    eventually("the outbox row to be marked published", Duration::from_secs(10), || async {
+        let (n,): (i64,) = sqlx::query_as("SELECT count(*) FROM outbox WHERE published_at IS NULL")
+            .fetch_one(t.pool())
+            .await
+            .unwrap();
+        (n == 0).then_some(())
+    })
+    .await;
+    t.host.shutdown().await.unwrap();
+}
+
+/// Row counts that must not move when a request fails.
+async fn footprint(t: &TestHost) -> [i64; 5] {
+    let (reserved,): (i64,) =
+        sqlx::query_as("SELECT sum(reserved)::bigint FROM inventory").fetch_one(t.pool()).await.unwrap();
+    [
+        t.count("orders").await,
+        t.count("order_items").await,
+        t.count("outbox").await,
+        t.count("order_status_history").await,
+        reserved,
+    ]
+}
+
+#[tokio::test]
+async fn bad_orders_get_exact_errors_and_leave_nothing_behind() {
+    let t = TestHost::start().await;
+    let before = footprint(&t).await;
+    let good = order_body("ann@example.com", &[("1", 1)]);
+    let with = |f: &dyn Fn(&mut Value)| {
+        let mut b = good.clone();
+        f(&mut b);
+        b
+    };
+    let cases: Vec<(&str, Value, u16, &str)> = vec![
+        (
+            "missing email",
+            with(&|b| drop(b.as_object_mut().unwrap().remove("customer_email"))),
+            400,
+            "invalid_body",
+        ),
+        ("missing items", with(&|b| drop(b.as_object_mut().unwrap().remove("items"))), 400, "invalid_body"),
+        ("email is a number", with(&|b| b["customer_email"] = json!(7)), 400, "invalid_body"),
+        ("quantity is a string", with(&|b| b["items"][0]["quantity"] = json!("2")), 400, "invalid_body"),
+        ("product id is a number", with(&|b| b["items"][0]["product_id"] = json!(1)), 400, "invalid_body"),
+        ("bad email", with(&|b| b["customer_email"] = json!("not-an-email")), 400, "validation_failed"),
+        ("blank name", with(&|b| b["customer_name"] = json!("   ")), 400, "validation_failed"),
+        ("no lines", with(&|b| b["items"] = json!([])), 400, "validation_failed"),
+        ("zero quantity", with(&|b| b["items"][0]["quantity"] = json!(0)), 400, "validation_failed"),
+        ("huge quantity", with(&|b| b["items"][0]["quantity"] = json!(1_000_000)), 400, "validation_failed"),
+        ("negative quantity", with(&|b| b["items"][0]["quantity"] = json!(-1)), 400, "validation_failed"),
+        (
+            "51 lines",
+            with(&|b| b["items"] = json!(vec![json!({"product_id": "1", "quantity": 1}); 51])),
+            400,
+            "validation_failed",
+        ),
+        (
+            "unknown product",
+            with(&|b| {
+                b["items"] = json!([{"product_id": "1", "quantity": 1}, {"product_id": "404", "quantity": 1}])
+            }),
+            400,
+            "unknown_product",
+        ),
+    ];
+    for path in ["/api/orders", "/api/checkout"] {
+        for (what, body, status, code) in &cases {
+            let (got, err) = t.post(path, body).await;
+            assert_eq!(got, *status, "{path} {what}: {err}");
+            assert_eq!(err["error"]["code"], *code, "{path} {what}: {err}");
+            assert!(!err["error"]["message"].as_str().unwrap().is_empty(), "{path} {what}");
+        }
+        let (code, err) =
+            t.raw(reqwest::Method::POST, path, "application/json", b"{\"customer_email\": ".to_vec()).await;
+        assert_eq!((code, err["error"]["code"].as_str().unwrap()), (400, "malformed_json"), "{path}");
+        let (code, err) =
+            t.raw(reqwest::Method::POST, path, "text/plain", good.to_string().into_bytes()).await;
+        assert_eq!((code, err["error"]["code"].as_str().unwrap()), (415, "unsupported_media_type"), "{path}");
+        let huge = json!({"customer_email": "a@b.co", "customer_name": "x".repeat(100 * 1024), "items": []});
+        let (code, err) =
+            t.raw(reqwest::Method::POST, path, "application/json", huge.to_string().into_bytes()).await;
+        assert_eq!((code, err["error"]["code"].as_str().unwrap()), (413, "body_too_large"), "{path}");
+    }
+    let (_, err) = t.post("/api/orders", &cases[9].1).await;
+    assert!(err["error"]["message"].as_str().unwrap().contains("items[0].quantity"), "{err}");
+    let (_, err) = t.post("/api/orders", &cases[12].1).await;
+    assert!(err["error"]["message"].as_str().unwrap().contains("\"404\""), "{err}");
+    assert_eq!(footprint(&t).await, before, "a failed request left rows behind");
+    t.host.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn lookups_of_unknown_orders_are_404s() {
+    let t = TestHost::start().await;
+    for path in [
+        "/api/orders/6f1c2d3e-0000-4000-8000-000000000000",
+        "/api/orders/not-a-uuid",
+        "/api/orders/6f1c2d3e-0000-4000-8000-000000000000/status",
+        "/api/orders/6f1c2d3e-0000-4000-8000-000000000000/history",
+        "/api/orders/6f1c2d3e-0000-4000-8000-000000000000/events",
+    ] {
+        let (code, err) = t.get(path).await;
+        assert_eq!((code, err["error"]["code"].as_str().unwrap()), (404, "order_not_found"), "{path}");
+    }
+    let (code, err) = t.get("/api/orders/track/0123456789abcdef0123456789abcdef").await;
+    assert_eq!((code, err["error"]["code"].as_str().unwrap()), (404, "tracking_token_not_found"));
+    let (code, err) =
+        t.put("/api/orders/6f1c2d3e-0000-4000-8000-000000000000/status", &json!({"status": "shipped"})).await;
+    assert_eq!((code, err["error"]["code"].as_str().unwrap()), (404, "order_not_found"));
+    let (code, err) = t.get("/api/nothing-here").await;
+    assert_eq!((code, err["error"]["code"].as_str().unwrap()), (404, "no_route"));
+    let (code, err) = t.raw(reqwest::Method::DELETE, "/api/products", "application/json", vec![]).await;
+    assert_eq!((code, err["error"]["code"].as_str().unwrap()), (405, "method_not_allowed"));
+    t.host.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn orders_are_listed_newest_first_and_by_email() {
+    let t = TestHost::start().await;
+    let mut ids = Vec::new();
+    for email in ["a@x.io", "b@x.io", "A@X.io"] {
+        let (code, o) = t.post("/api/orders", &order_body(email, &[("2", 1)])).await;
+        assert_eq!(code, 201);
+        ids.push(o["id"].clone());
+    }
+    let (_, all) = t.get("/api/orders").await;
+    let got: Vec<Value> = all.as_array().unwrap().iter().map(|o| o["id"].clone()).collect();
+    assert_eq!(got, [ids[2].clone(), ids[1].clone(), ids[0].clone()]);
+    let (_, mine) = t.get("/api/orders?email=a@x.io").await;
+    let got: Vec<Value> = mine.as_array().unwrap().iter().map(|o| o["id"].clone()).collect();
+    assert_eq!(got, [ids[2].clone(), ids[0].clone()], "email matches case-insensitively");
+    assert_eq!(mine[0]["items"].as_array().unwrap().len(), 1);
+    let (_, limited) = t.get("/api/orders?limit=1").await;
+    assert_eq!(limited.as_array().unwrap().len(), 1);
+    t.host.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn status_changes_follow_the_state_machine_and_are_published_in_order() {
+    let t = TestHost::start().await;
+    let (_, order) = t.post("/api/orders", &order_body("sm@metalbear.com", &[("4", 1)])).await;
+    let id = order["id"].as_str().unwrap().to_string();
+    let path = format!("/api/orders/{id}/status");
+
+    let (code, err) = t.put(&path, &json!({"status": "shipped"})).await;
+    assert_eq!((code, err["error"]["code"].as_str().unwrap()), (409, "illegal_transition"), "{err}");
+    assert!(err["error"]["message"].as_str().unwrap().contains("pending -> shipped"));
+    let (code, err) = t.put(&path, &json!({"status": "teleported"})).await;
+    assert_eq!((code, err["error"]["code"].as_str().unwrap()), (400, "unknown_status"));
+    let (code, err) = t.put(&path, &json!({"status": 3})).await;
+    assert_eq!((code, err["error"]["code"].as_str().unwrap()), (400, "invalid_body"));
+    assert_eq!(t.count("order_status_history").await, 1, "refused changes write no history");
+
+    for (from, to) in [("pending", "processing"), ("processing", "confirmed"), ("confirmed", "shipped")] {
+        let (code, s) = t.put(&path, &json!({"status": to})).await;
+        assert_eq!(code, 200, "{s}");
+        assert_eq!((s["previous_status"].as_str().unwrap(), s["status"].as_str().unwrap()), (from, to));
+    }
+    let (code, s) = t.get(&path).await;
+    assert_eq!(code, 200);
+    assert_eq!(s["status"], "shipped");
+    assert_eq!(s["source"], "cluster");
+    let (_, history) = t.get(&format!("/api/orders/{id}/history")).await;
+    let steps: Vec<&str> =
+        history.as_array().unwrap().iter().map(|h| h["to_status"].as_str().unwrap()).collect();
+    assert_eq!(steps, ["pending", "processing", "confirmed", "shipped"]);
+
+    let records =
+        consume(t.broker.bootstrap_servers(), "order.status-updated", 3, Duration::from_secs(20), |c| {
+            c.key == id
+        })
+        .await;
+    let seq: Vec<(&str, &str)> = records
+        .iter()
+        .map(|r| (r.value["previous_status"].as_str().unwrap(), r.value["status"].as_str().unwrap()))
+        .collect();
+    assert_eq!(seq, [("pending", "processing"), ("processing", "confirmed"), ("confirmed", "shipped")]);
+    for r in &records {
+        assert_eq!(r.headers["customer_email"], "sm@metalbear.com");
+        assert_eq!(r.headers["ce_type"], "com.metalmart.order.status-updated");
+        assert_eq!(r.value["caused_by"], "api");
+        assert_eq!(r.value["order_number"], order["order_number"]);
+        assert!(r.value.get("changed_at").is_some());
+    }
+    t.host.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn checkout_reserves_all_or_nothing_and_settles_on_ship_or_cancel() {
+    let t = TestHost::start().await;
+    sqlx::query("UPDATE inventory SET stock = 5 WHERE product_id = '8'").execute(t.pool()).await.unwrap();
+
+    // The first line fits, the second does not: neither is reserved.
+    let (code, err) = t.post("/api/checkout", &order_body("c@x.io", &[("1", 3), ("8", 6)])).await;
+    assert_eq!((code, err["error"]["code"].as_str().unwrap()), (409, "insufficient_stock"), "{err}");
+    let msg = err["error"]["message"].as_str().unwrap();
+    assert!(msg.contains("product 8") && msg.contains("Zip Hoodie") && msg.contains("available 5"), "{msg}");
+    assert_eq!(t.get("/api/inventory/1").await.1["reserved_quantity"], 0);
+    assert_eq!(t.count("orders").await, 0);
+
+    // Two lines of one product count together.
+    let (code, err) = t.post("/api/checkout", &order_body("c@x.io", &[("8", 3), ("8", 3)])).await;
+    assert_eq!(code, 409, "{err}");
+
+    let (code, ok) = t.post("/api/checkout", &order_body("c@x.io", &[("1", 3), ("8", 5)])).await;
+    assert_eq!(code, 201, "{ok}");
+    assert_eq!(ok["success"], true);
+    assert_eq!(ok["order_id"], ok["order"]["id"]);
+    assert_eq!(ok["total_amount"], json!(439.92)); // 3 × 29.99 + 5 × 69.99
+    assert_eq!(t.get("/api/inventory/8").await.1["available_quantity"], 0);
+    let shipped = ok["order_id"].as_str().unwrap().to_string();
+
+    let (_, other) = t.post("/api/checkout", &order_body("c@x.io", &[("1", 2)])).await;
+    let cancelled = other["order_id"].as_str().unwrap().to_string();
+    assert_eq!(t.get("/api/inventory/1").await.1["reserved_quantity"], 5);
+
+    for to in ["processing", "confirmed", "shipped"] {
+        assert_eq!(t.put(&format!("/api/orders/{shipped}/status"), &json!({"status": to})).await.0, 200);
+    }
+    assert_eq!(
+        t.put(&format!("/api/orders/{cancelled}/status"), &json!({"status": "cancelled"})).await.0,
+        200
+    );
+    let inv8 = t.get("/api/inventory/8").await.1;
+    assert_eq!(
+        (inv8["stock_quantity"].as_i64(), inv8["reserved_quantity"].as_i64()),
+        (Some(0), Some(0)),
+        "shipping sells"
+    );
+    let inv1 = t.get("/api/inventory/1").await.1;
+    assert_eq!(
+        (inv1["stock_quantity"].as_i64(), inv1["reserved_quantity"].as_i64()),
+        (Some(97), Some(0)),
+        "cancelling releases"
+    );
+    // A plain order does not touch stock.
+    let (_, plain) = t.post("/api/orders", &order_body("c@x.io", &[("1", 1)])).await;
+    assert_eq!(plain["status"], "pending");
+    assert_eq!(t.get("/api/inventory/1").await.1["reserved_quantity"], 0);
+    t.host.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn racing_checkouts_never_oversell_or_deadlock() {
+    let t = TestHost::start().await;
+    sqlx::query("UPDATE inventory SET stock = 10 WHERE product_id IN ('3', '7')")
+        .execute(t.pool())
+        .await
+        .unwrap();
+    // Lines in both orders, so without a lock order two checkouts would wait on each other.
+    let bodies: Vec<Value> = (0..40)
+        .map(|i| {
+            let lines: &[(&str, i64)] =
+                if i % 2 == 0 { &[("3", 1), ("7", 1)] } else { &[("7", 1), ("3", 1)] };
+            order_body(&format!("race{i}@x.io"), lines)
+        })
+        .collect();
+    let results = futures_util::future::join_all(bodies.iter().map(|b| t.post("/api/checkout", b))).await;
+    let created = results.iter().filter(|(c, _)| *c == 201).count();
+    let refused =
+        results.iter().filter(|(c, b)| *c == 409 && b["error"]["code"] == "insufficient_stock").count();
+    assert_eq!((created, refused), (10, 30), "{results:?}");
+    for p in ["3", "7"] {
+        let inv = t.get(&format!("/api/inventory/{p}")).await.1;
+        assert_eq!(inv["reserved_quantity"], 10, "product {p}");
+        assert_eq!(inv["available_quantity"], 0, "product {p}");
+    }
+    let (items,): (i64,) =
+        sqlx::query_as("SELECT coalesce(sum(quantity), 0)::bigint FROM order_items WHERE product_id = '3'")
+            .fetch_one(t.pool())
+            .await
+            .unwrap();
+    assert_eq!(items, 10);
+    assert_eq!(t.count("orders").await, 10);
+    t.host.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_stream_sees_every_change_in_order() {
+    let t = TestHost::start().await;
+    let (_, order) = t.post("/api/orders", &order_body("live@x.io", &[("9", 1)])).await;
+    let id = order["id"].as_str().unwrap().to_string();
+    let resp = t.http.get(t.url(&format!("/api/orders/{id}/events"))).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["content-type"], "text/event-stream");
+    let mut events = SseReader::new(resp);
+
+    let first = events.next_within(Duration::from_secs(1)).await;
+    assert_eq!((first["status"].as_str(), first["cause"].is_null()), (Some("pending"), true));
+    for to in ["processing", "confirmed", "shipped"] {
+        assert_eq!(t.put(&format!("/api/orders/{id}/status"), &json!({"status": to})).await.0, 200);
+        let ev = events.next_within(Duration::from_secs(1)).await;
+        assert_eq!(ev["status"], to, "{ev}");
+        assert_eq!(ev["cause"], "api");
+        assert_eq!(ev["order_id"], json!(id));
+    }
+    // Another order's change is not on this stream.
+    let (_, other) = t.post("/api/orders", &order_body("live@x.io", &[("9", 1)])).await;
+    t.put(&format!("/api/orders/{}/status", other["id"].as_str().unwrap()), &json!({"status": "cancelled"}))
+        .await;
+    t.put(&format!("/api/orders/{id}/status"), &json!({"status": "delivered"})).await;
+    assert_eq!(events.next_within(Duration::from_secs(1)).await["status"], "delivered");
+
+    // Shutting down ends open streams instead of waiting for them forever.
+    tokio::time::timeout(Duration::from_secs(15), t.host.shutdown())
+        .await
+        .expect("shutdown ends streams")
+        .unwrap();
+}
+
+/// Reads `data:` payloads of `status` events from an SSE response.
+struct SseReader {
+    body: futures_util::stream::BoxStream<'static, reqwest::Result<bytes::Bytes>>,
+    buf: String,
+}
+
+impl SseReader {
+    fn new(resp: reqwest::Response) -> SseReader {
+        SseReader { body: resp.bytes_stream().boxed(), buf: String::new() }
+    }
+
+    async fn next_within(&mut self, within: Duration) -> Value {
+        tokio::time::timeout(within, async {
+            loop {
+                if let Some(end) = self.buf.find("\n\n") {
+                    let frame: String = self.buf.drain(..end + 2).collect();
+                    if let Some(data) = frame.lines().find_map(|l| l.strip_prefix("data:")) {
+                        assert!(frame.contains("event: status"), "{frame}");
+                        return serde_json::from_str(data.trim()).unwrap();
+                    }
+                    continue; // keep-alive comment
+                }
+                let chunk = self.body.next().await.expect("stream stays open").expect("stream reads");
+                self.buf.push_str(std::str::from_utf8(&chunk).unwrap());
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("no status event within {within:?}"))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn orders_are_accepted_while_kafka_is_down_and_published_when_it_returns() {
+    let t = TestHost::start().await;
+    t.broker.broker_down().unwrap();
+    let started = std::time::Instant::now();
+    let (code, order) = t.post("/api/orders", &order_body("down@x.io", &[("5", 1)])).await;
+    assert_eq!(code, 201, "{order}");
+    assert!(started.elapsed() < Duration::from_secs(5), "Kafka is not on the request path");
+    let id = order["id"].as_str().unwrap().to_string();
+    let (unpublished,): (i64,) = sqlx::query_as("SELECT count(*) FROM outbox WHERE published_at IS NULL")
+        .fetch_one(t.pool())
+        .await
+        .unwrap();
+    assert_eq!(unpublished, 1);
+    let (code, ready) = t.get("/readyz").await;
+    assert_eq!(code, 503);
+    assert_ne!(ready["kafka"], "ok", "{ready}");
+    assert_eq!(ready["postgres"], "ok", "{ready}");
+
+    t.broker.broker_up().unwrap();
+    let records =
+        consume(t.broker.bootstrap_servers(), "order.created", 1, Duration::from_secs(40), |c| c.key == id)
+            .await;
+    assert_eq!(records[0].value["order_id"], json!(id));
+    t.host.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_publish_each_row_exactly_once() {
+    let t = TestHost::start().await;
+    let second = host::serve::Host::start(&test_config(&t.database_url, t.broker.bootstrap_servers(), &[]))
+        .await
+        .unwrap();
+    let second_base = format!("http://{}", second.addr);
+    let mut ids = std::collections::HashSet::new();
+    for i in 0..30 {
+        let base = if i % 2 == 0 { &t.base } else { &second_base };
+        let resp = t
+            .http
+            .post(format!("{base}/api/orders"))
+            .json(&order_body("dup@x.io", &[("1", 1)]))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 201);
+        ids.insert(resp.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_string());
+    }
+    let records =
+        consume(t.broker.bootstrap_servers(), "order.created", 30, Duration::from_secs(30), |_| true).await;
+    let keys: std::collections::HashSet<String> = records.iter().map(|r| r.key.clone()).collect();
+    assert_eq!(keys, ids);
+    // Nothing more arrives: no row went out twice.
+    let (n,): (i64,) = sqlx::query_as("SELECT count(*) FROM outbox WHERE published_at IS NOT NULL")
+        .fetch_one(t.pool())
+        .await
+        .unwrap();
+    assert_eq!(n, 30);
+    let more = tokio::time::timeout(
+        Duration::from_secs(2),
+        consume(t.broker.bootstrap_servers(), "order.created", 31, Duration::from_secs(2), |_| true),
+    )
+    .await;
+    assert!(more.is_err(), "a 31st record appeared");
+    second.shutdown().await.unwrap();
+    t.host.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn health_and_readiness() {
+    let t = TestHost::start().await;
+    let (code, live) = t.get("/healthz").await;
+    assert_eq!((code, live), (200, json!({"status": "ok"})));
+    let (code, ready) = t.get("/readyz").await;
+    // Postgres and Kafka answer, but these tests load no handlers.
+    assert_eq!(code, 503, "{ready}");
+    assert_eq!((ready["postgres"].as_str(), ready["kafka"].as_str()), (Some("ok"), Some("ok")), "{ready}");
+    assert_eq!(ready["handlers_loaded"], 0);
+    assert_eq!(ready["status"], "not ready");
+    t.host.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn the_openapi_document_matches_the_routes() {
+    let t = TestHost::start().await;
+    let (code, spec) = t.get("/api/openapi.json").await;
+    assert_eq!(code, 200);
+    let paths = spec["paths"].as_object().unwrap();
+    let mut documented: Vec<(String, String)> = paths
+        .iter()
+        .flat_map(|(p, item)| item.as_object().unwrap().keys().map(move |m| (m.to_uppercase(), p.clone())))
+        .collect();
+    documented.sort();
+    let mut expected: Vec<(String, String)> = [
+        ("GET", "/api/products"),
+        ("GET", "/api/products/search"),
+        ("GET", "/api/products/category/{category}"),
+        ("GET", "/api/products/{id}"),
+        ("GET", "/api/inventory/{product_id}"),
+        ("GET", "/api/orders"),
+        ("POST", "/api/orders"),
+        ("POST", "/api/checkout"),
+        ("GET", "/api/orders/{id}"),
+        ("GET", "/api/orders/track/{token}"),
+        ("GET", "/api/orders/{id}/status"),
+        ("PUT", "/api/orders/{id}/status"),
+        ("GET", "/api/orders/{id}/history"),
+        ("GET", "/api/orders/{id}/events"),
+        ("GET", "/healthz"),
+        ("GET", "/readyz"),
+    ]
+    .iter()
+    .map(|(m, p)| (m.to_string(), p.to_string()))
+    .collect();
+    expected.sort();
+    assert_eq!(documented, expected);
+
+    // Every documented operation is served: it never falls through to the unknown-route or
+    // wrong-method answers.
+    for (method, path) in &documented {
+        let concrete = path
+            .replace("{id}", "6f1c2d3e-0000-4000-8000-000000000000")
+            .replace("{product_id}", "1")
+            .replace("{category}", "hoodies")
+            .replace("{token}", "x");
+        let m = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+        let resp = t.http.request(m, t.url(&concrete)).json(&json!({})).send().await.unwrap();
+        let status = resp.status().as_u16();
+        let body = resp.text().await.unwrap();
+        assert!(
+            status != 405 && !body.contains("no_route"),
+            "{method} {path} is documented but not routed: {status} {body}"
+        );
+    }
+    t.host.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_publishes_what_was_accepted() {
+    let t = TestHost::start().await;
+    let (_, order) = t.post("/api/orders", &order_body("bye@x.io", &[("10", 1)])).await;
+    let id = order["id"].as_str().unwrap().to_string();
+    let pool = sqlx::PgPool::connect(&t.database_url).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(30), t.host.shutdown())
+        .await
+        .expect("shutdown finishes")
+        .unwrap();
+    let (unpublished,): (i64,) = sqlx::query_as("SELECT count(*) FROM outbox WHERE published_at IS NULL")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(unpublished, 0, "the relay drains before the host exits");
+    consume(t.broker.bootstrap_servers(), "order.created", 1, Duration::from_secs(10), |c| c.key == id).await;
+}

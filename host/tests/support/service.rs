@@ -1,0 +1,228 @@
+//! Shared by the service tests: one throwaway Postgres cluster per test binary with a fresh
+//! database per test, an in-process Kafka-protocol broker per test, a started host, and a
+//! consumer that reads what the host published.
+
+use std::collections::BTreeMap;
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use host::config::Config;
+use host::devdb::LocalPostgres;
+use host::kafka::EmbeddedBroker;
+use host::serve::Host;
+use rdkafka::ClientConfig;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::{Headers, Message};
+use sqlx::PgPool;
+
+static CLUSTER: OnceLock<LocalPostgres> = OnceLock::new();
+static NEXT_DB: AtomicU32 = AtomicU32::new(0);
+
+fn cluster() -> &'static LocalPostgres {
+    CLUSTER.get_or_init(|| {
+        let base = std::env::temp_dir();
+        // Clusters of earlier runs that were killed before cleaning up after themselves.
+        for entry in std::fs::read_dir(&base).into_iter().flatten().flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if let Some(pid) = name.strip_prefix("order-host-test-pg-")
+                && !std::path::Path::new(&format!("/proc/{pid}")).exists()
+            {
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
+        let dir = base.join(format!("order-host-test-pg-{}", std::process::id()));
+        LocalPostgres::start(&dir).expect("a throwaway Postgres starts (PostgreSQL 15 binaries needed)")
+    })
+}
+
+/// A new, empty database on the shared cluster; returns its URL.
+pub async fn fresh_database() -> String {
+    let pg = cluster();
+    let name = format!("t{}_{}", std::process::id(), NEXT_DB.fetch_add(1, Ordering::Relaxed));
+    let admin = PgPool::connect(&pg.url("postgres")).await.expect("connect to the test cluster");
+    sqlx::query(&format!("CREATE DATABASE {name}")).execute(&admin).await.expect("create a test database");
+    admin.close().await;
+    pg.url(&name)
+}
+
+pub fn test_config(database_url: &str, brokers: &str, extra: &[(&str, &str)]) -> Config {
+    let mut vars: BTreeMap<&str, String> = BTreeMap::from([
+        ("HTTP_ADDR", "127.0.0.1:0".to_string()),
+        ("DATABASE_URL", database_url.to_string()),
+        ("KAFKA_BROKERS", brokers.to_string()),
+        // No handlers: these tests are about the order service.
+        ("HANDLERS_DIR", "/nonexistent/order-host-test-handlers".to_string()),
+    ]);
+    for (k, v) in extra {
+        vars.insert(k, v.to_string());
+    }
+    Config::from_lookup(|k| vars.get(k).cloned()).expect("test config is valid")
+}
+
+/// A started host on a fresh database and its own embedded broker.
+pub struct TestHost {
+    pub host: Host,
+    pub broker: EmbeddedBroker,
+    pub base: String,
+    pub http: reqwest::Client,
+    pub database_url: String,
+}
+
+pub const TOPICS: [&str; 3] = ["order.created", "order.status-updated", "order.dead-letter"];
+
+impl TestHost {
+    pub async fn start() -> TestHost {
+        let broker = EmbeddedBroker::start(&TOPICS, 3).expect("embedded broker starts");
+        let database_url = fresh_database().await;
+        let config = test_config(&database_url, broker.bootstrap_servers(), &[]);
+        let host = Host::start(&config).await.expect("host starts");
+        let base = format!("http://{}", host.addr);
+        TestHost { host, broker, base, http: reqwest::Client::new(), database_url }
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.host.pool
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, serde_json::Value) {
+        let r = self.http.get(self.url(path)).send().await.expect("GET is answered");
+        decode(r).await
+    }
+
+    pub async fn post(&self, path: &str, body: &serde_json::Value) -> (u16, serde_json::Value) {
+        let r = self.http.post(self.url(path)).json(body).send().await.expect("POST is answered");
+        decode(r).await
+    }
+
+    pub async fn put(&self, path: &str, body: &serde_json::Value) -> (u16, serde_json::Value) {
+        let r = self.http.put(self.url(path)).json(body).send().await.expect("PUT is answered");
+        decode(r).await
+    }
+
+    /// Sends raw bytes with the given content type.
+    pub async fn raw(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        content_type: &str,
+        body: Vec<u8>,
+    ) -> (u16, serde_json::Value) {
+        let r = self
+            .http
+            .request(method, self.url(path))
+            .header("content-type", content_type)
+            .body(body)
+            .send()
+            .await
+            .expect("request is answered");
+        decode(r).await
+    }
+
+    pub async fn count(&self, table: &str) -> i64 {
+        let (n,): (i64,) = sqlx::query_as(&format!("SELECT count(*) FROM {table}"))
+            .fetch_one(self.pool())
+            .await
+            .expect("count rows");
+        n
+    }
+}
+
+async fn decode(r: reqwest::Response) -> (u16, serde_json::Value) {
+    let status = r.status().as_u16();
+    let text = r.text().await.expect("body is readable");
+    let json =
+        serde_json::from_str(&text).unwrap_or_else(|_| panic!("status {status}: body is not JSON: {text:?}"));
+    (status, json)
+}
+
+/// A valid order body for product `product_id`.
+pub fn order_body(email: &str, lines: &[(&str, i64)]) -> serde_json::Value {
+    serde_json::json!({
+        "customer_email": email,
+        "customer_name": "Ada Lovelace",
+        "shipping_address": {"street": "1 Analytical St", "city": "London", "state": "", "zip_code": "N1", "country": "UK"},
+        "items": lines.iter().map(|(p, q)| serde_json::json!({"product_id": p, "quantity": q})).collect::<Vec<_>>(),
+    })
+}
+
+/// A record as the tests inspect it.
+#[derive(Debug, Clone)]
+pub struct Consumed {
+    pub topic: String,
+    pub partition: i32,
+    pub key: String,
+    pub headers: BTreeMap<String, String>,
+    pub value: serde_json::Value,
+}
+
+/// Reads `topic` from the beginning until `want` records for which `keep` holds have arrived, or
+/// fails after `within`.
+pub async fn consume(
+    brokers: &str,
+    topic: &str,
+    want: usize,
+    within: Duration,
+    keep: impl Fn(&Consumed) -> bool,
+) -> Vec<Consumed> {
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", format!("test-{}", uuid::Uuid::new_v4()))
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("test consumer");
+    consumer.subscribe(&[topic]).expect("subscribe");
+    let deadline = Instant::now() + within;
+    let mut got = Vec::new();
+    while got.len() < want {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let msg = match tokio::time::timeout(left, consumer.recv()).await {
+            Ok(m) => m.expect("consume"),
+            Err(_) => {
+                panic!("only {} of {want} records arrived on {topic} within {within:?}: {got:#?}", got.len())
+            }
+        };
+        let headers = msg
+            .headers()
+            .map(|h| {
+                h.iter()
+                    .map(|h| {
+                        (h.key.to_string(), String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned())
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let c = Consumed {
+            topic: msg.topic().to_string(),
+            partition: msg.partition(),
+            key: String::from_utf8_lossy(msg.key().unwrap_or_default()).into_owned(),
+            headers,
+            value: serde_json::from_slice(msg.payload().unwrap_or_default()).expect("record values are JSON"),
+        };
+        if keep(&c) {
+            got.push(c);
+        }
+    }
+    got
+}
+
+/// Polls `check` until it returns `Some`, or fails naming `what` after `within`.
+pub async fn eventually<T, F: std::future::Future<Output = Option<T>>>(
+    what: &str,
+    within: Duration,
+    mut check: impl FnMut() -> F,
+) -> T {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out after {within:?} waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
