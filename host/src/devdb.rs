@@ -99,6 +99,9 @@ impl LocalPostgres {
             // Throwaway data: durability buys nothing and costs seconds per test run.
             .args(["-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off"])
             .args(["-c", "max_connections=200"])
+            // Its own process group: a terminal's Ctrl-C stops the host first, and the owner of this
+            // handle stops Postgres afterwards.
+            .process_group(0)
             .stdout(Stdio::null())
             .stderr(Stdio::null());
         as_user(&mut postgres);

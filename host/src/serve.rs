@@ -18,7 +18,7 @@ use crate::kafka::{EmbeddedBroker, Producer};
 use crate::relay::{self, RelayConfig};
 use crate::runtime::{Registry, Runtime};
 
-/// How long librdkafka retries one record before the relay sees it fail and backs off.
+/// How long the producer retries one record before the relay sees it fail and backs off.
 const PRODUCE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Bound on flushing the producer at shutdown; the outbox keeps whatever did not make it.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(10);
@@ -106,15 +106,16 @@ impl Host {
 
     /// Stops accepting, lets in-flight requests finish, drains the relay, flushes the producer.
     pub async fn shutdown(self) -> anyhow::Result<()> {
-        let _ = self.shutdown.send(true);
-        let served = self.server.await.context("joining the HTTP server")?;
-        for task in self.background {
+        let Host { addr: _, pool, shutdown, server, background, producer, embedded } = self;
+        let _ = shutdown.send(true);
+        let served = server.await.context("joining the HTTP server")?;
+        for task in background {
             task.await.context("joining a background task")?;
         }
-        let producer = self.producer.clone();
         tokio::task::spawn_blocking(move || producer.flush(FLUSH_TIMEOUT)).await??;
-        self.pool.close().await;
-        drop(self.embedded);
+        pool.close().await;
+        // Last, once the producer is gone, so it does not log the broker vanishing.
+        drop(embedded);
         served
     }
 }

@@ -3,6 +3,7 @@
 
 mod bench;
 mod build_handlers;
+mod dev;
 mod test;
 #[cfg(test)]
 mod tidy;
@@ -24,6 +25,9 @@ enum Command {
     /// Build handlers/* for wasm32-wasip2, check them against the world, and write
     /// target/handlers/<name>.wasm plus handlers.toml.
     BuildHandlers(build_handlers::Args),
+    /// Run the whole product locally: handlers, a private Postgres, the host with the embedded
+    /// Kafka broker and DEMO_MODE, until Ctrl-C.
+    Dev(dev::Args),
     /// The full test suite: build handlers and test fixtures, then test the workspace and the
     /// handlers natively.
     Test(test::Args),
@@ -36,6 +40,7 @@ fn main() -> anyhow::Result<()> {
     sh.change_dir(project_root());
     match Cli::parse().command {
         Command::BuildHandlers(args) => build_handlers::run(&sh, &args),
+        Command::Dev(args) => dev::run(&sh, &args),
         Command::Test(args) => test::run(&sh, &args),
         Command::Bench(args) => bench::run(&sh, &args),
     }

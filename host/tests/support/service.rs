@@ -211,6 +211,22 @@ pub async fn consume(
     got
 }
 
+/// Records in `topic` across all partitions (the sum of high watermarks).
+pub async fn topic_size(brokers: &str, topic: &str) -> i64 {
+    let brokers = brokers.to_string();
+    let topic = topic.to_string();
+    tokio::task::spawn_blocking(move || {
+        let consumer: rdkafka::consumer::BaseConsumer =
+            ClientConfig::new().set("bootstrap.servers", &brokers).create().expect("metadata consumer");
+        let timeout = Duration::from_secs(10);
+        let metadata = consumer.fetch_metadata(Some(&topic), timeout).expect("topic metadata");
+        let partitions = metadata.topics()[0].partitions().len() as i32;
+        (0..partitions).map(|p| consumer.fetch_watermarks(&topic, p, timeout).expect("watermarks").1).sum()
+    })
+    .await
+    .unwrap()
+}
+
 /// Polls `check` until it returns `Some`, or fails naming `what` after `within`.
 pub async fn eventually<T, F: std::future::Future<Output = Option<T>>>(
     what: &str,
