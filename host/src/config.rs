@@ -26,6 +26,37 @@ pub struct Config {
     /// `DEMO_MODE`: handed to every handler as its `DEMO_MODE` config value.
     pub demo_mode: bool,
     pub runtime: RuntimeConfig,
+    pub dispatch: DispatchConfig,
+}
+
+/// Tuning of the dispatcher.
+#[derive(Debug, Clone)]
+pub struct DispatchConfig {
+    /// `DISPATCH_MAX_IN_FLIGHT`: events consumed but not finished, across all keys. When reached,
+    /// the consumer stops fetching (backpressure) instead of queueing without bound.
+    pub max_in_flight: usize,
+    /// `DISPATCH_MAX_ATTEMPTS`: invocations of one handler for one event before a retryable
+    /// failure is dead-lettered. Host failures are retried until they recover, regardless.
+    pub max_attempts: u32,
+    /// `DISPATCH_RETRY_BASE_MS`: the first retry's delay; each next one doubles, up to
+    /// `DISPATCH_RETRY_MAX_MS`.
+    pub retry_base: Duration,
+    pub retry_max: Duration,
+    /// How long shutdown waits for in-flight events before abandoning them (uncommitted, so they
+    /// are redelivered).
+    pub drain_timeout: Duration,
+}
+
+impl Default for DispatchConfig {
+    fn default() -> Self {
+        DispatchConfig {
+            max_in_flight: 256,
+            max_attempts: 5,
+            retry_base: Duration::from_millis(100),
+            retry_max: Duration::from_secs(10),
+            drain_timeout: Duration::from_secs(15),
+        }
+    }
 }
 
 /// Where Kafka is and what the dispatcher consumes.
@@ -89,6 +120,8 @@ impl Config {
     /// Reads configuration through `lookup`, so tests need not touch the process environment.
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> anyhow::Result<Config> {
         let defaults = RuntimeConfig::default();
+        let dispatch = DispatchConfig::default();
+        let millis = |v: &str| -> anyhow::Result<Duration> { Ok(Duration::from_millis(v.parse()?)) };
         let text = |key: &str, default: &str| {
             lookup(key)
                 .map(|v| v.trim().to_string())
@@ -127,9 +160,22 @@ impl Config {
                     defaults.max_memory_bytes,
                     |v| Ok(v.parse()?),
                 )?,
-                epoch_tick: parse(&lookup, "HANDLER_EPOCH_TICK_MS", defaults.epoch_tick, |v| {
-                    Ok(Duration::from_millis(v.parse()?))
+                epoch_tick: parse(&lookup, "HANDLER_EPOCH_TICK_MS", defaults.epoch_tick, millis)?,
+            },
+            dispatch: DispatchConfig {
+                max_in_flight: parse(&lookup, "DISPATCH_MAX_IN_FLIGHT", dispatch.max_in_flight, |v| {
+                    let n: usize = v.parse()?;
+                    anyhow::ensure!(n > 0, "must be at least 1");
+                    Ok(n)
                 })?,
+                max_attempts: parse(&lookup, "DISPATCH_MAX_ATTEMPTS", dispatch.max_attempts, |v| {
+                    let n: u32 = v.parse()?;
+                    anyhow::ensure!(n > 0, "must be at least 1");
+                    Ok(n)
+                })?,
+                retry_base: parse(&lookup, "DISPATCH_RETRY_BASE_MS", dispatch.retry_base, millis)?,
+                retry_max: parse(&lookup, "DISPATCH_RETRY_MAX_MS", dispatch.retry_max, millis)?,
+                drain_timeout: dispatch.drain_timeout,
             },
         })
     }

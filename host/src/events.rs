@@ -22,7 +22,9 @@ pub struct Record {
     /// The order id, so all records of one order land on one partition, in order.
     pub key: String,
     pub headers: Vec<(String, String)>,
-    pub payload: serde_json::Value,
+    /// The record value: JSON for everything the host builds; a dead-lettered record keeps the
+    /// original bytes, whatever they were.
+    pub payload: Vec<u8>,
 }
 
 /// The value of an `order.created` record, with MetalMart's field names.
@@ -83,7 +85,7 @@ pub fn record(
         topic: topic.to_string(),
         key: key.to_string(),
         headers: headers.into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
-        payload: serde_json::to_value(payload).expect("event payloads serialise"),
+        payload: serde_json::to_vec(payload).expect("event payloads serialise"),
     }
 }
 

@@ -1,14 +1,17 @@
-//! Kafka I/O. The only module that knows rdkafka: the outbox relay's idempotent producer and the
-//! embedded development broker behind `KAFKA_BROKERS=embedded`.
+//! Kafka I/O. The only module that knows rdkafka: the outbox relay's idempotent producer, the
+//! dispatcher's consumer, and the embedded development broker behind `KAFKA_BROKERS=embedded`.
 
-use std::sync::mpsc;
 use std::time::Duration;
 
 use anyhow::{Context, anyhow, bail};
-use rdkafka::ClientConfig;
-use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::consumer::{
+    BaseConsumer, CommitMode, Consumer as _, ConsumerContext, Rebalance, StreamConsumer,
+};
+use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
+use rdkafka::{ClientConfig, ClientContext, Offset, TopicPartitionList};
+use tokio::sync::mpsc;
 
 use crate::events::Record;
 
@@ -42,12 +45,11 @@ impl Producer {
     pub async fn publish(&self, records: &[Record]) -> Vec<anyhow::Result<()>> {
         let mut pending = Vec::with_capacity(records.len());
         for r in records {
-            let payload = serde_json::to_vec(&r.payload).expect("a JSON value serialises");
             let headers =
                 r.headers.iter().fold(OwnedHeaders::new_with_capacity(r.headers.len()), |h, (k, v)| {
                     h.insert(Header { key: k, value: Some(v.as_bytes()) })
                 });
-            let record = FutureRecord::to(&r.topic).key(&r.key).payload(&payload).headers(headers);
+            let record = FutureRecord::to(&r.topic).key(&r.key).payload(&r.payload).headers(headers);
             pending.push(self.inner.send_result(record).map_err(|(e, _)| anyhow!(e)));
         }
         let mut results = Vec::with_capacity(pending.len());
@@ -79,9 +81,118 @@ impl Producer {
     }
 }
 
+/// A consumed record, detached from the client.
+#[derive(Debug, Clone)]
+pub struct Incoming {
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Option<Vec<u8>>,
+    pub payload: Option<Vec<u8>>,
+    pub headers: Vec<(String, Vec<u8>)>,
+}
+
+impl Incoming {
+    pub fn header(&self, name: &str) -> Option<&[u8]> {
+        self.headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_slice())
+    }
+}
+
+/// Partitions this consumer lost, reported before they go so in-flight bookkeeping can be dropped.
+#[derive(Debug, Clone)]
+pub struct Revoked(pub Vec<(String, i32)>);
+
+struct DispatchContext {
+    revoked: mpsc::UnboundedSender<Revoked>,
+}
+
+impl ClientContext for DispatchContext {}
+
+impl ConsumerContext for DispatchContext {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Revoke(tpl) = rebalance {
+            // Commit the completed prefix now: the next owner starts exactly there. Offsets are
+            // only ever stored for completed work, so nothing beyond it is committed.
+            if let Err(e) = consumer.commit_consumer_state(CommitMode::Sync) {
+                tracing::debug!(error = %e, "commit on revoke (nothing stored yet is normal)");
+            }
+            let parts = tpl.elements().iter().map(|e| (e.topic().to_string(), e.partition())).collect();
+            let _ = self.revoked.send(Revoked(parts));
+        }
+    }
+}
+
+/// The dispatcher's group consumer. Offsets are stored explicitly (`store`) for completed work
+/// only and committed in the background, on revocation and on close.
+pub struct Consumer {
+    inner: StreamConsumer<DispatchContext>,
+}
+
+impl Consumer {
+    /// Joins `group_id` on `topics`. The settings mirrord's queue splitting relies on: earliest
+    /// offsets for a new group, the default assignment strategy, no static membership.
+    pub fn new(
+        brokers: &str,
+        group_id: &str,
+        topics: &[&str],
+    ) -> anyhow::Result<(Consumer, mpsc::UnboundedReceiver<Revoked>)> {
+        let (revoked, revoked_rx) = mpsc::unbounded_channel();
+        let inner: StreamConsumer<DispatchContext> = ClientConfig::new()
+            .set("bootstrap.servers", brokers)
+            .set("group.id", group_id)
+            .set("client.id", "order-host-dispatcher")
+            .set("auto.offset.reset", "earliest")
+            .set("enable.auto.commit", "true")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.commit.interval.ms", "1000")
+            .create_with_context(DispatchContext { revoked })
+            .context("creating the Kafka consumer")?;
+        inner.subscribe(topics).context("subscribing to the consumed topics")?;
+        Ok((Consumer { inner }, revoked_rx))
+    }
+
+    /// The next record. Errors are per-fetch (an unknown topic, a broker hiccup) and not fatal.
+    pub async fn recv(&self) -> anyhow::Result<Incoming> {
+        let m = self.inner.recv().await.context("consuming")?;
+        let headers = m
+            .headers()
+            .map(|h| h.iter().map(|h| (h.key.to_string(), h.value.unwrap_or_default().to_vec())).collect())
+            .unwrap_or_default();
+        Ok(Incoming {
+            topic: m.topic().to_string(),
+            partition: m.partition(),
+            offset: m.offset(),
+            key: m.key().map(<[u8]>::to_vec),
+            payload: m.payload().map(<[u8]>::to_vec),
+            headers,
+        })
+    }
+
+    /// Marks everything before `next_offset` in this partition as done; committed in the
+    /// background. A partition no longer assigned is ignored.
+    pub fn store(&self, topic: &str, partition: i32, next_offset: i64) {
+        let mut tpl = TopicPartitionList::new();
+        if tpl.add_partition_offset(topic, partition, Offset::Offset(next_offset)).is_ok()
+            && let Err(e) = self.inner.store_offsets(&tpl)
+        {
+            tracing::debug!(error = %e, topic, partition, "offset not stored (partition revoked?)");
+        }
+    }
+
+    /// Commits what is stored and leaves the group, so the partitions move to another member
+    /// at once rather than after a session timeout.
+    /// Blocking; the group is left for good when the consumer is dropped.
+    pub fn close(&self) {
+        if let Err(e) = self.inner.commit_consumer_state(CommitMode::Sync) {
+            tracing::debug!(error = %e, "final commit (nothing stored is normal)");
+        }
+        self.inner.unsubscribe();
+    }
+}
+
 enum Command {
-    BrokerDown(i32, mpsc::Sender<anyhow::Result<()>>),
-    BrokerUp(i32, mpsc::Sender<anyhow::Result<()>>),
+    BrokerDown(i32, std::sync::mpsc::Sender<anyhow::Result<()>>),
+    BrokerUp(i32, std::sync::mpsc::Sender<anyhow::Result<()>>),
 }
 
 /// librdkafka's in-process mock cluster, speaking the real Kafka protocol over TCP on loopback.
@@ -91,7 +202,7 @@ enum Command {
 /// dropping it stops the cluster.
 pub struct EmbeddedBroker {
     bootstrap_servers: String,
-    commands: Option<mpsc::Sender<Command>>,
+    commands: Option<std::sync::mpsc::Sender<Command>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -99,8 +210,8 @@ impl EmbeddedBroker {
     /// Starts a one-broker cluster with `topics` created with `partitions` partitions each.
     pub fn start(topics: &[&str], partitions: i32) -> anyhow::Result<EmbeddedBroker> {
         let topics: Vec<String> = topics.iter().map(|t| t.to_string()).collect();
-        let (ready_tx, ready_rx) = mpsc::channel::<anyhow::Result<String>>();
-        let (commands, command_rx) = mpsc::channel::<Command>();
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel::<anyhow::Result<String>>();
+        let (commands, command_rx) = std::sync::mpsc::channel::<Command>();
         let thread = std::thread::Builder::new()
             .name("embedded-kafka".into())
             .spawn(move || {
@@ -146,8 +257,11 @@ impl EmbeddedBroker {
         self.command(Command::BrokerUp)
     }
 
-    fn command(&self, make: fn(i32, mpsc::Sender<anyhow::Result<()>>) -> Command) -> anyhow::Result<()> {
-        let (tx, rx) = mpsc::channel();
+    fn command(
+        &self,
+        make: fn(i32, std::sync::mpsc::Sender<anyhow::Result<()>>) -> Command,
+    ) -> anyhow::Result<()> {
+        let (tx, rx) = std::sync::mpsc::channel();
         let Some(commands) = &self.commands else { bail!("the embedded broker is stopped") };
         commands.send(make(1, tx)).map_err(|_| anyhow!("the embedded broker thread died"))?;
         rx.recv().context("the embedded broker thread died")?

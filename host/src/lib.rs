@@ -5,6 +5,7 @@
 pub mod config;
 pub mod db;
 pub mod devdb;
+pub mod dispatch;
 pub mod events;
 pub mod http;
 pub mod kafka;

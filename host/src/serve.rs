@@ -1,5 +1,6 @@
 //! Wires the running host together: Postgres, Kafka, handlers, the notification fan-out, the
-//! outbox relay and the HTTP server; and takes them down in order on shutdown.
+//! dispatcher, the timer scheduler, the outbox relay and the HTTP server; and takes them down in
+//! order on shutdown.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -13,8 +14,9 @@ use tokio::task::JoinHandle;
 use crate::config::{Config, EMBEDDED_BROKERS};
 use crate::db;
 use crate::db::listen::{self, Notices};
+use crate::dispatch::{self, Shared, timers};
 use crate::http::{self, AppState, Probes};
-use crate::kafka::{EmbeddedBroker, Producer};
+use crate::kafka::{Consumer, EmbeddedBroker, Producer};
 use crate::relay::{self, RelayConfig};
 use crate::runtime::{Registry, Runtime};
 
@@ -30,8 +32,11 @@ pub struct Host {
     pub addr: SocketAddr,
     pub pool: PgPool,
     shutdown: watch::Sender<bool>,
+    /// Stops the relay, after everything that writes outbox rows has stopped.
+    relay_shutdown: watch::Sender<bool>,
     server: JoinHandle<anyhow::Result<()>>,
     background: Vec<JoinHandle<()>>,
+    relay: JoinHandle<()>,
     producer: Arc<Producer>,
     /// Kept alive for the host's lifetime when `KAFKA_BROKERS=embedded`.
     embedded: Option<EmbeddedBroker>,
@@ -69,19 +74,39 @@ impl Host {
         let brokers = embedded.as_ref().map_or(config.kafka.brokers.as_str(), |b| b.bootstrap_servers());
         let producer = Arc::new(Producer::new(brokers, PRODUCE_TIMEOUT)?);
 
-        let handlers = load_handlers(config).await?;
+        let (runtime, registry) = load_handlers(config).await?;
+        let handlers = registry.iter().count();
 
         let (shutdown, shutdown_rx) = watch::channel(false);
+        let (relay_shutdown, relay_shutdown_rx) = watch::channel(false);
         let notices = Notices::new();
+        let relay = tokio::spawn(relay::run(
+            pool.clone(),
+            producer.clone(),
+            notices.outbox(),
+            RelayConfig::default(),
+            relay_shutdown_rx,
+        ));
+        let k = &config.kafka;
+        let (consumer, revoked) = Consumer::new(brokers, &k.group_id, &[&k.created_topic, &k.status_topic])?;
+        let shared = Shared {
+            pool: pool.clone(),
+            runtime,
+            registry,
+            config: config.dispatch.clone(),
+            kafka: config.kafka.clone(),
+            topics: config.topics.clone(),
+            shutdown: shutdown_rx.clone(),
+        };
         let background = vec![
             tokio::spawn(listen::run(pool.clone(), notices.clone(), shutdown_rx.clone())),
-            tokio::spawn(relay::run(
+            tokio::spawn(timers::run(
                 pool.clone(),
-                producer.clone(),
-                notices.outbox(),
-                RelayConfig::default(),
+                config.topics.clone(),
+                notices.timers(),
                 shutdown_rx.clone(),
             )),
+            tokio::spawn(dispatch::run(shared, consumer, revoked)),
         ];
 
         let listener = tokio::net::TcpListener::bind(config.http_addr)
@@ -97,21 +122,25 @@ impl Host {
         };
         let server = tokio::spawn(http::serve(listener, state, shutdown_rx));
         tracing::info!(%addr, "order-host listening");
-        Ok(Host { addr, pool, shutdown, server, background, producer, embedded })
+        Ok(Host { addr, pool, shutdown, relay_shutdown, server, background, relay, producer, embedded })
     }
 
     pub fn embedded_broker(&self) -> Option<&EmbeddedBroker> {
         self.embedded.as_ref()
     }
 
-    /// Stops accepting, lets in-flight requests finish, drains the relay, flushes the producer.
+    /// Stops accepting and fetching, lets in-flight requests and events finish (the dispatcher
+    /// commits and leaves its group), then drains the relay and flushes the producer.
     pub async fn shutdown(self) -> anyhow::Result<()> {
-        let Host { addr: _, pool, shutdown, server, background, producer, embedded } = self;
+        let Host { addr: _, pool, shutdown, relay_shutdown, server, background, relay, producer, embedded } =
+            self;
         let _ = shutdown.send(true);
         let served = server.await.context("joining the HTTP server")?;
         for task in background {
             task.await.context("joining a background task")?;
         }
+        let _ = relay_shutdown.send(true);
+        relay.await.context("joining the outbox relay")?;
         tokio::task::spawn_blocking(move || producer.flush(FLUSH_TIMEOUT)).await??;
         pool.close().await;
         // Last, once the producer is gone, so it does not log the broker vanishing.
@@ -122,14 +151,14 @@ impl Host {
 
 /// Loads `HANDLERS_DIR` off the async threads (compiling is CPU-bound). A missing directory means
 /// no handlers yet: the API still serves, readiness says why it is not ready.
-async fn load_handlers(config: &Config) -> anyhow::Result<usize> {
+async fn load_handlers(config: &Config) -> anyhow::Result<(Arc<Runtime>, Arc<Registry>)> {
     let config = config.clone();
     tokio::task::spawn_blocking(move || {
+        let runtime = Arc::new(Runtime::new(&config.runtime)?);
         if !config.handlers_dir.is_dir() {
             tracing::warn!(dir = %config.handlers_dir.display(), "HANDLERS_DIR does not exist; no handlers loaded");
-            return Ok(0);
+            return Ok((runtime, Arc::new(Registry::default())));
         }
-        let runtime = Runtime::new(&config.runtime)?;
         let (registry, problems) =
             Registry::load_dir(&runtime, &config.handlers_dir, &config.handler_config_overlay())?;
         for p in &problems {
@@ -138,7 +167,7 @@ async fn load_handlers(config: &Config) -> anyhow::Result<usize> {
         for h in registry.iter() {
             tracing::info!(handler = %h.name, version = %h.short_version(), "handler loaded");
         }
-        Ok(registry.iter().count())
+        Ok((runtime, Arc::new(registry)))
     })
     .await
     .context("joining the handler loader")?

@@ -572,6 +572,7 @@ async fn the_openapi_document_matches_the_routes() {
         ("GET", "/api/orders/{id}/status"),
         ("PUT", "/api/orders/{id}/status"),
         ("GET", "/api/orders/{id}/history"),
+        ("GET", "/api/orders/{id}/notifications"),
         ("GET", "/api/orders/{id}/events"),
         ("GET", "/healthz"),
         ("GET", "/readyz"),

@@ -1,5 +1,5 @@
 //! One `LISTEN` connection per process, fanned out in memory: status changes to live order
-//! streams, outbox inserts to the relay. Notifications are sent by triggers and delivered on
+//! streams, outbox inserts to the relay, new timers to the scheduler. Notifications are sent by triggers and delivered on
 //! commit, so whatever replica wrote a change, every replica hears about it.
 
 use std::sync::Arc;
@@ -36,6 +36,7 @@ pub enum Notice {
 pub struct Notices {
     status: broadcast::Sender<Notice>,
     outbox: Arc<Notify>,
+    timers: Arc<Notify>,
 }
 
 /// Per-subscriber buffer of status notices; a subscriber that falls further behind gets a lag
@@ -44,7 +45,11 @@ const STATUS_BUFFER: usize = 1024;
 
 impl Notices {
     pub fn new() -> Notices {
-        Notices { status: broadcast::channel(STATUS_BUFFER).0, outbox: Arc::new(Notify::new()) }
+        Notices {
+            status: broadcast::channel(STATUS_BUFFER).0,
+            outbox: Arc::new(Notify::new()),
+            timers: Arc::new(Notify::new()),
+        }
     }
 
     pub fn subscribe_status(&self) -> broadcast::Receiver<Notice> {
@@ -54,6 +59,11 @@ impl Notices {
     /// Wakes when outbox rows may be waiting.
     pub fn outbox(&self) -> Arc<Notify> {
         self.outbox.clone()
+    }
+
+    /// Wakes when a timer was created (the earliest due time may have moved).
+    pub fn timers(&self) -> Arc<Notify> {
+        self.timers.clone()
     }
 }
 
@@ -84,6 +94,7 @@ pub async fn run(pool: PgPool, notices: Notices, mut shutdown: watch::Receiver<b
         // Anything committed before LISTEN took effect is unknown to us.
         let _ = notices.status.send(Notice::Resync);
         notices.outbox.notify_one();
+        notices.timers.notify_one();
         loop {
             let next = tokio::select! {
                 n = listener.try_recv() => n,
@@ -91,6 +102,7 @@ pub async fn run(pool: PgPool, notices: Notices, mut shutdown: watch::Receiver<b
             };
             match next {
                 Ok(Some(n)) if n.channel() == "outbox" => notices.outbox.notify_one(),
+                Ok(Some(n)) if n.channel() == "timers" => notices.timers.notify_one(),
                 Ok(Some(n)) => match serde_json::from_str::<StatusNotice>(n.payload()) {
                     Ok(s) => {
                         // No receivers is normal: nobody is watching.
@@ -113,6 +125,6 @@ pub async fn run(pool: PgPool, notices: Notices, mut shutdown: watch::Receiver<b
 
 async fn connect(pool: &PgPool) -> sqlx::Result<PgListener> {
     let mut listener = PgListener::connect_with(pool).await?;
-    listener.listen_all(["order_status", "outbox"]).await?;
+    listener.listen_all(["order_status", "outbox", "timers"]).await?;
     Ok(listener)
 }

@@ -1,7 +1,6 @@
 //! The transactional outbox: rows written with the change they announce, claimed and marked by
 //! the relay.
 
-use serde_json::Value;
 use sqlx::{PgConnection, PgPool, Postgres, Transaction};
 
 use crate::events::Record;
@@ -32,7 +31,7 @@ struct Row {
     topic: String,
     key: String,
     headers: sqlx::types::Json<Vec<(String, String)>>,
-    payload: Value,
+    payload: Vec<u8>,
 }
 
 /// Claims up to `limit` unpublished rows in id order, or none if another relay holds the claim.

@@ -67,6 +67,7 @@ pub fn router_and_spec(state: AppState) -> (Router, utoipa::openapi::OpenApi) {
         .routes(routes!(orders::track_order))
         .routes(routes!(orders::get_status, orders::put_status))
         .routes(routes!(orders::order_history))
+        .routes(routes!(orders::order_notifications))
         .routes(routes!(stream::order_events))
         .routes(routes!(health::healthz))
         .routes(routes!(health::readyz))

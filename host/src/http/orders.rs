@@ -10,6 +10,7 @@ use uuid::Uuid;
 
 use super::error::ApiJson;
 use super::{ApiError, AppState, ErrorBody};
+use crate::db::dispatch::Notification;
 use crate::db::orders::{self as store, Address, Cause, HistoryEntry, NewOrder, Order};
 use crate::orders::{LineRequest, Status, cents_to_amount, validate_new_order};
 
@@ -327,4 +328,18 @@ pub async fn order_history(
         return Err(ApiError::order_not_found(&id));
     }
     Ok(Json(rows))
+}
+
+/// Messages the handlers sent the customer about this order, oldest first.
+#[utoipa::path(get, path = "/api/orders/{id}/notifications", tag = "orders", params(("id" = Uuid, Path)),
+    responses((status = 200, body = Vec<Notification>), (status = 404, body = ErrorBody)))]
+pub async fn order_notifications(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Vec<Notification>>, ApiError> {
+    let uuid = parse_order_id(&id)?;
+    if store::get(&state.pool, uuid).await?.is_none() {
+        return Err(ApiError::order_not_found(&id));
+    }
+    Ok(Json(crate::db::dispatch::notifications(&state.pool, uuid).await?))
 }

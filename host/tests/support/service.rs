@@ -72,10 +72,26 @@ pub struct TestHost {
 pub const TOPICS: [&str; 3] = ["order.created", "order.status-updated", "order.dead-letter"];
 
 impl TestHost {
+    /// A host with no handlers.
     pub async fn start() -> TestHost {
-        let broker = EmbeddedBroker::start(&TOPICS, 3).expect("embedded broker starts");
+        TestHost::start_with(None, 3, &[]).await
+    }
+
+    /// A host loading `handlers` (a directory with `handlers.toml`), on topics of `partitions`
+    /// partitions, with extra environment.
+    pub async fn start_with(
+        handlers: Option<&std::path::Path>,
+        partitions: i32,
+        extra: &[(&str, &str)],
+    ) -> TestHost {
+        let broker = EmbeddedBroker::start(&TOPICS, partitions).expect("embedded broker starts");
         let database_url = fresh_database().await;
-        let config = test_config(&database_url, broker.bootstrap_servers(), &[]);
+        let dir = handlers.map(|d| d.display().to_string());
+        let mut vars: Vec<(&str, &str)> = extra.to_vec();
+        if let Some(d) = &dir {
+            vars.push(("HANDLERS_DIR", d));
+        }
+        let config = test_config(&database_url, broker.bootstrap_servers(), &vars);
         let host = Host::start(&config).await.expect("host starts");
         let base = format!("http://{}", host.addr);
         TestHost { host, broker, base, http: reqwest::Client::new(), database_url }
@@ -157,7 +173,9 @@ pub struct Consumed {
     pub partition: i32,
     pub key: String,
     pub headers: BTreeMap<String, String>,
+    /// The value as JSON, or `Null` when it is not JSON (a dead-lettered garbage record).
     pub value: serde_json::Value,
+    pub raw: Vec<u8>,
 }
 
 /// Reads `topic` from the beginning until `want` records for which `keep` holds have arrived, or
@@ -202,7 +220,8 @@ pub async fn consume(
             partition: msg.partition(),
             key: String::from_utf8_lossy(msg.key().unwrap_or_default()).into_owned(),
             headers,
-            value: serde_json::from_slice(msg.payload().unwrap_or_default()).expect("record values are JSON"),
+            value: serde_json::from_slice(msg.payload().unwrap_or_default()).unwrap_or_default(),
+            raw: msg.payload().unwrap_or_default().to_vec(),
         };
         if keep(&c) {
             got.push(c);
@@ -225,6 +244,38 @@ pub async fn topic_size(brokers: &str, topic: &str) -> i64 {
     })
     .await
     .unwrap()
+}
+
+/// A handlers directory for a test: `(kind, name, events)` where kind is `handlers` (shipped) or
+/// `fixtures` (test-only), all with their default limits.
+pub fn handlers_dir(entries: &[(&str, &str, &[&str])]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut manifest = String::new();
+    for (kind, name, events) in entries {
+        std::fs::write(dir.path().join(format!("{name}.wasm")), super::component(kind, name)).unwrap();
+        let events: Vec<String> = events.iter().map(|e| format!("{e:?}")).collect();
+        manifest.push_str(&format!(
+            "[[handler]]\nname = {name:?}\nfile = \"{name}.wasm\"\nevents = [{}]\n\n",
+            events.join(", ")
+        ));
+    }
+    std::fs::write(dir.path().join("handlers.toml"), manifest).unwrap();
+    dir
+}
+
+/// Produces one record, as another service (or a redelivery) would.
+pub async fn produce(brokers: &str, topic: &str, key: &str, headers: &[(&str, &str)], value: &[u8]) {
+    use rdkafka::message::{Header, OwnedHeaders};
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    let producer: FutureProducer =
+        ClientConfig::new().set("bootstrap.servers", brokers).create().expect("test producer");
+    let headers = headers
+        .iter()
+        .fold(OwnedHeaders::new(), |h, (k, v)| h.insert(Header { key: k, value: Some(v.as_bytes()) }));
+    producer
+        .send(FutureRecord::to(topic).key(key).headers(headers).payload(value), Duration::from_secs(10))
+        .await
+        .expect("test record delivered");
 }
 
 /// Polls `check` until it returns `Some`, or fails naming `what` after `within`.

@@ -1,0 +1,175 @@
+//! The dispatcher's tables: idempotency records, durable timers and customer notifications.
+
+use chrono::{DateTime, Utc};
+use sqlx::{PgConnection, PgPool};
+use uuid::Uuid;
+
+use crate::orders::Status;
+
+/// Where an event came from, recorded with its idempotency row.
+#[derive(Debug, Clone)]
+pub struct Source {
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+}
+
+/// Whether `handler` already committed the effects of `event_id` (a cheap check before invoking;
+/// `record_processed` is the authority).
+pub async fn already_processed(pool: &PgPool, handler: &str, event_id: &str) -> sqlx::Result<bool> {
+    let row: Option<(i32,)> =
+        sqlx::query_as("SELECT 1 FROM processed_events WHERE handler = $1 AND event_id = $2")
+            .bind(handler)
+            .bind(event_id)
+            .fetch_optional(pool)
+            .await?;
+    Ok(row.is_some())
+}
+
+/// Inserts the idempotency row inside the caller's transaction. `false` means another delivery of
+/// the same event got there first: the caller must roll back and apply nothing.
+pub async fn record_processed(
+    conn: &mut PgConnection,
+    handler: &str,
+    event_id: &str,
+    handler_version: &str,
+    outcome: &str,
+    attempts: u32,
+    source: &Source,
+) -> sqlx::Result<bool> {
+    let inserted = sqlx::query(
+        "INSERT INTO processed_events
+             (handler, event_id, handler_version, outcome, attempts, topic, kafka_partition, kafka_offset)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT DO NOTHING",
+    )
+    .bind(handler)
+    .bind(event_id)
+    .bind(handler_version)
+    .bind(outcome)
+    .bind(attempts as i32)
+    .bind(&source.topic)
+    .bind(source.partition)
+    .bind(source.offset)
+    .execute(conn)
+    .await?;
+    Ok(inserted.rows_affected() == 1)
+}
+
+/// A delayed status change, waiting in Postgres.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct Timer {
+    pub id: i64,
+    pub order_id: Uuid,
+    pub to_status: String,
+    pub due_at: DateTime<Utc>,
+    pub cause: String,
+    pub event_id: String,
+    pub handler_version: String,
+    pub consumed_topic: String,
+}
+
+pub struct NewTimer<'a> {
+    pub order_id: Uuid,
+    pub to: Status,
+    pub delay_ms: u64,
+    pub cause: &'a str,
+    pub event_id: &'a str,
+    pub handler_version: &'a str,
+    pub consumed_topic: &'a str,
+}
+
+pub async fn schedule(conn: &mut PgConnection, t: &NewTimer<'_>) -> sqlx::Result<()> {
+    sqlx::query(
+        "INSERT INTO timers (order_id, to_status, due_at, cause, event_id, handler_version, consumed_topic)
+         VALUES ($1, $2, now() + make_interval(secs => $3::float8 / 1000), $4, $5, $6, $7)",
+    )
+    .bind(t.order_id)
+    .bind(t.to.as_str())
+    .bind(t.delay_ms as f64)
+    .bind(t.cause)
+    .bind(t.event_id)
+    .bind(t.handler_version)
+    .bind(t.consumed_topic)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Claims up to `limit` due timers, locked by the caller's transaction; rows another replica is
+/// firing are skipped rather than waited for.
+pub async fn claim_due(conn: &mut PgConnection, limit: i64) -> sqlx::Result<Vec<Timer>> {
+    sqlx::query_as(
+        "SELECT id, order_id, to_status, due_at, cause, event_id, handler_version, consumed_topic FROM timers
+         WHERE due_at <= now() ORDER BY due_at, id LIMIT $1 FOR UPDATE SKIP LOCKED",
+    )
+    .bind(limit)
+    .fetch_all(conn)
+    .await
+}
+
+pub async fn delete_timer(conn: &mut PgConnection, id: i64) -> sqlx::Result<()> {
+    sqlx::query("DELETE FROM timers WHERE id = $1").bind(id).execute(conn).await?;
+    Ok(())
+}
+
+/// Milliseconds until the earliest timer is due by the database's clock (the one `claim_due`
+/// compares with), if there is one; negative when overdue.
+pub async fn millis_until_next_due(pool: &PgPool) -> sqlx::Result<Option<i64>> {
+    let (ms,): (Option<f64>,) =
+        sqlx::query_as("SELECT (EXTRACT(EPOCH FROM (min(due_at) - now())) * 1000)::float8 FROM timers")
+            .fetch_one(pool)
+            .await?;
+    Ok(ms.map(|m| m.ceil() as i64))
+}
+
+/// A message for the customer, as a handler asked for it.
+#[derive(Debug, Clone, sqlx::FromRow, serde::Serialize, utoipa::ToSchema)]
+pub struct Notification {
+    pub id: i64,
+    pub order_id: Uuid,
+    /// `email`, `sms` or `push`.
+    pub channel: String,
+    pub recipient: String,
+    pub subject: String,
+    pub body: String,
+    /// `handler:<name>@<version>`.
+    pub cause: String,
+    pub event_id: String,
+    pub created_at: DateTime<Utc>,
+}
+
+pub struct NewNotification<'a> {
+    pub order_id: Uuid,
+    pub channel: &'a str,
+    pub subject: &'a str,
+    pub body: &'a str,
+    pub cause: &'a str,
+    pub event_id: &'a str,
+}
+
+/// Records a notification addressed to the order's customer. `false` if the order does not exist.
+pub async fn notify(conn: &mut PgConnection, n: &NewNotification<'_>) -> sqlx::Result<bool> {
+    let done = sqlx::query(
+        "INSERT INTO notifications (order_id, channel, recipient, subject, body, cause, event_id)
+         SELECT id, $2, customer_email, $3, $4, $5, $6 FROM orders WHERE id = $1",
+    )
+    .bind(n.order_id)
+    .bind(n.channel)
+    .bind(n.subject)
+    .bind(n.body)
+    .bind(n.cause)
+    .bind(n.event_id)
+    .execute(conn)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+pub async fn notifications(pool: &PgPool, order_id: Uuid) -> sqlx::Result<Vec<Notification>> {
+    sqlx::query_as(
+        "SELECT id, order_id, channel, recipient, subject, body, cause, event_id, created_at
+         FROM notifications WHERE order_id = $1 ORDER BY id",
+    )
+    .bind(order_id)
+    .fetch_all(pool)
+    .await
+}

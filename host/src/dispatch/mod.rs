@@ -1,0 +1,193 @@
+//! The event dispatcher: consumes order events, runs them through the subscribed handlers, and
+//! commits offsets only behind completed work.
+//!
+//! Events with the same key (the order id) run one after another, in offset order; different
+//! keys run in parallel, up to `max_in_flight` events in all, beyond which the consumer stops
+//! fetching. A key waiting out a retry backoff holds up only itself. Offsets are stored up to the
+//! contiguous prefix of completed events per partition, so a crash or a rebalance redelivers
+//! exactly the unfinished ones; their effects are idempotent (`processed_events`).
+
+pub mod decode;
+mod process;
+pub mod timers;
+
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use sqlx::PgPool;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
+use tokio::task::JoinSet;
+
+use crate::config::{DispatchConfig, KafkaConfig, Topics};
+use crate::kafka::{Consumer, Incoming, Revoked};
+use crate::runtime::{Registry, Runtime};
+
+/// What every event's processing needs. Shared by all key tasks.
+pub struct Shared {
+    pub pool: PgPool,
+    pub runtime: Arc<Runtime>,
+    pub registry: Arc<Registry>,
+    pub config: DispatchConfig,
+    pub kafka: KafkaConfig,
+    pub topics: Topics,
+    pub shutdown: watch::Receiver<bool>,
+}
+
+/// Per partition: offsets consumed but not finished, and the next offset to be consumed.
+#[derive(Debug, Default)]
+pub struct Tracker {
+    parts: HashMap<(String, i32), Part>,
+}
+
+#[derive(Debug)]
+struct Part {
+    in_flight: BTreeSet<i64>,
+    next: i64,
+}
+
+impl Tracker {
+    pub fn begin(&mut self, topic: &str, partition: i32, offset: i64) {
+        let part = self
+            .parts
+            .entry((topic.to_string(), partition))
+            .or_insert_with(|| Part { in_flight: BTreeSet::new(), next: offset });
+        part.in_flight.insert(offset);
+        part.next = part.next.max(offset + 1);
+    }
+
+    /// Marks `offset` finished and returns the offset up to which everything is finished (the
+    /// position to commit), or `None` for a partition no longer tracked (revoked).
+    pub fn complete(&mut self, topic: &str, partition: i32, offset: i64) -> Option<i64> {
+        let part = self.parts.get_mut(&(topic.to_string(), partition))?;
+        part.in_flight.remove(&offset);
+        Some(part.in_flight.first().copied().unwrap_or(part.next))
+    }
+
+    pub fn revoke(&mut self, topic: &str, partition: i32) {
+        self.parts.remove(&(topic.to_string(), partition));
+    }
+}
+
+struct Job {
+    record: Incoming,
+    _permit: OwnedSemaphorePermit,
+}
+
+/// Keys with a running task, and the events queued behind the running one.
+type Lanes = Mutex<HashMap<Vec<u8>, VecDeque<Job>>>;
+
+struct State {
+    shared: Shared,
+    consumer: Consumer,
+    tracker: Mutex<Tracker>,
+    lanes: Lanes,
+}
+
+/// Consumes until `shutdown`, then stops fetching, gives in-flight events `drain_timeout` to
+/// finish, commits what finished and leaves the group.
+pub async fn run(shared: Shared, consumer: Consumer, mut revoked: mpsc::UnboundedReceiver<Revoked>) {
+    let mut shutdown = shared.shutdown.clone();
+    let permits = Arc::new(Semaphore::new(shared.config.max_in_flight));
+    let drain_timeout = shared.config.drain_timeout;
+    let state = Arc::new(State { shared, consumer, tracker: Mutex::default(), lanes: Mutex::default() });
+    let mut tasks = JoinSet::new();
+    'consume: loop {
+        while tasks.try_join_next().is_some() {}
+        let permit = tokio::select! {
+            p = permits.clone().acquire_owned() => p.expect("the semaphore is never closed"),
+            _ = shutdown.wait_for(|s| *s) => break 'consume,
+        };
+        let record = loop {
+            let next = tokio::select! {
+                r = state.consumer.recv() => Some(r),
+                Some(Revoked(parts)) = revoked.recv() => {
+                    let mut tracker = state.tracker.lock().unwrap();
+                    for (topic, partition) in parts {
+                        tracker.revoke(&topic, partition);
+                    }
+                    None
+                }
+                _ = shutdown.wait_for(|s| *s) => break 'consume,
+            };
+            match next {
+                Some(Ok(r)) => break r,
+                Some(Err(e)) => {
+                    tracing::warn!(error = %format!("{e:#}"), "consumer error");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                None => {}
+            }
+        };
+        state.tracker.lock().unwrap().begin(&record.topic, record.partition, record.offset);
+        // Records without a key keep their partition's order.
+        let key = record
+            .key
+            .clone()
+            .unwrap_or_else(|| format!("{}/{}", record.topic, record.partition).into_bytes());
+        let job = Job { record, _permit: permit };
+        let mut lanes = state.lanes.lock().unwrap();
+        match lanes.get_mut(&key) {
+            Some(queue) => queue.push_back(job),
+            None => {
+                lanes.insert(key.clone(), VecDeque::new());
+                tasks.spawn(run_key(state.clone(), key, job));
+            }
+        }
+    }
+    tracing::info!(in_flight = tasks.len(), "dispatcher stopping");
+    if tokio::time::timeout(drain_timeout, async { while tasks.join_next().await.is_some() {} })
+        .await
+        .is_err()
+    {
+        tracing::warn!("in-flight events abandoned at shutdown; they will be redelivered");
+        tasks.abort_all();
+    }
+    drop(tasks);
+    let _ = tokio::task::spawn_blocking(move || state.consumer.close()).await;
+}
+
+/// Processes one key's events in order until its queue is empty.
+async fn run_key(state: Arc<State>, key: Vec<u8>, first: Job) {
+    let mut job = first;
+    loop {
+        let r = &job.record;
+        if process::handle(&state.shared, r).await == process::Done::Abandoned {
+            return;
+        }
+        let next = state.tracker.lock().unwrap().complete(&r.topic, r.partition, r.offset);
+        if let Some(next) = next {
+            state.consumer.store(&r.topic, r.partition, next);
+        }
+        drop(job);
+        let mut lanes = state.lanes.lock().unwrap();
+        match lanes.get_mut(&key).and_then(VecDeque::pop_front) {
+            Some(j) => job = j,
+            None => {
+                lanes.remove(&key);
+                return;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_contiguous_prefix_is_committable() {
+        let mut t = Tracker::default();
+        for o in 10..15 {
+            t.begin("t", 0, o);
+        }
+        assert_eq!(t.complete("t", 0, 12), Some(10), "10 and 11 are still running");
+        assert_eq!(t.complete("t", 0, 10), Some(11));
+        assert_eq!(t.complete("t", 0, 11), Some(13), "12 finished earlier");
+        assert_eq!(t.complete("t", 0, 14), Some(13));
+        assert_eq!(t.complete("t", 0, 13), Some(15), "all done: commit past the last");
+        t.begin("t", 1, 3);
+        t.revoke("t", 1);
+        assert_eq!(t.complete("t", 1, 3), None, "a revoked partition stores nothing");
+    }
+}
