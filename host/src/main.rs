@@ -20,6 +20,21 @@ struct Cli {
 enum Command {
     /// Serve the API, relay the outbox and run the handlers until SIGTERM or Ctrl-C (the default).
     Serve,
+    /// Run only the embedded development broker (an in-memory mock cluster) in its own process,
+    /// print `bootstrap=<host:port>` and serve until killed. For tests that crash the host and
+    /// need the broker to outlive it.
+    #[command(hide = true)]
+    DevBroker {
+        /// Topics to create.
+        #[arg(
+            long,
+            value_delimiter = ',',
+            default_value = "order.created,order.status-updated,order.dead-letter"
+        )]
+        topics: Vec<String>,
+        #[arg(long, default_value_t = 3)]
+        partitions: i32,
+    },
     /// Load every handler in HANDLERS_DIR, check it against the world and list it; exits non-zero
     /// if any file was rejected.
     Check,
@@ -59,6 +74,16 @@ fn run(cli: Cli, config: Config) -> anyhow::Result<ExitCode> {
                 host.shutdown().await
             })?;
             Ok(ExitCode::SUCCESS)
+        }
+        Command::DevBroker { topics, partitions } => {
+            let names: Vec<&str> = topics.iter().map(String::as_str).collect();
+            let broker = host::kafka::EmbeddedBroker::start(&names, partitions)?;
+            println!("bootstrap={}", broker.bootstrap_servers());
+            use std::io::Write as _;
+            std::io::stdout().flush()?;
+            loop {
+                std::thread::park();
+            }
         }
         Command::Check => {
             let runtime = Runtime::new(&config.runtime)?;
