@@ -54,7 +54,10 @@ async fn run(pg: &LocalPostgres, root: &std::path::Path) -> anyhow::Result<()> {
         })
         .collect();
     for chunk in bodies.chunks(CONCURRENCY) {
-        let sent = futures_util::future::join_all(chunk.iter().map(|b| http.post(format!("{base}/api/orders")).json(b).send())).await;
+        let sent = futures_util::future::join_all(
+            chunk.iter().map(|b| http.post(format!("{base}/api/orders")).json(b).send()),
+        )
+        .await;
         for r in sent {
             anyhow::ensure!(r?.status() == 201, "an order was refused");
         }
@@ -63,7 +66,9 @@ async fn run(pg: &LocalPostgres, root: &std::path::Path) -> anyhow::Result<()> {
 
     let deadline = Instant::now() + Duration::from_secs(600);
     loop {
-        let (n,): (i64,) = sqlx::query_as("SELECT count(*) FROM orders WHERE status = 'shipped'").fetch_one(&host.pool).await?;
+        let (n,): (i64,) = sqlx::query_as("SELECT count(*) FROM orders WHERE status = 'shipped'")
+            .fetch_one(&host.pool)
+            .await?;
         if n == ORDERS as i64 {
             break;
         }
@@ -84,8 +89,16 @@ async fn run(pg: &LocalPostgres, root: &std::path::Path) -> anyhow::Result<()> {
     latencies.sort_by(f64::total_cmp);
     let pct = |p: f64| latencies[((latencies.len() - 1) as f64 * p).round() as usize];
     println!("pipeline (DEMO_MODE, 3 × 200 ms stages, {ORDERS} orders, {CONCURRENCY} concurrent clients)");
-    println!("  accepted   {:>8.1} orders/s  ({:.2} s)", ORDERS as f64 / accepted.as_secs_f64(), accepted.as_secs_f64());
-    println!("  shipped    {:>8.1} orders/s  (all shipped after {:.2} s)", ORDERS as f64 / shipped.as_secs_f64(), shipped.as_secs_f64());
+    println!(
+        "  accepted   {:>8.1} orders/s  ({:.2} s)",
+        ORDERS as f64 / accepted.as_secs_f64(),
+        accepted.as_secs_f64()
+    );
+    println!(
+        "  shipped    {:>8.1} orders/s  (all shipped after {:.2} s)",
+        ORDERS as f64 / shipped.as_secs_f64(),
+        shipped.as_secs_f64()
+    );
     println!("  created→shipped  p50 {:.0} ms  p99 {:.0} ms  max {:.0} ms", pct(0.5), pct(0.99), pct(1.0));
     host.shutdown().await?;
     Ok(())

@@ -70,38 +70,16 @@ async fn handle_for(
     h: &LoadedHandler,
 ) -> Done {
     let mut attempt: u32 = 1;
-    loop {
+    let reason = loop {
         let failure = match try_once(shared, record, source, ev, h, attempt).await {
             Attempt::Done => return Done::Completed,
-            Attempt::Final(reason) => {
-                return dead_letter(
-                    shared,
-                    record,
-                    source,
-                    &h.name,
-                    &h.version,
-                    &ev.event_id,
-                    attempt,
-                    &reason,
-                )
-                .await;
-            }
+            Attempt::Final(reason) => break reason,
             Attempt::Failed(e) => e,
         };
         let disposition = failure.disposition();
         let exhausted = disposition == Disposition::Retry && attempt >= shared.config.max_attempts;
         if disposition == Disposition::DeadLetter || exhausted {
-            return dead_letter(
-                shared,
-                record,
-                source,
-                &h.name,
-                &h.version,
-                &ev.event_id,
-                attempt,
-                &failure.to_string(),
-            )
-            .await;
+            break failure.to_string();
         }
         tracing::warn!(handler = %h.cause(), event_id = %ev.event_id, order_id = %ev.order_id, attempt,
             error = %failure, "handler invocation failed; retrying");
@@ -109,7 +87,8 @@ async fn handle_for(
             return Done::Abandoned;
         }
         attempt += 1;
-    }
+    };
+    dead_letter(shared, record, source, &h.name, &h.version, &ev.event_id, attempt, &reason).await
 }
 
 async fn try_once(
