@@ -33,13 +33,19 @@ CREATE TABLE timers (
 );
 CREATE INDEX timers_due ON timers (due_at);
 
--- Wake the scheduler when a timer is created, so it can sleep until the earliest one.
-CREATE FUNCTION timers_notify() RETURNS trigger LANGUAGE plpgsql AS $$
+-- One wake-up trigger function for every table a background task waits on; the channel is the
+-- trigger's argument. Replaces 0001's outbox-only function.
+CREATE FUNCTION notify_channel() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-    PERFORM pg_notify('timers', '');
+    PERFORM pg_notify(TG_ARGV[0], '');
     RETURN NULL;
 END $$;
-CREATE TRIGGER timers_notify AFTER INSERT ON timers FOR EACH STATEMENT EXECUTE FUNCTION timers_notify();
+DROP TRIGGER outbox_notify ON outbox;
+DROP FUNCTION outbox_notify();
+CREATE TRIGGER outbox_notify AFTER INSERT ON outbox FOR EACH STATEMENT EXECUTE FUNCTION notify_channel('outbox');
+
+-- Wake the scheduler when a timer is created, so it can sleep until the earliest one.
+CREATE TRIGGER timers_notify AFTER INSERT ON timers FOR EACH STATEMENT EXECUTE FUNCTION notify_channel('timers');
 
 CREATE TABLE notifications (
     id         BIGSERIAL PRIMARY KEY,

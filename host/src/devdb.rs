@@ -54,7 +54,7 @@ pub fn pg_binary(name: &str) -> anyhow::Result<PathBuf> {
     })
 }
 
-fn chown_tree(path: &Path, uid: u32, gid: u32) -> anyhow::Result<()> {
+fn hand_to_postgres(path: &Path, uid: u32, gid: u32) -> anyhow::Result<()> {
     std::os::unix::fs::chown(path, Some(uid), Some(gid))
         .with_context(|| format!("handing {} to the postgres user", path.display()))
 }
@@ -66,7 +66,7 @@ impl LocalPostgres {
         std::fs::create_dir_all(data_dir).with_context(|| format!("creating {}", data_dir.display()))?;
         let data_dir = data_dir.canonicalize()?;
         if let Some((uid, gid)) = user {
-            chown_tree(&data_dir, uid, gid)?;
+            hand_to_postgres(&data_dir, uid, gid)?;
         }
         let as_user = |cmd: &mut Command| {
             if let Some((uid, gid)) = user {

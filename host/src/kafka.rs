@@ -42,8 +42,11 @@ impl Producer {
     /// Publishes `records` in order and reports each one's fate, in the same order. All are
     /// enqueued before any is awaited, so a batch costs one round trip, and the idempotent
     /// producer keeps them in order within each partition.
-    pub async fn publish(&self, records: &[Record]) -> Vec<anyhow::Result<()>> {
-        let mut pending = Vec::with_capacity(records.len());
+    pub async fn publish<'a>(
+        &self,
+        records: impl IntoIterator<Item = &'a Record>,
+    ) -> Vec<anyhow::Result<()>> {
+        let mut pending = Vec::new();
         for r in records {
             let headers =
                 r.headers.iter().fold(OwnedHeaders::new_with_capacity(r.headers.len()), |h, (k, v)| {

@@ -99,8 +99,7 @@ async fn pass(pool: &PgPool, producer: &Producer, batch: i64) -> anyhow::Result<
         tx.commit().await?;
         return Ok(Pass::Published(0));
     }
-    let records: Vec<_> = claimed.iter().map(|p| p.record.clone()).collect();
-    let results = producer.publish(&records).await;
+    let results = producer.publish(claimed.iter().map(|p| &p.record)).await;
     let mut failed_keys = HashSet::new();
     let mut delivered = Vec::with_capacity(claimed.len());
     let mut first_error = None;

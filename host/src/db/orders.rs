@@ -352,6 +352,16 @@ impl Cause {
     pub fn api() -> Cause {
         Cause { cause: "api".into(), event_id: None, handler_version: None, consumed_topic: None }
     }
+
+    /// A change a handler asked for while handling `event_id`, consumed from `topic`.
+    pub fn handler(cause: &str, event_id: &str, handler_version: &str, topic: &str) -> Cause {
+        Cause {
+            cause: cause.into(),
+            event_id: Some(event_id.into()),
+            handler_version: Some(handler_version.into()),
+            consumed_topic: Some(topic.into()),
+        }
+    }
 }
 
 /// The result of an applied change.

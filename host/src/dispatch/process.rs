@@ -182,12 +182,7 @@ async fn apply(
                         store::schedule(&mut tx, &timer).await?;
                     }
                     None => {
-                        let why = Cause {
-                            cause: cause.clone(),
-                            event_id: Some(ev.event_id.clone()),
-                            handler_version: Some(h.version.clone()),
-                            consumed_topic: Some(source.topic.clone()),
-                        };
+                        let why = Cause::handler(&cause, &ev.event_id, &h.version, &source.topic);
                         match orders::change_status(&mut tx, order.id, to, &why, &shared.topics).await {
                             Ok(_) => {}
                             Err(
@@ -202,14 +197,9 @@ async fn apply(
                 }
             }
             Action::NotifyCustomer(n) => {
-                let channel = match n.channel {
-                    wit::Channel::Email => "email",
-                    wit::Channel::Sms => "sms",
-                    wit::Channel::Push => "push",
-                };
                 let note = NewNotification {
                     order_id: order.id,
-                    channel,
+                    channel: n.channel.as_str(),
                     subject: &n.subject,
                     body: &n.body,
                     cause: &cause,

@@ -55,12 +55,7 @@ async fn fire_due(pool: &PgPool, topics: &Topics) -> anyhow::Result<usize> {
     let mut tx = pool.begin().await?;
     let due = store::claim_due(&mut tx, BATCH).await?;
     for t in &due {
-        let cause = Cause {
-            cause: t.cause.clone(),
-            event_id: Some(t.event_id.clone()),
-            handler_version: Some(t.handler_version.clone()),
-            consumed_topic: Some(t.consumed_topic.clone()),
-        };
+        let cause = Cause::handler(&t.cause, &t.event_id, &t.handler_version, &t.consumed_topic);
         match t.to_status.parse() {
             Err(e) => tracing::error!(timer = t.id, error = %e, "timer with an unknown status dropped"),
             Ok(to) => match change_status(&mut tx, t.order_id, to, &cause, topics).await {

@@ -171,6 +171,11 @@ pub fn parse_order_id(raw: &str) -> Result<Uuid, ApiError> {
     raw.parse().map_err(|_| ApiError::order_not_found(raw))
 }
 
+/// The order a path id names, or 404.
+async fn load_order(state: &AppState, raw: &str) -> Result<Order, ApiError> {
+    store::get(&state.pool, parse_order_id(raw)?).await?.ok_or_else(|| ApiError::order_not_found(raw))
+}
+
 async fn create(state: &AppState, req: CreateOrderRequest, reserve: bool) -> Result<Order, ApiError> {
     let lines: Vec<LineRequest> = req
         .items
@@ -250,8 +255,7 @@ pub async fn get_order(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<OrderJson>, ApiError> {
-    let uuid = parse_order_id(&id)?;
-    store::get(&state.pool, uuid).await?.map(|o| Json(o.into())).ok_or_else(|| ApiError::order_not_found(&id))
+    Ok(Json(load_order(&state, &id).await?.into()))
 }
 
 /// The order a tracking token belongs to.
@@ -274,8 +278,7 @@ pub async fn get_status(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<StatusJson>, ApiError> {
-    let uuid = parse_order_id(&id)?;
-    let o = store::get(&state.pool, uuid).await?.ok_or_else(|| ApiError::order_not_found(&id))?;
+    let o = load_order(&state, &id).await?;
     Ok(Json(StatusJson {
         order_id: o.id,
         status: o.status,
@@ -338,7 +341,7 @@ pub async fn order_notifications(
     Path(id): Path<String>,
 ) -> Result<Json<Vec<Notification>>, ApiError> {
     let uuid = parse_order_id(&id)?;
-    if store::get(&state.pool, uuid).await?.is_none() {
+    if store::current_status(&state.pool, uuid).await?.is_none() {
         return Err(ApiError::order_not_found(&id));
     }
     Ok(Json(crate::db::dispatch::notifications(&state.pool, uuid).await?))

@@ -366,6 +366,17 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
     Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
 }
 
+impl wit::Channel {
+    /// The lowercase name used in WIT, JSON and the database.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            wit::Channel::Email => "email",
+            wit::Channel::Sms => "sms",
+            wit::Channel::Push => "push",
+        }
+    }
+}
+
 impl wit::OrderStatus {
     /// The lowercase name used in WIT, JSON and the database.
     pub fn as_str(self) -> &'static str {
@@ -390,12 +401,7 @@ impl std::fmt::Display for wit::Action {
                 None => write!(f, "set-status {}", s.status.as_str()),
             },
             wit::Action::NotifyCustomer(n) => {
-                let channel = match n.channel {
-                    wit::Channel::Email => "email",
-                    wit::Channel::Sms => "sms",
-                    wit::Channel::Push => "push",
-                };
-                write!(f, "notify {channel} [{}] {}", n.subject, n.body)
+                write!(f, "notify {} [{}] {}", n.channel.as_str(), n.subject, n.body)
             }
             wit::Action::Log(l) => {
                 let level = match l.level {
