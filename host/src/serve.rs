@@ -18,7 +18,7 @@ use crate::dispatch::{self, Shared, timers};
 use crate::http::{self, AppState, Probes};
 use crate::kafka::{Consumer, EmbeddedBroker, Producer};
 use crate::relay::{self, RelayConfig};
-use crate::runtime::{Registry, Runtime};
+use crate::runtime::{Invoke, Registry, Runtime};
 
 /// How long the producer retries one record before the relay sees it fail and backs off.
 const PRODUCE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -45,6 +45,13 @@ pub struct Host {
 impl Host {
     /// Connects, migrates, loads handlers and starts serving on `config.http_addr`.
     pub async fn start(config: &Config) -> anyhow::Result<Host> {
+        Host::start_with(config, None).await
+    }
+
+    /// [`Host::start`], with handler logic run by `invoker` instead of the WASM runtime when it is
+    /// given. Only the pipeline benchmark does that, for its native baseline; handlers are still
+    /// loaded and routed from `HANDLERS_DIR` as usual.
+    pub async fn start_with(config: &Config, invoker: Option<Arc<dyn Invoke>>) -> anyhow::Result<Host> {
         let Some(url) = config.database_url.as_deref() else {
             bail!("DATABASE_URL is not set (`cargo xtask dev` starts a local Postgres and sets it)");
         };
@@ -91,7 +98,7 @@ impl Host {
         let (consumer, revoked) = Consumer::new(brokers, &k.group_id, &[&k.created_topic, &k.status_topic])?;
         let shared = Shared {
             pool: pool.clone(),
-            runtime,
+            invoker: invoker.unwrap_or(runtime),
             registry,
             config: config.dispatch.clone(),
             kafka: config.kafka.clone(),

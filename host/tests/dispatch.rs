@@ -8,6 +8,7 @@ mod support;
 use std::time::Duration;
 
 use serde_json::{Value, json};
+use support::logs;
 use support::service::*;
 
 const SHIPPED: &[&str] = &["order-created", "status-updated"];
@@ -227,5 +228,63 @@ async fn one_orders_events_apply_in_order_and_undecodable_ones_are_dead_lettered
     assert!(dead[0].headers["x-dlq-error"].contains("not the expected JSON"), "{:?}", dead[0].headers);
     assert_eq!(dead[0].headers["ce_id"], "garbage-1");
     assert_eq!(dead[0].raw, b"\x00not json", "the original bytes");
+    t.host.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_postgres_outage_is_retried_past_the_attempt_limit_and_never_dead_lettered() {
+    logs::capture();
+    let dir = handlers_dir(&[("fixtures", "echo", &["status-updated"])]);
+    let extra = [("DISPATCH_MAX_ATTEMPTS", "2"), ("DISPATCH_RETRY_BASE_MS", "20"), ("DISPATCH_RETRY_MAX_MS", "100")];
+    let t = TestHost::start_with(Some(dir.path()), 1, &extra).await;
+    let brokers = t.broker.bootstrap_servers().to_string();
+    let (_, o) = t.post("/api/orders", &order_body("outage@x.io", &[("4", 1)])).await;
+    let id = o["id"].as_str().unwrap().to_string();
+    let update = |ce_id: &'static str, seq: &'static str| {
+        let (brokers, id) = (brokers.clone(), id.clone());
+        async move {
+            let value = json!({"order_id": id, "previous_status": "pending", "status": "processing", "caused_by": "test"});
+            produce(&brokers, "order.status-updated", &id, &[("ce_id", ce_id), ("seq", seq)], value.to_string().as_bytes())
+                .await;
+        }
+    };
+    // The consumer is assigned and applying events before the outage starts.
+    update("before-outage", "0").await;
+    eventually("the first echo", Duration::from_secs(20), || async {
+        (notifications(&t, &id).await.len() == 1).then_some(())
+    })
+    .await;
+
+    database_outage(&t.database_url, true).await;
+    update("during-outage", "1").await;
+    let retried_past_limit = || {
+        logs::logged(|l| {
+            l.fields.get("event_id").map(String::as_str) == Some("during-outage")
+                && l.fields.get("attempt").and_then(|a| a.parse::<u32>().ok()).is_some_and(|a| a > 2)
+        })
+    };
+    let failure = eventually("the event to fail more often than DISPATCH_MAX_ATTEMPTS", Duration::from_secs(30), || {
+        let seen = retried_past_limit();
+        async move { seen.into_iter().next() }
+    })
+    .await;
+    assert!(failure.fields["error"].starts_with("host failure: "), "{failure:?}");
+    database_outage(&t.database_url, false).await;
+
+    let notes = eventually("the echo once Postgres is back", Duration::from_secs(30), || async {
+        let n = t.http.get(t.url(&format!("/api/orders/{id}/notifications"))).send().await.ok()?;
+        let n: Vec<Value> = n.json().await.ok()?;
+        (n.len() == 2).then_some(n)
+    })
+    .await;
+    assert_eq!(notes[1]["event_id"], "during-outage");
+    let (outcome, attempts): (String, i32) =
+        sqlx::query_as("SELECT outcome, attempts FROM processed_events WHERE event_id = 'during-outage'")
+            .fetch_one(t.pool())
+            .await
+            .unwrap();
+    assert_eq!(outcome, "applied");
+    assert!(attempts > 2, "applied on attempt {attempts}, which is within the limit: no outage was seen");
+    assert_eq!(topic_size(&brokers, "order.dead-letter").await, 0, "a host failure was dead-lettered");
     t.host.shutdown().await.unwrap();
 }

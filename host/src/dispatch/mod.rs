@@ -21,12 +21,13 @@ use tokio::task::JoinSet;
 
 use crate::config::{DispatchConfig, KafkaConfig, Topics};
 use crate::kafka::{Consumer, Incoming, Revoked};
-use crate::runtime::{Registry, Runtime};
+use crate::runtime::{Invoke, Registry};
 
 /// What every event's processing needs. Shared by all key tasks.
 pub struct Shared {
     pub pool: PgPool,
-    pub runtime: Arc<Runtime>,
+    /// Runs handler logic: the WASM runtime (a benchmark swaps in native code).
+    pub invoker: Arc<dyn Invoke>,
     pub registry: Arc<Registry>,
     pub config: DispatchConfig,
     pub kafka: KafkaConfig,

@@ -134,7 +134,7 @@ async fn try_once(
     };
     let orders: Arc<dyn OrderSource> = Arc::new(DbOrders(shared.pool.clone()));
     let started = std::time::Instant::now();
-    let actions = match shared.runtime.invoke(h, &event, orders).await {
+    let actions = match shared.invoker.invoke(h, &event, orders).await {
         Ok(a) => a,
         Err(e) => return Attempt::Failed(e),
     };

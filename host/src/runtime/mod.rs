@@ -94,6 +94,38 @@ impl LoadedHandler {
     pub fn subscribes_to(&self, kind: EventKind) -> bool {
         self.manifest.spec.events.contains(&kind)
     }
+
+    /// Manifest config overlaid with the host's values: what `host.config` answers.
+    pub fn config(&self) -> &std::collections::BTreeMap<String, String> {
+        &self.config
+    }
+}
+
+/// A future an [`Invoke`] returns.
+pub type InvokeFuture<'a> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<Vec<wit::Action>, DispatchError>> + Send + 'a>>;
+
+/// Runs a loaded handler's logic for one event. [`Runtime`] is the only implementation the host
+/// uses; the pipeline benchmark substitutes the same logic compiled natively, to measure what the
+/// WASM boundary costs with everything else (Kafka, Postgres, dispatch) unchanged.
+pub trait Invoke: Send + Sync {
+    fn invoke<'a>(
+        &'a self,
+        handler: &'a LoadedHandler,
+        event: &'a Event,
+        orders: Arc<dyn OrderSource>,
+    ) -> InvokeFuture<'a>;
+}
+
+impl Invoke for Runtime {
+    fn invoke<'a>(
+        &'a self,
+        handler: &'a LoadedHandler,
+        event: &'a Event,
+        orders: Arc<dyn OrderSource>,
+    ) -> InvokeFuture<'a> {
+        Box::pin(Runtime::invoke(self, handler, event, orders))
+    }
 }
 
 impl std::fmt::Debug for LoadedHandler {

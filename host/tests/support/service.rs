@@ -46,6 +46,26 @@ pub async fn fresh_database() -> String {
     pg.url(&name)
 }
 
+/// Starts (`down`) or ends an outage of the database at `database_url` as its clients see it: new
+/// connections are refused and open ones are terminated.
+pub async fn database_outage(database_url: &str, down: bool) {
+    let without_query = database_url.split('?').next().unwrap_or_default();
+    let name = without_query.rsplit('/').next().expect("a database name");
+    let admin = PgPool::connect(&cluster().url("postgres")).await.expect("connect to the test cluster");
+    sqlx::query(&format!("ALTER DATABASE {name} ALLOW_CONNECTIONS {}", !down))
+        .execute(&admin)
+        .await
+        .expect("toggle connections");
+    if down {
+        sqlx::query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1")
+            .bind(name)
+            .execute(&admin)
+            .await
+            .expect("terminate the database's connections");
+    }
+    admin.close().await;
+}
+
 pub fn test_config(database_url: &str, brokers: &str, extra: &[(&str, &str)]) -> Config {
     let mut vars: BTreeMap<&str, String> = BTreeMap::from([
         ("HTTP_ADDR", "127.0.0.1:0".to_string()),
