@@ -4,68 +4,16 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use support::process::*;
 use support::service::*;
-
-/// Kills the child on drop, so a failed assertion leaves no process behind.
-struct Process(Child);
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn start_broker() -> (Process, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_order-host"))
-        .args(["dev-broker", "--partitions", "3"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("the broker process starts");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).expect("the broker prints its address");
-    let bootstrap = line.trim().strip_prefix("bootstrap=").expect("bootstrap=<addr>").to_string();
-    (Process(child), bootstrap)
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-fn start_host(database_url: &str, brokers: &str, port: u16) -> Process {
-    let root = support::root();
-    let child = Command::new(env!("CARGO_BIN_EXE_order-host"))
-        .env("HTTP_ADDR", format!("127.0.0.1:{port}"))
-        .env("DATABASE_URL", database_url)
-        .env("KAFKA_BROKERS", brokers)
-        .env("HANDLERS_DIR", root.join("target/handlers"))
-        .env("DEMO_MODE", "true")
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("order-host starts");
-    Process(child)
-}
-
-async fn wait_ready(http: &reqwest::Client, base: &str) {
-    eventually("the host to be ready", Duration::from_secs(60), || async {
-        let r = http.get(format!("{base}/readyz")).send().await.ok()?;
-        (r.status() == 200).then_some(())
-    })
-    .await;
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_host_loses_nothing_and_applies_nothing_twice() {
     const ORDERS: usize = 500;
     let database_url = fresh_database().await;
-    let (_broker, brokers) = start_broker();
+    let (_broker, brokers) = start_dev_broker();
     let port = free_port();
     let base = format!("http://127.0.0.1:{port}");
     let http = reqwest::Client::new();

@@ -1,6 +1,6 @@
 //! `cargo xtask test`: the README's test command and what CI runs. Builds the handler components
-//! and the hostile test fixtures, then runs the host workspace's tests and the handlers' native
-//! unit tests.
+//! and the hostile test fixtures, installs the tansu broker the end-to-end tier runs against (once
+//! per machine), then runs the host workspace's tests and the handlers' native unit tests.
 
 use xshell::{Shell, cmd};
 
@@ -15,6 +15,7 @@ pub struct Args {
 pub fn run(sh: &Shell, args: &Args) -> anyhow::Result<()> {
     build_handlers::run(sh, &build_handlers::Args::default())?;
     build_fixtures(sh)?;
+    let tansu = ensure_tansu(sh)?;
     let handlers = project_root().join("handlers/Cargo.toml");
     // Its own directory: native builds of `sdk` from the handlers workspace and from the host's
     // dev-dependencies can share a file name in one `target/debug/deps` and overwrite each other,
@@ -24,8 +25,31 @@ pub fn run(sh: &Shell, args: &Args) -> anyhow::Result<()> {
         .env("CARGO_TARGET_DIR", target_dir)
         .run()?;
     let rest = &args.rest;
-    cmd!(sh, "cargo test --workspace {rest...}").run()?;
+    cmd!(sh, "cargo test --workspace {rest...}").env("TANSU_BIN", tansu).run()?;
     Ok(())
+}
+
+/// The tansu version the end-to-end tier is tested against.
+const TANSU_VERSION: &str = "0.6.0";
+
+/// Finds `tansu` on PATH or in cargo's bin directory, installing it there if it is missing
+/// (about nine minutes on two cores, once per machine).
+fn ensure_tansu(sh: &Shell) -> anyhow::Result<std::path::PathBuf> {
+    let cargo_home = std::env::var_os("CARGO_HOME")
+        .map(std::path::PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| std::path::PathBuf::from(h).join(".cargo")))
+        .ok_or_else(|| anyhow::anyhow!("neither CARGO_HOME nor HOME is set"))?;
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let found = std::env::split_paths(&path)
+        .chain([cargo_home.join("bin")])
+        .map(|d| d.join("tansu"))
+        .find(|p| p.is_file());
+    if let Some(bin) = found {
+        return Ok(bin);
+    }
+    println!("installing tansu {TANSU_VERSION} for the end-to-end tests (once per machine, several minutes)");
+    cmd!(sh, "cargo install tansu --version {TANSU_VERSION} --locked --features dynostore,postgres").run()?;
+    Ok(cargo_home.join("bin/tansu"))
 }
 
 /// Builds `fixtures/` into `target/fixtures/<name>.wasm` (no world check: some are broken on purpose).

@@ -1,0 +1,112 @@
+//! Real processes for the end-to-end tiers: the `order-host` binary, the `dev-broker` it carries,
+//! and a tansu broker, each killed when its handle drops so a failed assertion leaves nothing
+//! running.
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use super::service::eventually;
+
+/// Kills the child on drop.
+pub struct Process(pub Child);
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// `order-host dev-broker`: the embedded broker in its own process, so it outlives a host.
+pub fn start_dev_broker() -> (Process, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_order-host"))
+        .args(["dev-broker", "--partitions", "3"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("the broker process starts");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).expect("the broker prints its address");
+    let bootstrap = line.trim().strip_prefix("bootstrap=").expect("bootstrap=<addr>").to_string();
+    (Process(child), bootstrap)
+}
+
+/// The `order-host` binary serving on `port` with the built handlers in DEMO_MODE.
+pub fn start_host(database_url: &str, brokers: &str, port: u16) -> Process {
+    let child = Command::new(env!("CARGO_BIN_EXE_order-host"))
+        .env("HTTP_ADDR", format!("127.0.0.1:{port}"))
+        .env("DATABASE_URL", database_url)
+        .env("KAFKA_BROKERS", brokers)
+        .env("HANDLERS_DIR", super::root().join("target/handlers"))
+        .env("DEMO_MODE", "true")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("order-host starts");
+    Process(child)
+}
+
+pub async fn wait_ready(http: &reqwest::Client, base: &str) {
+    eventually("the host to be ready", Duration::from_secs(60), || async {
+        let r = http.get(format!("{base}/readyz")).send().await.ok()?;
+        (r.status() == 200).then_some(())
+    })
+    .await;
+}
+
+/// The tansu binary: `TANSU_BIN`, else `tansu` on PATH or in cargo's bin directory.
+pub fn tansu_bin() -> PathBuf {
+    if let Some(bin) = std::env::var_os("TANSU_BIN") {
+        return PathBuf::from(bin);
+    }
+    let cargo_bin = std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))
+        .map(|d| d.join("bin"));
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(cargo_bin)
+        .map(|d| d.join("tansu"))
+        .find(|p| p.is_file())
+        .expect(
+            "the end-to-end tier needs tansu: `cargo xtask test` installs it, or run \
+             `cargo install tansu --locked --features dynostore,postgres`",
+        )
+}
+
+/// A tansu broker in its own process (in-memory storage) with `topics` of 3 partitions; returns
+/// it and its bootstrap address.
+pub async fn start_tansu(topics: &[&str]) -> (Process, String) {
+    let bin = tansu_bin();
+    let port = free_port();
+    let url = format!("tcp://127.0.0.1:{port}");
+    let child = Command::new(&bin)
+        .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
+        .args(["--storage-engine", "memory://tansu/"])
+        .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{} starts: {e}", bin.display()));
+    let broker = Process(child);
+    eventually("tansu to listen", Duration::from_secs(30), || async {
+        tokio::net::TcpStream::connect(("127.0.0.1", port)).await.ok().map(drop)
+    })
+    .await;
+    for topic in topics {
+        let status = Command::new(&bin)
+            .args(["topic", "create", topic, "--partitions", "3", "--broker", &url])
+            .stdout(Stdio::null())
+            .status()
+            .expect("tansu topic create runs");
+        assert!(status.success(), "tansu could not create topic {topic}");
+    }
+    (broker, format!("127.0.0.1:{port}"))
+}
