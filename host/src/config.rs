@@ -27,6 +27,35 @@ pub struct Config {
     pub demo_mode: bool,
     pub runtime: RuntimeConfig,
     pub dispatch: DispatchConfig,
+    pub admin: AdminConfig,
+}
+
+/// The admin API and handler swapping.
+#[derive(Debug, Clone)]
+pub struct AdminConfig {
+    /// `ADMIN_TOKEN`: the bearer token `/admin` requires. Unset: the admin API is off.
+    pub token: Option<Secret>,
+    /// `HANDLER_UPLOAD_MAX_BYTES`: the largest component `PUT /admin/handlers/{name}` accepts.
+    pub max_upload_bytes: usize,
+    /// `HANDLERS_RESCAN_SECS`: how often `HANDLERS_DIR` is rescanned when no filesystem event
+    /// says it changed (some volume types deliver none).
+    pub rescan: Duration,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig { token: None, max_upload_bytes: 16 << 20, rescan: Duration::from_secs(30) }
+    }
+}
+
+/// A value that must not reach logs: `Debug` prints a placeholder.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(..)")
+    }
 }
 
 /// Tuning of the dispatcher.
@@ -98,11 +127,19 @@ pub struct RuntimeConfig {
     /// `HANDLER_EPOCH_TICK_MS`: granularity of invocation deadlines. A deadline fires between
     /// `timeout` and `timeout + tick`.
     pub epoch_tick: Duration,
+    /// `HANDLER_CACHE_DIR`: where compiled components are kept across restarts (default: a
+    /// directory under the system temp dir; empty turns the disk cache off).
+    pub cache_dir: Option<PathBuf>,
 }
 
 impl Default for RuntimeConfig {
     fn default() -> Self {
-        RuntimeConfig { pool_size: 64, max_memory_bytes: 64 << 20, epoch_tick: Duration::from_millis(5) }
+        RuntimeConfig {
+            pool_size: 64,
+            max_memory_bytes: 64 << 20,
+            epoch_tick: Duration::from_millis(5),
+            cache_dir: None,
+        }
     }
 }
 
@@ -152,6 +189,20 @@ impl Config {
             handlers_dir: lookup("HANDLERS_DIR")
                 .map_or_else(|| PathBuf::from("target/handlers"), PathBuf::from),
             demo_mode: parse(&lookup, "DEMO_MODE", false, parse_bool)?,
+            admin: AdminConfig {
+                token: lookup("ADMIN_TOKEN").map(|v| v.trim().to_string()).filter(|v| !v.is_empty()).map(Secret),
+                max_upload_bytes: parse(
+                    &lookup,
+                    "HANDLER_UPLOAD_MAX_BYTES",
+                    AdminConfig::default().max_upload_bytes,
+                    |v| Ok(v.parse()?),
+                )?,
+                rescan: parse(&lookup, "HANDLERS_RESCAN_SECS", AdminConfig::default().rescan, |v| {
+                    let secs: u64 = v.parse()?;
+                    anyhow::ensure!(secs > 0, "must be at least 1");
+                    Ok(Duration::from_secs(secs))
+                })?,
+            },
             runtime: RuntimeConfig {
                 pool_size: parse(&lookup, "HANDLER_POOL_SIZE", defaults.pool_size, |v| Ok(v.parse()?))?,
                 max_memory_bytes: parse(
@@ -161,6 +212,11 @@ impl Config {
                     |v| Ok(v.parse()?),
                 )?,
                 epoch_tick: parse(&lookup, "HANDLER_EPOCH_TICK_MS", defaults.epoch_tick, millis)?,
+                cache_dir: match lookup("HANDLER_CACHE_DIR") {
+                    None => Some(std::env::temp_dir().join("order-host-cache")),
+                    Some(v) if v.trim().is_empty() => None,
+                    Some(v) => Some(PathBuf::from(v.trim())),
+                },
             },
             dispatch: DispatchConfig {
                 max_in_flight: parse(&lookup, "DISPATCH_MAX_IN_FLIGHT", dispatch.max_in_flight, |v| {

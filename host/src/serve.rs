@@ -18,7 +18,10 @@ use crate::dispatch::{self, Shared, timers};
 use crate::http::{self, AppState, Probes};
 use crate::kafka::{Consumer, EmbeddedBroker, Producer};
 use crate::relay::{self, RelayConfig};
-use crate::runtime::{Invoke, Registry, Runtime};
+use crate::handler_set::HandlerSet;
+use crate::http::admin::Admin;
+use crate::runtime::{Invoke, Runtime};
+use crate::watch::{self as handler_watch, WatchConfig};
 
 /// How long the producer retries one record before the relay sees it fail and backs off.
 const PRODUCE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -81,8 +84,7 @@ impl Host {
         let brokers = embedded.as_ref().map_or(config.kafka.brokers.as_str(), |b| b.bootstrap_servers());
         let producer = Arc::new(Producer::new(brokers, PRODUCE_TIMEOUT)?);
 
-        let (runtime, registry) = load_handlers(config).await?;
-        let handlers = registry.iter().count();
+        let (runtime, handlers) = load_handlers(config).await?;
 
         let (shutdown, shutdown_rx) = watch::channel(false);
         let (relay_shutdown, relay_shutdown_rx) = watch::channel(false);
@@ -98,8 +100,8 @@ impl Host {
         let (consumer, revoked) = Consumer::new(brokers, &k.group_id, &[&k.created_topic, &k.status_topic])?;
         let shared = Shared {
             pool: pool.clone(),
-            invoker: invoker.unwrap_or(runtime),
-            registry,
+            invoker: invoker.unwrap_or_else(|| runtime.clone()),
+            handlers: handlers.clone(),
             config: config.dispatch.clone(),
             kafka: config.kafka.clone(),
             topics: config.topics.clone(),
@@ -114,6 +116,16 @@ impl Host {
                 shutdown_rx.clone(),
             )),
             tokio::spawn(dispatch::run(shared, consumer, revoked)),
+            tokio::spawn(handler_watch::run(
+                runtime.clone(),
+                handlers.clone(),
+                WatchConfig {
+                    dir: config.handlers_dir.clone(),
+                    overlay: config.handler_config_overlay(),
+                    rescan: config.admin.rescan,
+                },
+                shutdown_rx.clone(),
+            )),
         ];
 
         let listener = tokio::net::TcpListener::bind(config.http_addr)
@@ -124,7 +136,19 @@ impl Host {
             pool: pool.clone(),
             topics: Arc::new(config.topics.clone()),
             notices,
-            probes: Probes { kafka: producer.clone(), handlers_loaded: Arc::new(move || handlers) },
+            probes: {
+                let handlers = handlers.clone();
+                Probes { kafka: producer.clone(), handlers_loaded: Arc::new(move || handlers.current().iter().count()) }
+            },
+            admin: config.admin.token.clone().map(|token| {
+                Arc::new(Admin {
+                    token,
+                    runtime,
+                    handlers,
+                    overlay: config.handler_config_overlay(),
+                    max_upload_bytes: config.admin.max_upload_bytes,
+                })
+            }),
             shutdown: shutdown_rx.clone(),
         };
         let server = tokio::spawn(http::serve(listener, state, shutdown_rx));
@@ -156,28 +180,19 @@ impl Host {
     }
 }
 
-/// Loads `HANDLERS_DIR` off the async threads (compiling is CPU-bound). A missing directory means
-/// no handlers yet: the API still serves, readiness says why it is not ready.
-async fn load_handlers(config: &Config) -> anyhow::Result<(Arc<Runtime>, Arc<Registry>)> {
-    let config = config.clone();
-    tokio::task::spawn_blocking(move || {
-        let runtime = Arc::new(Runtime::new(&config.runtime)?);
-        if !config.handlers_dir.is_dir() {
-            tracing::warn!(dir = %config.handlers_dir.display(), "HANDLERS_DIR does not exist; no handlers loaded");
-            return Ok((runtime, Arc::new(Registry::default())));
-        }
-        let (registry, problems) =
-            Registry::load_dir(&runtime, &config.handlers_dir, &config.handler_config_overlay())?;
-        for p in &problems {
-            tracing::error!(problem = %p, "handler rejected");
-        }
-        for h in registry.iter() {
-            tracing::info!(handler = %h.name, version = %h.short_version(), "handler loaded");
-        }
-        Ok((runtime, Arc::new(registry)))
-    })
-    .await
-    .context("joining the handler loader")?
+/// The runtime and the initial handler set from `HANDLERS_DIR`. A missing directory means no
+/// handlers yet: the API still serves, readiness says why it is not ready, and the watcher picks
+/// the directory up when it appears.
+async fn load_handlers(config: &Config) -> anyhow::Result<(Arc<Runtime>, Arc<HandlerSet>)> {
+    let runtime_config = config.runtime.clone();
+    let runtime = Arc::new(
+        tokio::task::spawn_blocking(move || Runtime::new(&runtime_config))
+            .await
+            .context("joining the runtime start")??,
+    );
+    let handlers = Arc::new(HandlerSet::default());
+    handler_watch::scan(&runtime, &handlers, &config.handlers_dir, &config.handler_config_overlay()).await;
+    Ok((runtime, handlers))
 }
 
 /// Resolves on SIGTERM (Kubernetes) or SIGINT (Ctrl-C).

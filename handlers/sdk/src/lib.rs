@@ -87,10 +87,13 @@ pub fn __install_panic_hook() {
     }));
 }
 
-/// Exports a [`Handler`] impl as the component's `order-handler` world.
+/// Exports a [`Handler`] impl as the component's `order-handler` world. Only when building for
+/// wasm32: a native build (unit tests, the host's benchmark baselines) links several handler
+/// crates into one binary, and their export symbols would collide.
 #[macro_export]
 macro_rules! export_handler {
     ($ty:ty) => {
+        #[cfg(target_arch = "wasm32")]
         const _: () = {
             struct __SdkExport;
             impl $crate::bindings::Guest for __SdkExport {

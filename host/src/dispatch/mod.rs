@@ -21,14 +21,16 @@ use tokio::task::JoinSet;
 
 use crate::config::{DispatchConfig, KafkaConfig, Topics};
 use crate::kafka::{Consumer, Incoming, Revoked};
-use crate::runtime::{Invoke, Registry};
+use crate::handler_set::HandlerSet;
+use crate::runtime::Invoke;
 
 /// What every event's processing needs. Shared by all key tasks.
 pub struct Shared {
     pub pool: PgPool,
     /// Runs handler logic: the WASM runtime (a benchmark swaps in native code).
     pub invoker: Arc<dyn Invoke>,
-    pub registry: Arc<Registry>,
+    /// The live handlers; each event routes by the snapshot taken when it starts.
+    pub handlers: Arc<HandlerSet>,
     pub config: DispatchConfig,
     pub kafka: KafkaConfig,
     pub topics: Topics,

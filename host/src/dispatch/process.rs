@@ -44,7 +44,9 @@ pub async fn handle(shared: &Shared, record: &Incoming) -> Done {
             return dead_letter(shared, record, &source, DISPATCHER, version, &id, 1, &reason).await;
         }
     };
-    let handlers: Vec<Arc<LoadedHandler>> = shared.registry.subscribers(decoded.kind).cloned().collect();
+    // One snapshot for the whole event, retries included: each handler handles it with one version.
+    let handlers: Vec<Arc<LoadedHandler>> =
+        shared.handlers.current().subscribers(decoded.kind).cloned().collect();
     for h in handlers {
         if handle_for(shared, record, &source, &decoded, &h).await == Done::Abandoned {
             return Done::Abandoned;
@@ -134,7 +136,9 @@ async fn try_once(
     };
     let orders: Arc<dyn OrderSource> = Arc::new(DbOrders(shared.pool.clone()));
     let started = std::time::Instant::now();
-    let actions = match shared.invoker.invoke(h, &event, orders).await {
+    let result = shared.invoker.invoke(h, &event, orders).await;
+    h.stats.record(started.elapsed(), result.is_ok());
+    let actions = match result {
         Ok(a) => a,
         Err(e) => return Attempt::Failed(e),
     };

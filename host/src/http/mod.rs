@@ -3,6 +3,7 @@
 //!
 //! Routes are registered through `utoipa-axum`, so a route cannot exist without its OpenAPI entry.
 
+pub mod admin;
 mod catalog;
 mod error;
 mod health;
@@ -40,6 +41,8 @@ pub struct AppState {
     pub probes: Probes,
     /// Turns true at shutdown; ends live streams so the server can drain.
     pub shutdown: watch::Receiver<bool>,
+    /// The admin API's needs; `None` turns it off (`ADMIN_TOKEN` unset).
+    pub admin: Option<Arc<admin::Admin>>,
 }
 
 #[derive(OpenApi)]
@@ -48,13 +51,19 @@ pub struct AppState {
     tags(
         (name = "catalogue", description = "Products and stock"),
         (name = "orders", description = "Orders, checkout, status and live tracking"),
-        (name = "health", description = "Liveness and readiness")
+        (name = "health", description = "Liveness and readiness"),
+        (name = "admin", description = "Handler versions: list, upload, roll back, unsubscribe (bearer ADMIN_TOKEN)")
     )
 )]
 struct ApiDoc;
 
 /// The application's routes and their OpenAPI document, built together.
 pub fn router_and_spec(state: AppState) -> (Router, utoipa::openapi::OpenApi) {
+    let admin_routes = OpenApiRouter::new()
+        .routes(routes!(admin::list_handlers))
+        .routes(routes!(admin::put_handler, admin::delete_handler))
+        .routes(routes!(admin::rollback_handler))
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), admin::authorize));
     let (router, spec) = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(catalog::list_products))
         .routes(routes!(catalog::search_products))
@@ -71,6 +80,7 @@ pub fn router_and_spec(state: AppState) -> (Router, utoipa::openapi::OpenApi) {
         .routes(routes!(stream::order_events))
         .routes(routes!(health::healthz))
         .routes(routes!(health::readyz))
+        .merge(admin_routes)
         .with_state(state)
         .split_for_parts();
     let doc = spec.clone();

@@ -5,10 +5,12 @@
 //! Only this module knows wasmtime. Callers see [`LoadedHandler`], [`Event`], [`wit`] values and
 //! [`DispatchError`].
 
+mod cache;
 mod error;
 mod host_api;
 pub mod manifest;
 mod registry;
+mod stats;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -24,7 +26,9 @@ pub use error::{DispatchError, Disposition, TrapKind, describe_handler_error};
 use host_api::StoreState;
 pub use host_api::{NoOrders, OrderSource, StaticOrders, sandbox_wasi_ctx};
 pub use manifest::{EventKind, HandlerManifest, HandlerSpec, Manifest};
+pub use cache::Origin;
 pub use registry::{LoadProblem, Registry};
+pub use stats::{InvocationStats, StatsSnapshot};
 
 /// Rust types generated from `wit/`; the host's side of the contract.
 pub mod wit {
@@ -77,6 +81,10 @@ pub struct LoadedHandler {
     pub loaded_at: SystemTime,
     /// Manifest config overlaid with the host's values, as `host.config` answers it.
     config: Arc<std::collections::BTreeMap<String, String>>,
+    /// Whether loading compiled it or found it in the compile cache.
+    pub origin: Origin,
+    /// This version's invocations, recorded by the dispatcher.
+    pub stats: InvocationStats,
     pre: wit::OrderHandlerPre<StoreState>,
 }
 
@@ -140,6 +148,7 @@ pub struct Runtime {
     engine: Engine,
     linker: Linker<StoreState>,
     config: RuntimeConfig,
+    cache: cache::ComponentCache,
     _ticker: Ticker,
 }
 
@@ -209,7 +218,14 @@ impl Runtime {
                 .context("starting the epoch ticker")?
         };
 
-        Ok(Runtime { engine, linker, config: config.clone(), _ticker: Ticker { stop, thread: Some(thread) } })
+        let cache = cache::ComponentCache::new(&engine, config.cache_dir.as_deref());
+        Ok(Runtime {
+            engine,
+            linker,
+            config: config.clone(),
+            cache,
+            _ticker: Ticker { stop, thread: Some(thread) },
+        })
     }
 
     /// Compiles `bytes` and checks them against the world. CPU-bound (Cranelift): call it off the
@@ -257,7 +273,8 @@ impl Runtime {
         if !wasmtime::wasmparser::Parser::is_component(bytes) {
             bail!("{} is not a WebAssembly component (no component header)", manifest.file);
         }
-        let component = wasm_err(Component::new(&self.engine, bytes)).context("compiling the component")?;
+        let (component, origin) =
+            self.cache.get_or_compile(&self.engine, &version, bytes).context("compiling the component")?;
         self.check_world(&component)?;
         let instance_pre = wasm_err(self.linker.instantiate_pre(&component))
             .with_context(|| format!("it imports something the host does not provide (world {WORLD})"))?;
@@ -272,6 +289,8 @@ impl Runtime {
             manifest,
             loaded_at: SystemTime::now(),
             config: Arc::new(config),
+            origin,
+            stats: InvocationStats::default(),
             pre,
         })
     }

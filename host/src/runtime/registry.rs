@@ -15,6 +15,8 @@ use super::{EventKind, LoadedHandler, Runtime};
 #[derive(Debug)]
 pub struct LoadProblem {
     pub path: PathBuf,
+    /// The handler the file was meant to be, when that is known.
+    pub name: Option<String>,
     pub error: anyhow::Error,
 }
 
@@ -55,6 +57,7 @@ impl Registry {
         // One path for manifest entries and bare files; a duplicate name is refused before compiling.
         let load = |registry: &mut Registry, problems: &mut Vec<LoadProblem>, entry: HandlerManifest| {
             let path = dir.join(&entry.file);
+            let name = Some(entry.name.clone());
             let loaded = if registry.get(&entry.name).is_some() {
                 Err(anyhow::anyhow!("handler `{}` is already loaded from the manifest", entry.name))
             } else {
@@ -64,7 +67,7 @@ impl Registry {
             };
             match loaded {
                 Ok(h) => registry.insert(h),
-                Err(error) => problems.push(LoadProblem { path, error }),
+                Err(error) => problems.push(LoadProblem { path, name, error }),
             }
         };
         for entry in manifest.handlers {
@@ -96,6 +99,7 @@ impl Registry {
                 ),
                 None => problems.push(LoadProblem {
                     path,
+                    name: None,
                     error: anyhow::anyhow!("ignored: not a .wasm component and not {MANIFEST_FILE}"),
                 }),
             }
@@ -104,7 +108,11 @@ impl Registry {
     }
 
     pub fn insert(&mut self, handler: LoadedHandler) {
-        self.handlers.insert(handler.name.clone(), Arc::new(handler));
+        self.insert_shared(Arc::new(handler));
+    }
+
+    pub fn insert_shared(&mut self, handler: Arc<LoadedHandler>) {
+        self.handlers.insert(handler.name.clone(), handler);
     }
 
     pub fn get(&self, name: &str) -> Option<&Arc<LoadedHandler>> {

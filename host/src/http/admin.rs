@@ -1,0 +1,248 @@
+//! `/admin`: list, upload, roll back and unsubscribe handlers at runtime. Bearer `ADMIN_TOKEN`;
+//! with the variable unset every `/admin` route answers 404 `admin_disabled`.
+//!
+//! An upload is compiled and checked against the world off the async threads before anything
+//! changes, so a broken component gets a 400 naming the problem and the current version keeps
+//! serving.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+
+use super::{ApiError, AppState};
+use crate::config::Secret;
+use crate::handler_set::{HandlerInfo, HandlerSet, SetError, Source, Version};
+use crate::runtime::{EventKind, HandlerSpec, LoadedHandler, Runtime};
+
+/// What the admin routes need; absent when `ADMIN_TOKEN` is unset.
+pub struct Admin {
+    pub token: Secret,
+    pub runtime: Arc<Runtime>,
+    pub handlers: Arc<HandlerSet>,
+    /// The host's values over every handler's config (`DEMO_MODE`).
+    pub overlay: BTreeMap<String, String>,
+    pub max_upload_bytes: usize,
+}
+
+/// Refuses every `/admin` request unless the admin API is on and the bearer token matches.
+pub async fn authorize(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let Some(admin) = &state.admin else {
+        return ApiError::not_found("admin_disabled", "the admin API is off: ADMIN_TOKEN is not set").into_response();
+    };
+    let presented = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    match presented {
+        Some(token) if constant_time_eq(token.trim().as_bytes(), admin.token.0.as_bytes()) => next.run(request).await,
+        other => {
+            let message = if other.is_some() { "wrong bearer token" } else { "missing bearer token" };
+            let mut response = ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", message).into_response();
+            response.headers_mut().insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
+            response
+        }
+    }
+}
+
+/// Compares without an early exit, so response timing does not reveal how much of a guess was right.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn admin(state: &AppState) -> &Admin {
+    state.admin.as_deref().expect("authorize runs before every admin route")
+}
+
+/// One version of a handler.
+#[derive(Serialize, ToSchema)]
+pub struct VersionView {
+    /// Hex sha256 of the component.
+    pub version: String,
+    pub short_version: String,
+    /// `dir` or `upload`.
+    pub source: String,
+    /// When this version started serving.
+    pub since: DateTime<Utc>,
+    /// When it was compiled or loaded from the cache.
+    pub loaded_at: DateTime<Utc>,
+    pub events: Vec<String>,
+    pub invocations: u64,
+    pub errors: u64,
+    pub p50_ms: Option<f64>,
+    pub p99_ms: Option<f64>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct HandlerView {
+    pub name: String,
+    /// False once deleted: no events go to it until a rollback or a new version.
+    pub subscribed: bool,
+    pub current: Option<VersionView>,
+    /// Earlier versions, newest first: what a rollback returns to.
+    pub previous: Vec<VersionView>,
+}
+
+fn version_view(v: &Version) -> VersionView {
+    let h = &v.handler;
+    let stats = h.stats.snapshot();
+    let ms = |d: Option<std::time::Duration>| d.map(|d| d.as_secs_f64() * 1000.0);
+    VersionView {
+        version: h.version.clone(),
+        short_version: h.short_version().to_string(),
+        source: match v.source {
+            Source::Dir => "dir",
+            Source::Upload => "upload",
+        }
+        .into(),
+        since: v.since.into(),
+        loaded_at: h.loaded_at.into(),
+        events: h.manifest.spec.events.iter().map(|e| e.to_string()).collect(),
+        invocations: stats.invocations,
+        errors: stats.errors,
+        p50_ms: ms(stats.p50),
+        p99_ms: ms(stats.p99),
+    }
+}
+
+fn handler_view(info: &HandlerInfo) -> HandlerView {
+    HandlerView {
+        name: info.name.clone(),
+        subscribed: info.current.is_some(),
+        current: info.current.as_ref().map(version_view),
+        previous: info.previous.iter().map(version_view).collect(),
+    }
+}
+
+fn view_of(handlers: &HandlerSet, name: &str) -> HandlerView {
+    let info = handlers.list().into_iter().find(|i| i.name == name).expect("the handler was just changed");
+    handler_view(&info)
+}
+
+impl From<SetError> for ApiError {
+    fn from(e: SetError) -> ApiError {
+        match e {
+            SetError::Unknown(_) => ApiError::not_found("handler_not_found", e.to_string()),
+            SetError::NothingToRollBack(_) => ApiError::new(StatusCode::CONFLICT, "no_previous_version", e.to_string()),
+        }
+    }
+}
+
+/// Every handler the host knows, with its serving version and invocation figures.
+#[utoipa::path(get, path = "/admin/handlers", tag = "admin",
+    responses((status = 200, body = [HandlerView]), (status = 401, body = super::ErrorBody)))]
+pub async fn list_handlers(State(state): State<AppState>) -> Json<Vec<HandlerView>> {
+    Json(admin(&state).handlers.list().iter().map(handler_view).collect())
+}
+
+/// Manifest fields for an upload; each one not given is inherited from the serving version (or
+/// the manifest defaults for a new handler).
+#[derive(Deserialize, IntoParams)]
+pub struct UploadParams {
+    /// Comma-separated: `order-created`, `status-updated`.
+    pub events: Option<String>,
+    pub timeout_ms: Option<u64>,
+    pub memory_limit_bytes: Option<u64>,
+}
+
+/// Uploads a new version of `name` (the raw component bytes as the body) and swaps it in.
+#[utoipa::path(put, path = "/admin/handlers/{name}", tag = "admin",
+    params(("name" = String, Path), UploadParams),
+    request_body(content = Vec<u8>, content_type = "application/wasm"),
+    responses((status = 200, body = HandlerView), (status = 400, body = super::ErrorBody),
+        (status = 401, body = super::ErrorBody), (status = 413, body = super::ErrorBody)))]
+pub async fn put_handler(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    params: Result<Query<UploadParams>, QueryRejection>,
+    body: Body,
+) -> Result<Json<HandlerView>, ApiError> {
+    let admin = admin(&state);
+    let Query(params) = params.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", e.body_text()))?;
+    if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_name",
+            format!("handler name {name:?} must be letters, digits, `-` or `_`"),
+        ));
+    }
+    let bytes = axum::body::to_bytes(body, admin.max_upload_bytes).await.map_err(|_| {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!("a component may be at most {} bytes (HANDLER_UPLOAD_MAX_BYTES)", admin.max_upload_bytes),
+        )
+    })?;
+    if bytes.is_empty() {
+        return Err(ApiError::new(StatusCode::BAD_REQUEST, "invalid_component", "the body is empty: send the component bytes"));
+    }
+    let mut spec = admin.handlers.current_of(&name).map_or_else(HandlerSpec::default, |h| h.manifest.spec.clone());
+    if let Some(events) = &params.events {
+        spec.events = events
+            .split(',')
+            .map(|e| {
+                let e = e.trim();
+                EventKind::ALL.into_iter().find(|k| k.to_string() == e).ok_or_else(|| {
+                    ApiError::new(
+                        StatusCode::BAD_REQUEST,
+                        "invalid_query",
+                        format!("unknown event {e:?}: expected order-created or status-updated"),
+                    )
+                })
+            })
+            .collect::<Result<_, _>>()?;
+    }
+    spec.timeout_ms = params.timeout_ms.unwrap_or(spec.timeout_ms);
+    spec.memory_limit_bytes = params.memory_limit_bytes.unwrap_or(spec.memory_limit_bytes);
+    let manifest = spec.into_manifest(&name, &format!("{name}.wasm (uploaded)"), None);
+    let (runtime, overlay) = (admin.runtime.clone(), admin.overlay.clone());
+    let loaded: anyhow::Result<LoadedHandler> =
+        tokio::task::spawn_blocking(move || runtime.load(manifest, &bytes, &overlay))
+            .await
+            .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", format!("the loader failed: {e}")))?;
+    let handler = loaded
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_component", format!("{e:#}")))?;
+    let handler = admin.handlers.install(handler, Source::Upload);
+    tracing::info!(handler = %handler.cause(), "handler uploaded and swapped in");
+    Ok(Json(view_of(&admin.handlers, &name)))
+}
+
+/// Returns `name` to the version before the current one (or restores a deleted handler).
+#[utoipa::path(post, path = "/admin/handlers/{name}/rollback", tag = "admin",
+    params(("name" = String, Path)),
+    responses((status = 200, body = HandlerView), (status = 401, body = super::ErrorBody),
+        (status = 404, body = super::ErrorBody), (status = 409, body = super::ErrorBody)))]
+pub async fn rollback_handler(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<HandlerView>, ApiError> {
+    let admin = admin(&state);
+    let handler = admin.handlers.rollback(&name)?;
+    tracing::info!(handler = %handler.cause(), "handler rolled back");
+    Ok(Json(view_of(&admin.handlers, &name)))
+}
+
+/// Unsubscribes `name`: events dispatched from now on skip it. A rollback brings it back.
+#[utoipa::path(delete, path = "/admin/handlers/{name}", tag = "admin",
+    params(("name" = String, Path)),
+    responses((status = 200, body = HandlerView), (status = 401, body = super::ErrorBody),
+        (status = 404, body = super::ErrorBody)))]
+pub async fn delete_handler(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<HandlerView>, ApiError> {
+    let admin = admin(&state);
+    admin.handlers.remove(&name)?;
+    tracing::info!(handler = %name, "handler unsubscribed");
+    Ok(Json(view_of(&admin.handlers, &name)))
+}
