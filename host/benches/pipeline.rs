@@ -139,9 +139,7 @@ struct Run {
 async fn run_throughput(pg: &LocalPostgres, root: &std::path::Path) -> anyhow::Result<()> {
     // Rounds interleave WASM and native so drift on a noisy machine hits both alike.
     let modes: Vec<(&str, Option<Arc<dyn Invoke>>)> = (0..ROUNDS)
-        .flat_map(|_| {
-            [("wasm", None), ("native", Some(Arc::new(native::NativeHandlers) as Arc<dyn Invoke>))]
-        })
+        .flat_map(|_| [("wasm", None), ("native", Some(Arc::new(native::NativeHandlers) as Arc<dyn Invoke>))])
         .collect();
     let topics: Vec<String> =
         (0..modes.len()).flat_map(|i| ["created", "status", "dead"].map(|t| format!("r{i}.{t}"))).collect();
@@ -187,8 +185,9 @@ async fn run_throughput(pg: &LocalPostgres, root: &std::path::Path) -> anyhow::R
         )
         .fetch_one(&host.pool)
         .await?;
-        let (shipped,): (i64,) =
-            sqlx::query_as("SELECT count(*) FROM orders WHERE status = 'shipped'").fetch_one(&host.pool).await?;
+        let (shipped,): (i64,) = sqlx::query_as("SELECT count(*) FROM orders WHERE status = 'shipped'")
+            .fetch_one(&host.pool)
+            .await?;
         anyhow::ensure!(shipped == BACKLOG as i64, "only {shipped} of {BACKLOG} orders shipped");
         host.shutdown().await?;
         eprintln!("  round {} {mode:<6} {:>7.0} events/s", i / 2 + 1, events as f64 / secs);

@@ -190,7 +190,10 @@ impl Config {
                 .map_or_else(|| PathBuf::from("target/handlers"), PathBuf::from),
             demo_mode: parse(&lookup, "DEMO_MODE", false, parse_bool)?,
             admin: AdminConfig {
-                token: lookup("ADMIN_TOKEN").map(|v| v.trim().to_string()).filter(|v| !v.is_empty()).map(Secret),
+                token: lookup("ADMIN_TOKEN")
+                    .map(|v| v.trim().to_string())
+                    .filter(|v| !v.is_empty())
+                    .map(Secret),
                 max_upload_bytes: parse(
                     &lookup,
                     "HANDLER_UPLOAD_MAX_BYTES",

@@ -154,7 +154,10 @@ impl HandlerSet {
     /// Unsubscribes `name`: no new event goes to it. Its version is kept for a rollback.
     pub fn remove(&self, name: &str) -> Result<(), SetError> {
         let mut slots = self.lock();
-        let slot = slots.get_mut(name).filter(|s| s.current.is_some()).ok_or_else(|| SetError::Unknown(name.into()))?;
+        let slot = slots
+            .get_mut(name)
+            .filter(|s| s.current.is_some())
+            .ok_or_else(|| SetError::Unknown(name.into()))?;
         slot.replace(None);
         self.publish(&slots);
         Ok(())

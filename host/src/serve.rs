@@ -15,11 +15,11 @@ use crate::config::{Config, EMBEDDED_BROKERS};
 use crate::db;
 use crate::db::listen::{self, Notices};
 use crate::dispatch::{self, Shared, timers};
+use crate::handler_set::HandlerSet;
+use crate::http::admin::Admin;
 use crate::http::{self, AppState, Probes};
 use crate::kafka::{Consumer, EmbeddedBroker, Producer};
 use crate::relay::{self, RelayConfig};
-use crate::handler_set::HandlerSet;
-use crate::http::admin::Admin;
 use crate::runtime::{Invoke, Runtime};
 use crate::watch::{self as handler_watch, WatchConfig};
 
@@ -138,7 +138,10 @@ impl Host {
             notices,
             probes: {
                 let handlers = handlers.clone();
-                Probes { kafka: producer.clone(), handlers_loaded: Arc::new(move || handlers.current().iter().count()) }
+                Probes {
+                    kafka: producer.clone(),
+                    handlers_loaded: Arc::new(move || handlers.current().iter().count()),
+                }
             },
             admin: config.admin.token.clone().map(|token| {
                 Arc::new(Admin {

@@ -31,7 +31,12 @@ pub struct WatchConfig {
 
 /// Scans `dir` once, off the async threads. A missing or unreadable directory is an empty scan
 /// with the reason logged, so the API still serves and readiness says why it is not ready.
-pub async fn scan(runtime: &Arc<Runtime>, set: &HandlerSet, dir: &std::path::Path, overlay: &BTreeMap<String, String>) {
+pub async fn scan(
+    runtime: &Arc<Runtime>,
+    set: &HandlerSet,
+    dir: &std::path::Path,
+    overlay: &BTreeMap<String, String>,
+) {
     let (runtime, dir_owned, overlay) = (runtime.clone(), dir.to_path_buf(), overlay.clone());
     let result = tokio::task::spawn_blocking(move || {
         if !dir_owned.is_dir() {
@@ -69,7 +74,12 @@ pub async fn scan(runtime: &Arc<Runtime>, set: &HandlerSet, dir: &std::path::Pat
 }
 
 /// Runs until shutdown.
-pub async fn run(runtime: Arc<Runtime>, set: Arc<HandlerSet>, config: WatchConfig, mut shutdown: watch::Receiver<bool>) {
+pub async fn run(
+    runtime: Arc<Runtime>,
+    set: Arc<HandlerSet>,
+    config: WatchConfig,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let (tx, mut changed) = mpsc::channel::<()>(1);
     let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
         if event.is_ok() {

@@ -576,6 +576,10 @@ async fn the_openapi_document_matches_the_routes() {
         ("GET", "/api/orders/{id}/events"),
         ("GET", "/healthz"),
         ("GET", "/readyz"),
+        ("GET", "/admin/handlers"),
+        ("PUT", "/admin/handlers/{name}"),
+        ("DELETE", "/admin/handlers/{name}"),
+        ("POST", "/admin/handlers/{name}/rollback"),
     ]
     .iter()
     .map(|(m, p)| (m.to_string(), p.to_string()))

@@ -235,7 +235,8 @@ async fn one_orders_events_apply_in_order_and_undecodable_ones_are_dead_lettered
 async fn a_postgres_outage_is_retried_past_the_attempt_limit_and_never_dead_lettered() {
     logs::capture();
     let dir = handlers_dir(&[("fixtures", "echo", &["status-updated"])]);
-    let extra = [("DISPATCH_MAX_ATTEMPTS", "2"), ("DISPATCH_RETRY_BASE_MS", "20"), ("DISPATCH_RETRY_MAX_MS", "100")];
+    let extra =
+        [("DISPATCH_MAX_ATTEMPTS", "2"), ("DISPATCH_RETRY_BASE_MS", "20"), ("DISPATCH_RETRY_MAX_MS", "100")];
     let t = TestHost::start_with(Some(dir.path()), 1, &extra).await;
     let brokers = t.broker.bootstrap_servers().to_string();
     let (_, o) = t.post("/api/orders", &order_body("outage@x.io", &[("4", 1)])).await;
@@ -244,8 +245,14 @@ async fn a_postgres_outage_is_retried_past_the_attempt_limit_and_never_dead_lett
         let (brokers, id) = (brokers.clone(), id.clone());
         async move {
             let value = json!({"order_id": id, "previous_status": "pending", "status": "processing", "caused_by": "test"});
-            produce(&brokers, "order.status-updated", &id, &[("ce_id", ce_id), ("seq", seq)], value.to_string().as_bytes())
-                .await;
+            produce(
+                &brokers,
+                "order.status-updated",
+                &id,
+                &[("ce_id", ce_id), ("seq", seq)],
+                value.to_string().as_bytes(),
+            )
+            .await;
         }
     };
     // The consumer is assigned and applying events before the outage starts.
@@ -263,10 +270,14 @@ async fn a_postgres_outage_is_retried_past_the_attempt_limit_and_never_dead_lett
                 && l.fields.get("attempt").and_then(|a| a.parse::<u32>().ok()).is_some_and(|a| a > 2)
         })
     };
-    let failure = eventually("the event to fail more often than DISPATCH_MAX_ATTEMPTS", Duration::from_secs(30), || {
-        let seen = retried_past_limit();
-        async move { seen.into_iter().next() }
-    })
+    let failure = eventually(
+        "the event to fail more often than DISPATCH_MAX_ATTEMPTS",
+        Duration::from_secs(30),
+        || {
+            let seen = retried_past_limit();
+            async move { seen.into_iter().next() }
+        },
+    )
     .await;
     assert!(failure.fields["error"].starts_with("host failure: "), "{failure:?}");
     database_outage(&t.database_url, false).await;

@@ -45,7 +45,8 @@ async fn the_host_binary_ships_an_order_through_a_separate_tansu_broker() {
     let rows = history.as_array().unwrap();
     let steps: Vec<&str> = rows.iter().map(|h| h["to_status"].as_str().unwrap()).collect();
     assert_eq!(steps, ["pending", "processing", "confirmed", "shipped"]);
-    let handler_caused = rows.iter().filter(|h| h["cause"].as_str().unwrap().starts_with("handler:order-processor@"));
+    let handler_caused =
+        rows.iter().filter(|h| h["cause"].as_str().unwrap().starts_with("handler:order-processor@"));
     assert_eq!(handler_caused.count(), 3, "{history}");
 
     let notes = eventually("the notifier's four messages", Duration::from_secs(20), || async {
@@ -55,7 +56,8 @@ async fn the_host_binary_ships_an_order_through_a_separate_tansu_broker() {
     .await;
     assert!(notes.as_array().unwrap().iter().all(|n| n["recipient"] == "tansu@metalbear.com"), "{notes}");
 
-    let updates = consume(&brokers, "order.status-updated", 3, Duration::from_secs(30), |c| c.key == id).await;
+    let updates =
+        consume(&brokers, "order.status-updated", 3, Duration::from_secs(30), |c| c.key == id).await;
     let statuses: Vec<&str> = updates.iter().map(|u| u.value["status"].as_str().unwrap()).collect();
     assert_eq!(statuses, ["processing", "confirmed", "shipped"]);
     for u in &updates {

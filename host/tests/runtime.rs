@@ -8,9 +8,11 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use host::config::RuntimeConfig;
 use host::runtime::wit::{HandlerError, Order, OrderStatus};
 use host::runtime::{
-    DispatchError, EventKind, HandlerSpec, NoOrders, OrderSource, Registry, StaticOrders, TrapKind,
+    DispatchError, EventKind, HandlerSpec, NoOrders, OrderSource, Origin, Registry, Runtime, StaticOrders,
+    TrapKind,
 };
 use serde::Deserialize;
 use support::*;
@@ -289,4 +291,45 @@ fn a_file_that_does_not_match_its_manifest_sha256_is_refused() {
         "{}",
         problems[0]
     );
+}
+
+#[test]
+fn compiled_components_come_from_the_cache_after_the_first_load_and_a_bad_entry_is_recompiled() {
+    let cache = tempfile::tempdir().unwrap();
+    let config = RuntimeConfig {
+        pool_size: 4,
+        cache_dir: Some(cache.path().to_path_buf()),
+        ..RuntimeConfig::default()
+    };
+    let bytes = support::component("handlers", "notifier");
+    let load = |rt: &Runtime| {
+        let manifest = HandlerSpec::default().into_manifest("notifier", "notifier.wasm", None);
+        rt.load(manifest, &bytes, &Default::default()).expect("notifier loads").origin
+    };
+
+    let first = Runtime::new(&config).unwrap();
+    assert_eq!(load(&first), Origin::Compiled);
+    assert_eq!(load(&first), Origin::Memory, "a rollback or rescan does not recompile");
+    // A restart: a new engine with the same settings reads the serialized artifact.
+    let restarted = Runtime::new(&config).unwrap();
+    assert_eq!(load(&restarted), Origin::Disk);
+
+    let entries: Vec<std::path::PathBuf> =
+        walk(cache.path()).into_iter().filter(|p| p.extension().is_some_and(|e| e == "cwasm")).collect();
+    assert_eq!(entries.len(), 1, "{entries:?}");
+    let sha = host::runtime::sha256_hex(&bytes);
+    assert_eq!(entries[0].file_name().unwrap().to_string_lossy(), format!("{sha}.cwasm"));
+    drop((first, restarted));
+    std::fs::write(&entries[0], b"not a serialized component").unwrap();
+    let after_corruption = Runtime::new(&config).unwrap();
+    assert_eq!(load(&after_corruption), Origin::Compiled, "an unreadable entry is ignored and rewritten");
+    assert_eq!(load(&Runtime::new(&config).unwrap()), Origin::Disk);
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .flat_map(|e| if e.path().is_dir() { walk(&e.path()) } else { vec![e.path()] })
+        .collect()
 }

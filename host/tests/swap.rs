@@ -12,34 +12,9 @@ use std::time::Duration;
 
 use serde_json::Value;
 use support::service::*;
-use support::{component, logs};
+use support::{component, logs, versioned};
 
 const TOKEN: &str = "s3cret-admin-token";
-
-/// The same component with a custom section appended: identical behaviour, a different sha256,
-/// so a test has two versions to swap between.
-fn versioned(bytes: &[u8], tag: &str) -> Vec<u8> {
-    fn leb(mut n: usize, out: &mut Vec<u8>) {
-        loop {
-            let byte = (n & 0x7f) as u8;
-            n >>= 7;
-            out.push(if n == 0 { byte } else { byte | 0x80 });
-            if n == 0 {
-                break;
-            }
-        }
-    }
-    let name = b"order-host-test-version";
-    let mut body = Vec::new();
-    leb(name.len(), &mut body);
-    body.extend_from_slice(name);
-    body.extend_from_slice(tag.as_bytes());
-    let mut out = bytes.to_vec();
-    out.push(0);
-    leb(body.len(), &mut out);
-    out.extend_from_slice(&body);
-    out
-}
 
 fn sha(bytes: &[u8]) -> String {
     host::runtime::sha256_hex(bytes)
@@ -127,7 +102,8 @@ async fn versions_swap_under_load_through_the_api_and_the_directory_without_loss
             let mut i = 0;
             while !stop.load(Ordering::Relaxed) {
                 let sent = Utc::now();
-                let (code, o) = t.post("/api/orders", &order_body(&format!("swap{i}@x.io"), &[("7", 1)])).await;
+                let (code, o) =
+                    t.post("/api/orders", &order_body(&format!("swap{i}@x.io"), &[("7", 1)])).await;
                 assert_eq!(code, 201, "{o}");
                 placed.push((o["id"].as_str().unwrap().to_string(), sent));
                 i += 1;
@@ -146,7 +122,11 @@ async fn versions_swap_under_load_through_the_api_and_the_directory_without_loss
         (body["current"]["version"].as_str(), body["current"]["source"].as_str()),
         (Some(sha(&v2).as_str()), Some("upload"))
     );
-    assert_eq!(body["current"]["events"], serde_json::json!(["order-created"]), "the upload inherits the manifest's events");
+    assert_eq!(
+        body["current"]["events"],
+        serde_json::json!(["order-created"]),
+        "the upload inherits the manifest's events"
+    );
     swapped(&mut phases, requested, &v2);
 
     settle().await;
@@ -177,11 +157,12 @@ async fn versions_swap_under_load_through_the_api_and_the_directory_without_loss
         (t.count("notifications").await == all).then_some(())
     })
     .await;
-    let (rows, events): (i64, i64) =
-        sqlx::query_as("SELECT count(*), count(DISTINCT event_id) FROM processed_events WHERE handler = 'notifier'")
-            .fetch_one(t.pool())
-            .await
-            .unwrap();
+    let (rows, events): (i64, i64) = sqlx::query_as(
+        "SELECT count(*), count(DISTINCT event_id) FROM processed_events WHERE handler = 'notifier'",
+    )
+    .fetch_one(t.pool())
+    .await
+    .unwrap();
     assert_eq!((rows, events), (all, all), "every event handled exactly once");
 
     // An event dispatched wholly inside one phase (sent after the swap was acknowledged, applied
@@ -195,15 +176,22 @@ async fn versions_swap_under_load_through_the_api_and_the_directory_without_loss
     .unwrap();
     let mut inside = vec![0; phases.len()];
     for (id, sent) in &placed {
-        let (_, at, cause) = applied.iter().find(|(o, ..)| o == id).unwrap_or_else(|| panic!("order {id} was not notified"));
+        let (_, at, cause) =
+            applied.iter().find(|(o, ..)| o == id).unwrap_or_else(|| panic!("order {id} was not notified"));
         let short = cause.strip_prefix("handler:notifier@").unwrap_or_else(|| panic!("cause {cause}"));
         assert!(sha(&v1).starts_with(short) || sha(&v2).starts_with(short), "unknown version {cause}");
         if let Some(k) = phases.iter().position(|p| p.from <= *sent && *at < p.until) {
-            assert!(phases[k].version.starts_with(short), "order {id}, sent and applied in phase {k}, was handled by {short}");
+            assert!(
+                phases[k].version.starts_with(short),
+                "order {id}, sent and applied in phase {k}, was handled by {short}"
+            );
             inside[k] += 1;
         }
     }
-    assert!(inside.iter().all(|n| *n > 5), "too few events fell inside a phase to check each swap: {inside:?}");
+    assert!(
+        inside.iter().all(|n| *n > 5),
+        "too few events fell inside a phase to check each swap: {inside:?}"
+    );
 
     let (code, list) = admin(&t, reqwest::Method::GET, "/admin/handlers", None).await;
     assert_eq!(code, 200);
@@ -220,7 +208,12 @@ async fn broken_uploads_and_files_are_refused_with_the_reason_and_the_old_versio
     let v1 = component("handlers", "notifier");
     let dir = tempfile::tempdir().unwrap();
     write_notifier(dir.path(), &v1);
-    let t = TestHost::start_with(Some(dir.path()), 3, &[("ADMIN_TOKEN", TOKEN), ("HANDLERS_RESCAN_SECS", "3600")]).await;
+    let t = TestHost::start_with(
+        Some(dir.path()),
+        3,
+        &[("ADMIN_TOKEN", TOKEN), ("HANDLERS_RESCAN_SECS", "3600")],
+    )
+    .await;
     wait_serving(&t, "notifier", &sha(&v1)).await;
 
     let refused = [
@@ -234,7 +227,9 @@ async fn broken_uploads_and_files_are_refused_with_the_reason_and_the_old_versio
         assert_eq!((code, body["error"]["code"].as_str()), (400, Some("invalid_component")), "{body}");
         assert!(body["error"]["message"].as_str().unwrap().contains(reason), "{reason:?} not in {body}");
     }
-    let (code, body) = admin(&t, reqwest::Method::PUT, "/admin/handlers/notifier?events=order-shipped", Some(v1.clone())).await;
+    let (code, body) =
+        admin(&t, reqwest::Method::PUT, "/admin/handlers/notifier?events=order-shipped", Some(v1.clone()))
+            .await;
     assert_eq!((code, body["error"]["code"].as_str()), (400, Some("invalid_query")), "{body}");
     let (code, body) = admin(&t, reqwest::Method::PUT, "/admin/handlers/bad%20name", Some(v1.clone())).await;
     assert_eq!((code, body["error"]["code"].as_str()), (400, Some("invalid_name")), "{body}");
@@ -245,7 +240,9 @@ async fn broken_uploads_and_files_are_refused_with_the_reason_and_the_old_versio
     eventually("the mismatching file to be rejected", Duration::from_secs(20), || async {
         let rejected = logs::logged(|l| {
             l.message.contains("handler rejected")
-                && l.fields.get("problem").is_some_and(|p| p.contains(&dir.path().display().to_string()) && p.contains("sha256"))
+                && l.fields
+                    .get("problem")
+                    .is_some_and(|p| p.contains(&dir.path().display().to_string()) && p.contains("sha256"))
         });
         (!rejected.is_empty()).then_some(())
     })
@@ -266,7 +263,12 @@ async fn a_component_written_in_place_loads_only_once_complete_and_a_rename_swap
     // No manifest: a bare component with default settings, so only compiling can catch a torn write.
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("notifier.wasm"), &v1).unwrap();
-    let t = TestHost::start_with(Some(dir.path()), 3, &[("ADMIN_TOKEN", TOKEN), ("HANDLERS_RESCAN_SECS", "3600")]).await;
+    let t = TestHost::start_with(
+        Some(dir.path()),
+        3,
+        &[("ADMIN_TOKEN", TOKEN), ("HANDLERS_RESCAN_SECS", "3600")],
+    )
+    .await;
     wait_serving(&t, "notifier", &sha(&v1)).await;
 
     let path = dir.path().join("notifier.wasm");
@@ -324,7 +326,8 @@ async fn a_configmap_volume_update_is_picked_up() {
     for f in ["handlers.toml", "notifier.wasm"] {
         std::os::unix::fs::symlink(format!("..data/{f}"), root.join(f)).unwrap();
     }
-    let t = TestHost::start_with(Some(root), 3, &[("ADMIN_TOKEN", TOKEN), ("HANDLERS_RESCAN_SECS", "3600")]).await;
+    let t = TestHost::start_with(Some(root), 3, &[("ADMIN_TOKEN", TOKEN), ("HANDLERS_RESCAN_SECS", "3600")])
+        .await;
     wait_serving(&t, "notifier", &sha(&v1)).await;
 
     publish("..2026_11_21_10_05_00.000000002", &v2);
@@ -344,8 +347,11 @@ async fn the_admin_api_needs_the_token_and_is_off_without_one() {
     write_notifier(dir.path(), &v1);
 
     let off = TestHost::start_with(Some(dir.path()), 3, &[]).await;
-    for (method, path) in [(reqwest::Method::GET, "/admin/handlers"), (reqwest::Method::PUT, "/admin/handlers/notifier")] {
-        let r = off.http.request(method, off.url(path)).bearer_auth(TOKEN).body(v2.clone()).send().await.unwrap();
+    for (method, path) in
+        [(reqwest::Method::GET, "/admin/handlers"), (reqwest::Method::PUT, "/admin/handlers/notifier")]
+    {
+        let r =
+            off.http.request(method, off.url(path)).bearer_auth(TOKEN).body(v2.clone()).send().await.unwrap();
         assert_eq!(r.status(), 404);
         let body: Value = r.json().await.unwrap();
         assert_eq!(body["error"]["code"], "admin_disabled", "{body}");

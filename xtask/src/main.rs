@@ -3,6 +3,7 @@
 
 mod bench;
 mod build_handlers;
+mod deploy_handlers;
 mod dev;
 mod test;
 #[cfg(test)]
@@ -33,6 +34,9 @@ enum Command {
     Test(test::Args),
     /// Run the benchmarks (criterion) after building what they load.
     Bench(bench::Args),
+    /// Build the handlers and render the `order-handlers` ConfigMap into target/k8s/, applying it
+    /// when a cluster is reachable.
+    DeployHandlers(deploy_handlers::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -43,6 +47,7 @@ fn main() -> anyhow::Result<()> {
         Command::Dev(args) => dev::run(&sh, &args),
         Command::Test(args) => test::run(&sh, &args),
         Command::Bench(args) => bench::run(&sh, &args),
+        Command::DeployHandlers(args) => deploy_handlers::run(&sh, &args),
     }
 }
 

@@ -90,9 +90,16 @@ mod tests {
     fn malformed_stage_delays_fall_back_to_the_defaults() {
         for bad in ["", "1,2", "1,2,3,4", "a,b,c", "-1,0,0"] {
             let host = TestHost::with_config(&[("STAGE_DELAYS_MS", bad)]);
-            let created =
-                OrderProcessor::on_order_created(&host, &sample_event("t"), &sample_order(OrderStatus::Pending));
-            assert_eq!(created, Ok(vec![Action::set_status(OrderStatus::Processing, Some(2_000))]), "{bad:?}");
+            let created = OrderProcessor::on_order_created(
+                &host,
+                &sample_event("t"),
+                &sample_order(OrderStatus::Pending),
+            );
+            assert_eq!(
+                created,
+                Ok(vec![Action::set_status(OrderStatus::Processing, Some(2_000))]),
+                "{bad:?}"
+            );
         }
     }
 

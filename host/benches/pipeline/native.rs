@@ -24,7 +24,11 @@ impl Invoke for NativeHandlers {
                     order_processor::OrderProcessor::on_order_created(&host, &to_meta(meta), &to_order(order))
                 }
                 ("order-processor", Event::StatusUpdated { meta, update }) => {
-                    order_processor::OrderProcessor::on_status_updated(&host, &to_meta(meta), &to_update(update))
+                    order_processor::OrderProcessor::on_status_updated(
+                        &host,
+                        &to_meta(meta),
+                        &to_update(update),
+                    )
                 }
                 ("notifier", Event::OrderCreated { meta, order }) => {
                     notifier::Notifier::on_order_created(&host, &to_meta(meta), &to_order(order))

@@ -20,8 +20,8 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tokio::task::JoinSet;
 
 use crate::config::{DispatchConfig, KafkaConfig, Topics};
-use crate::kafka::{Consumer, Incoming, Revoked};
 use crate::handler_set::HandlerSet;
+use crate::kafka::{Consumer, Incoming, Revoked};
 use crate::runtime::Invoke;
 
 /// What every event's processing needs. Shared by all key tasks.

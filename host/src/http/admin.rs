@@ -37,7 +37,8 @@ pub struct Admin {
 /// Refuses every `/admin` request unless the admin API is on and the bearer token matches.
 pub async fn authorize(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let Some(admin) = &state.admin else {
-        return ApiError::not_found("admin_disabled", "the admin API is off: ADMIN_TOKEN is not set").into_response();
+        return ApiError::not_found("admin_disabled", "the admin API is off: ADMIN_TOKEN is not set")
+            .into_response();
     };
     let presented = request
         .headers()
@@ -45,11 +46,16 @@ pub async fn authorize(State(state): State<AppState>, request: Request, next: Ne
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "));
     match presented {
-        Some(token) if constant_time_eq(token.trim().as_bytes(), admin.token.0.as_bytes()) => next.run(request).await,
+        Some(token) if constant_time_eq(token.trim().as_bytes(), admin.token.0.as_bytes()) => {
+            next.run(request).await
+        }
         other => {
             let message = if other.is_some() { "wrong bearer token" } else { "missing bearer token" };
-            let mut response = ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", message).into_response();
-            response.headers_mut().insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
+            let mut response =
+                ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", message).into_response();
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
             response
         }
     }
@@ -133,7 +139,9 @@ impl From<SetError> for ApiError {
     fn from(e: SetError) -> ApiError {
         match e {
             SetError::Unknown(_) => ApiError::not_found("handler_not_found", e.to_string()),
-            SetError::NothingToRollBack(_) => ApiError::new(StatusCode::CONFLICT, "no_previous_version", e.to_string()),
+            SetError::NothingToRollBack(_) => {
+                ApiError::new(StatusCode::CONFLICT, "no_previous_version", e.to_string())
+            }
         }
     }
 }
@@ -168,7 +176,8 @@ pub async fn put_handler(
     body: Body,
 ) -> Result<Json<HandlerView>, ApiError> {
     let admin = admin(&state);
-    let Query(params) = params.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", e.body_text()))?;
+    let Query(params) =
+        params.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", e.body_text()))?;
     if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
@@ -184,9 +193,14 @@ pub async fn put_handler(
         )
     })?;
     if bytes.is_empty() {
-        return Err(ApiError::new(StatusCode::BAD_REQUEST, "invalid_component", "the body is empty: send the component bytes"));
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_component",
+            "the body is empty: send the component bytes",
+        ));
     }
-    let mut spec = admin.handlers.current_of(&name).map_or_else(HandlerSpec::default, |h| h.manifest.spec.clone());
+    let mut spec =
+        admin.handlers.current_of(&name).map_or_else(HandlerSpec::default, |h| h.manifest.spec.clone());
     if let Some(events) = &params.events {
         spec.events = events
             .split(',')
@@ -207,11 +221,11 @@ pub async fn put_handler(
     let manifest = spec.into_manifest(&name, &format!("{name}.wasm (uploaded)"), None);
     let (runtime, overlay) = (admin.runtime.clone(), admin.overlay.clone());
     let loaded: anyhow::Result<LoadedHandler> =
-        tokio::task::spawn_blocking(move || runtime.load(manifest, &bytes, &overlay))
-            .await
-            .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", format!("the loader failed: {e}")))?;
-    let handler = loaded
-        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_component", format!("{e:#}")))?;
+        tokio::task::spawn_blocking(move || runtime.load(manifest, &bytes, &overlay)).await.map_err(|e| {
+            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", format!("the loader failed: {e}"))
+        })?;
+    let handler =
+        loaded.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_component", format!("{e:#}")))?;
     let handler = admin.handlers.install(handler, Source::Upload);
     tracing::info!(handler = %handler.cause(), "handler uploaded and swapped in");
     Ok(Json(view_of(&admin.handlers, &name)))

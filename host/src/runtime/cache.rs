@@ -42,16 +42,23 @@ impl ComponentCache {
     /// The component for `bytes` (whose sha256 is `sha`): from memory, from disk, or compiled now
     /// (CPU-bound: call it off the async worker threads). A disk entry that cannot be read or
     /// written is logged and skipped; the cache never makes a load fail.
-    pub fn get_or_compile(&self, engine: &Engine, sha: &str, bytes: &[u8]) -> anyhow::Result<(Component, Origin)> {
+    pub fn get_or_compile(
+        &self,
+        engine: &Engine,
+        sha: &str,
+        bytes: &[u8],
+    ) -> anyhow::Result<(Component, Origin)> {
         if let Some(c) = self.memory.lock().unwrap_or_else(|p| p.into_inner()).get(sha) {
             return Ok((c.clone(), Origin::Memory));
         }
         let path = self.dir.as_ref().map(|d| d.join(format!("{sha}.cwasm")));
-        let from_disk = path.as_ref().filter(|p| p.is_file()).and_then(|p| {
-            // SAFETY: the file is one this cache wrote (atomically, by rename) from
-            // `Component::serialize` under a directory keyed by this engine's compatibility hash;
-            // wasmtime still checks its header and engine settings before using it.
-            match unsafe { Component::deserialize_file(engine, p) } {
+        // Read into memory rather than mapped: a file replaced or truncated under a mapping would
+        // fault the process later.
+        let from_disk = path.as_ref().and_then(|p| std::fs::read(p).ok().map(|bytes| (p, bytes))).and_then(|(p, bytes)| {
+            // SAFETY: the bytes are a file this cache wrote (atomically, by rename) from
+            // `Component::serialize`, under a directory keyed by this engine's compatibility hash;
+            // wasmtime still checks the header and engine settings before using them.
+            match unsafe { Component::deserialize(engine, &bytes) } {
                 Ok(c) => Some(c),
                 Err(e) => {
                     tracing::warn!(path = %p.display(), error = %e, "ignoring an unreadable compile-cache entry");
@@ -80,7 +87,8 @@ fn write_atomically(path: &Path, component: &Component) -> anyhow::Result<()> {
     let bytes = wasm_err(component.serialize())?;
     let dir = path.parent().expect("cache entries live in a directory");
     std::fs::create_dir_all(dir)?;
-    let tmp = dir.join(format!(".{}.{}.tmp", path.file_name().unwrap().to_string_lossy(), std::process::id()));
+    let tmp =
+        dir.join(format!(".{}.{}.tmp", path.file_name().unwrap().to_string_lossy(), std::process::id()));
     std::fs::write(&tmp, bytes)?;
     std::fs::rename(&tmp, path)?;
     Ok(())

@@ -22,11 +22,11 @@ use wasmtime::component::{Component, HasSelf, Linker};
 use wasmtime::{Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, Trap};
 
 use crate::config::RuntimeConfig;
+pub use cache::Origin;
 pub use error::{DispatchError, Disposition, TrapKind, describe_handler_error};
 use host_api::StoreState;
 pub use host_api::{NoOrders, OrderSource, StaticOrders, sandbox_wasi_ctx};
 pub use manifest::{EventKind, HandlerManifest, HandlerSpec, Manifest};
-pub use cache::Origin;
 pub use registry::{LoadProblem, Registry};
 pub use stats::{InvocationStats, StatsSnapshot};
 

@@ -110,3 +110,28 @@ pub fn parse_status(s: &str) -> OrderStatus {
         other => panic!("unknown status {other:?}"),
     }
 }
+
+/// The same component with a custom section appended: identical behaviour, a different sha256,
+/// so a test or benchmark has distinct versions to swap between.
+pub fn versioned(bytes: &[u8], tag: &str) -> Vec<u8> {
+    fn leb(mut n: usize, out: &mut Vec<u8>) {
+        loop {
+            let byte = (n & 0x7f) as u8;
+            n >>= 7;
+            out.push(if n == 0 { byte } else { byte | 0x80 });
+            if n == 0 {
+                break;
+            }
+        }
+    }
+    let name = b"order-host-test-version";
+    let mut body = Vec::new();
+    leb(name.len(), &mut body);
+    body.extend_from_slice(name);
+    body.extend_from_slice(tag.as_bytes());
+    let mut out = bytes.to_vec();
+    out.push(0);
+    leb(body.len(), &mut out);
+    out.extend_from_slice(&body);
+    out
+}

@@ -71,14 +71,10 @@ pub fn tansu_bin() -> PathBuf {
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))
         .map(|d| d.join("bin"));
     let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain(cargo_bin)
-        .map(|d| d.join("tansu"))
-        .find(|p| p.is_file())
-        .expect(
-            "the end-to-end tier needs tansu: `cargo xtask test` installs it, or run \
+    std::env::split_paths(&path).chain(cargo_bin).map(|d| d.join("tansu")).find(|p| p.is_file()).expect(
+        "the end-to-end tier needs tansu: `cargo xtask test` installs it, or run \
              `cargo install tansu --locked --features dynostore,postgres`",
-        )
+    )
 }
 
 /// A tansu broker in its own process (in-memory storage) with `topics` of 3 partitions; returns
