@@ -68,15 +68,16 @@ fn render(sh: &Shell, dir: &std::path::Path, namespace: &str) -> anyhow::Result<
 mod tests {
     #[test]
     fn components_render_as_binary_data_and_the_manifest_as_text() {
+        // Not valid UTF-8, as a real component is not: kubectl puts such files in binaryData.
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("notifier.wasm"), b"\0asm\x0d\0\x01\0").unwrap();
+        std::fs::write(dir.path().join("notifier.wasm"), b"\0asm\x0d\0\x01\0\xff").unwrap();
         std::fs::write(dir.path().join("handlers.toml"), "[[handler]]\nname = \"notifier\"\n").unwrap();
         let sh = xshell::Shell::new().unwrap();
         let yaml = super::render(&sh, dir.path(), "metalmart").unwrap();
         assert!(yaml.contains("kind: ConfigMap") && yaml.contains("name: order-handlers"), "{yaml}");
         assert!(yaml.contains("namespace: metalmart"), "{yaml}");
         let binary = yaml.split("binaryData:").nth(1).expect("binaryData");
-        assert!(binary.contains("notifier.wasm: AGFzbQ0AAQA="), "{yaml}");
+        assert!(binary.contains("notifier.wasm: AGFzbQ0AAQD/"), "{yaml}");
         let data = yaml.split("\ndata:").nth(1).expect("data");
         assert!(data.contains("handlers.toml: |"), "{yaml}");
     }
