@@ -45,6 +45,12 @@ async fn admin(t: &TestHost, method: reqwest::Method, path: &str, body: Option<V
     (status, r.json().await.expect("admin responses are JSON"))
 }
 
+/// Rolls `notifier` back and checks it now serves `bytes`.
+async fn rollback_to(t: &TestHost, bytes: &[u8]) {
+    let (code, body) = admin(t, reqwest::Method::POST, "/admin/handlers/notifier/rollback", None).await;
+    assert_eq!((code, body["current"]["version"].as_str()), (200, Some(sha(bytes).as_str())), "{body}");
+}
+
 async fn serving(t: &TestHost, name: &str) -> Option<String> {
     let (code, list) = admin(t, reqwest::Method::GET, "/admin/handlers", None).await;
     assert_eq!(code, 200, "{list}");
@@ -131,8 +137,7 @@ async fn versions_swap_under_load_through_the_api_and_the_directory_without_loss
 
     settle().await;
     let requested = Utc::now();
-    let (code, body) = admin(&t, reqwest::Method::POST, "/admin/handlers/notifier/rollback", None).await;
-    assert_eq!((code, body["current"]["version"].as_str()), (200, Some(sha(&v1).as_str())), "{body}");
+    rollback_to(&t, &v1).await;
     swapped(&mut phases, requested, &v1);
 
     settle().await;
@@ -143,8 +148,7 @@ async fn versions_swap_under_load_through_the_api_and_the_directory_without_loss
 
     settle().await;
     let requested = Utc::now();
-    let (code, body) = admin(&t, reqwest::Method::POST, "/admin/handlers/notifier/rollback", None).await;
-    assert_eq!((code, body["current"]["version"].as_str()), (200, Some(sha(&v1).as_str())), "{body}");
+    rollback_to(&t, &v1).await;
     swapped(&mut phases, requested, &v1);
 
     settle().await;
@@ -301,8 +305,7 @@ async fn a_component_written_in_place_loads_only_once_complete_and_a_rename_swap
         serving(&t, "notifier").await.is_none().then_some(())
     })
     .await;
-    let (code, body) = admin(&t, reqwest::Method::POST, "/admin/handlers/notifier/rollback", None).await;
-    assert_eq!((code, body["current"]["version"].as_str()), (200, Some(sha(&v1).as_str())), "{body}");
+    rollback_to(&t, &v1).await;
     t.host.shutdown().await.unwrap();
 }
 
