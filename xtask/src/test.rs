@@ -1,14 +1,17 @@
 //! `cargo xtask test`: the README's test command and what CI runs. Builds the handler components
 //! and the hostile test fixtures, installs the tansu broker the end-to-end tier runs against (once
-//! per machine), then runs the host workspace's tests and the handlers' native unit tests.
+//! per machine) and the Kubernetes schema validator the `k8s/` checks use (a venv under `target/`),
+//! then runs the host workspace's tests and the handlers' native unit tests.
 
+use anyhow::Context;
 use xshell::{Shell, cmd};
 
 use crate::{build_handlers, project_root, wasm};
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Passed to `cargo test` of the host workspace (e.g. a test name filter).
+    /// Passed to `cargo test` of the host workspace (e.g. `--test deploy`, a name filter).
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
     rest: Vec<String>,
 }
 
@@ -16,6 +19,7 @@ pub fn run(sh: &Shell, args: &Args) -> anyhow::Result<()> {
     build_handlers::run(sh, &build_handlers::Args::default())?;
     build_fixtures(sh)?;
     let tansu = ensure_tansu(sh)?;
+    let validator = ensure_kubernetes_validate(sh)?;
     let handlers = project_root().join("handlers/Cargo.toml");
     // Its own directory: native builds of `sdk` from the handlers workspace and from the host's
     // dev-dependencies can share a file name in one `target/debug/deps` and overwrite each other,
@@ -25,7 +29,10 @@ pub fn run(sh: &Shell, args: &Args) -> anyhow::Result<()> {
         .env("CARGO_TARGET_DIR", target_dir)
         .run()?;
     let rest = &args.rest;
-    cmd!(sh, "cargo test --workspace {rest...}").env("TANSU_BIN", tansu).run()?;
+    cmd!(sh, "cargo test --workspace {rest...}")
+        .env("TANSU_BIN", tansu)
+        .env("KUBERNETES_VALIDATE", validator)
+        .run()?;
     Ok(())
 }
 
@@ -50,6 +57,29 @@ fn ensure_tansu(sh: &Shell) -> anyhow::Result<std::path::PathBuf> {
     println!("installing tansu {TANSU_VERSION} for the end-to-end tests (once per machine, several minutes)");
     cmd!(sh, "cargo install tansu --version {TANSU_VERSION} --locked --features dynostore,postgres").run()?;
     Ok(cargo_home.join("bin/tansu"))
+}
+
+/// The kubernetes-validate release the `k8s/` checks use: it bundles the Kubernetes schemas, so
+/// validation needs no network once it is installed.
+const KUBERNETES_VALIDATE_VERSION: &str = "1.37.0";
+
+/// Installs kubernetes-validate into a venv under `target/` (once per clone) and checks that
+/// kubectl, which renders the overlays, is on PATH.
+fn ensure_kubernetes_validate(sh: &Shell) -> anyhow::Result<std::path::PathBuf> {
+    cmd!(sh, "kubectl version --client")
+        .quiet()
+        .ignore_stdout()
+        .run()
+        .context("kubectl (with kustomize) must be on PATH: the k8s/ tests render the overlays with it")?;
+    let venv = project_root().join("target/k8s-validate");
+    let bin = venv.join("bin/kubernetes-validate");
+    if !bin.is_file() {
+        println!("installing kubernetes-validate {KUBERNETES_VALIDATE_VERSION} into {}", venv.display());
+        cmd!(sh, "python3 -m venv {venv}").run()?;
+        let pip = venv.join("bin/pip");
+        cmd!(sh, "{pip} install --quiet kubernetes-validate=={KUBERNETES_VALIDATE_VERSION}").run()?;
+    }
+    Ok(bin)
 }
 
 /// Builds `fixtures/` into `target/fixtures/<name>.wasm` (no world check: some are broken on purpose).

@@ -1,0 +1,559 @@
+//! Offline checks of `k8s/`, `Dockerfile` and `.mirrord/`: every overlay renders and validates
+//! against the Kubernetes schemas, the mirrord resources against the operator's CRDs, the mirrord
+//! configs against mirrord's config schema, and the pieces agree with each other and with the
+//! host's own configuration. No cluster is needed; `kubectl` renders, `kubernetes-validate`
+//! (installed by `cargo xtask test`) validates.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use host::config::{Config, DispatchConfig};
+use host::relay::RelayConfig;
+use serde_json::{Value, json};
+use support::{mirrord, root};
+
+mod support;
+
+const OVERLAYS: [&str; 3] = ["k8s/base", "k8s/overlays/minikube", "k8s/overlays/gke"];
+const KUBERNETES_VERSION: &str = "1.32.0";
+
+/// `kubectl kustomize dir` as JSON values, one per object.
+fn render(dir: &str) -> Vec<Value> {
+    let out = Command::new("kubectl")
+        .args(["kustomize", &root().join(dir).display().to_string()])
+        .output()
+        .expect("kubectl runs (the Kubernetes tests need kubectl 1.32 with kustomize on PATH)");
+    assert!(
+        out.status.success(),
+        "kubectl kustomize {dir} failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    yaml_documents(&String::from_utf8(out.stdout).unwrap())
+}
+
+fn yaml_documents(text: &str) -> Vec<Value> {
+    serde_yaml::Deserializer::from_str(text)
+        .map(|doc| {
+            let v: serde_yaml::Value = serde::Deserialize::deserialize(doc).expect("valid YAML");
+            serde_json::to_value(v).expect("YAML maps to JSON")
+        })
+        .filter(|v| !v.is_null())
+        .collect()
+}
+
+fn read_yaml(path: &str) -> Vec<Value> {
+    yaml_documents(&std::fs::read_to_string(root().join(path)).unwrap_or_else(|e| panic!("read {path}: {e}")))
+}
+
+fn read_json(path: &Path) -> Value {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{} is not JSON: {e}", path.display()))
+}
+
+fn find<'a>(objects: &'a [Value], kind: &str, name: &str) -> &'a Value {
+    objects
+        .iter()
+        .find(|o| o["kind"] == kind && o["metadata"]["name"] == name)
+        .unwrap_or_else(|| panic!("no {kind}/{name} rendered"))
+}
+
+fn container<'a>(deployment: &'a Value, name: &str) -> &'a Value {
+    deployment["spec"]["template"]["spec"]["containers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == name)
+        .unwrap_or_else(|| panic!("Deployment has no container {name}"))
+}
+
+/// The container's env as name → entry.
+fn env(container: &Value) -> BTreeMap<String, Value> {
+    container["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (e["name"].as_str().unwrap().to_string(), e.clone()))
+        .collect()
+}
+
+fn plain_value(env: &BTreeMap<String, Value>, var: &str) -> String {
+    let entry = env.get(var).unwrap_or_else(|| panic!("{var} is not set on the container"));
+    assert!(entry.get("valueFrom").is_none(), "{var} must be a plain value, not {}", entry["valueFrom"]);
+    entry["value"].as_str().unwrap_or_else(|| panic!("{var} has no plain value: {entry}")).to_string()
+}
+
+/// The schemas vendored under `k8s/schemas/mirrord/`.
+fn mirrord_schema_dir() -> PathBuf {
+    root().join("k8s/schemas/mirrord")
+}
+
+/// The path of the `kubernetes-validate` CLI: `KUBERNETES_VALIDATE` (set by `cargo xtask test`),
+/// else PATH.
+fn kubernetes_validate() -> String {
+    std::env::var("KUBERNETES_VALIDATE").unwrap_or_else(|_| "kubernetes-validate".into())
+}
+
+/// Validates `objects` against the Kubernetes schemas; `Err` carries the validator's report.
+fn validate_kubernetes(objects: &[Value]) -> Result<(), String> {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("objects.yaml");
+    let text: String =
+        objects.iter().map(|o| format!("---\n{}", serde_yaml::to_string(o).unwrap())).collect();
+    std::fs::write(&file, text).unwrap();
+    let out = Command::new(kubernetes_validate())
+        .args(["--strict", "--quiet", "-k", KUBERNETES_VERSION])
+        .arg(&file)
+        .output()
+        .expect(
+            "kubernetes-validate runs (cargo xtask test installs it; or `pip install kubernetes-validate`)",
+        );
+    let report = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    if out.status.success() { Ok(()) } else { Err(report) }
+}
+
+#[test]
+fn every_overlay_renders_and_validates_against_the_kubernetes_schemas() {
+    for dir in OVERLAYS {
+        let objects = render(dir);
+        assert!(objects.len() >= 10, "{dir} rendered only {} objects", objects.len());
+        for o in &objects {
+            let kind = o["kind"].as_str().unwrap();
+            if kind != "Namespace" {
+                assert_eq!(o["metadata"]["namespace"], "metalmart", "{kind} in {dir} is outside metalmart");
+            }
+        }
+        if let Err(report) = validate_kubernetes(&objects) {
+            panic!("{dir} does not validate against Kubernetes {KUBERNETES_VERSION}:\n{report}");
+        }
+    }
+}
+
+#[test]
+fn the_kubernetes_validator_rejects_a_broken_object() {
+    // Guards the test above against a validator that accepts anything.
+    let mut deployment = find(&render("k8s/base"), "Deployment", "order-host").clone();
+    deployment["spec"]["template"]["spec"]["containers"][0]["readinessProbe"]["httpGet"]["portt"] =
+        json!(8080);
+    let report = validate_kubernetes(&[deployment]).expect_err("a misspelt field is refused");
+    assert!(report.contains("portt"), "the report names the field: {report}");
+}
+
+#[test]
+fn overlays_differ_where_they_should() {
+    let minikube = render("k8s/overlays/minikube");
+    let gke = render("k8s/overlays/gke");
+    let replicas = |o: &[Value]| find(o, "Deployment", "order-host")["spec"]["replicas"].as_i64().unwrap();
+    assert_eq!(replicas(&minikube), 1);
+    assert_eq!(replicas(&gke), 3, "one replica per partition of the consumed topics");
+    assert_eq!(find(&minikube, "Service", "order-host")["spec"]["type"], "NodePort");
+    find(&gke, "Ingress", "order-host");
+    for (objects, class) in [(&minikube, "standard"), (&gke, "premium-rwo")] {
+        for name in ["postgres", "kafka"] {
+            let set = find(objects, "StatefulSet", name);
+            assert_eq!(set["spec"]["volumeClaimTemplates"][0]["spec"]["storageClassName"], class, "{name}");
+        }
+    }
+    let image = |o: &[Value]| container(find(o, "Deployment", "order-host"), "order-host")["image"].clone();
+    assert_eq!(image(&minikube), "order-host:dev");
+    assert!(image(&gke).as_str().unwrap().contains("docker.pkg.dev/"), "gke pulls from a registry");
+}
+
+/// `(group/version, kind)` → the CRD's openAPIV3Schema, for every CRD in the vendored files.
+fn crd_schemas() -> BTreeMap<(String, String), Value> {
+    let mut schemas = BTreeMap::new();
+    for file in ["kafka-legacy-crds.yaml", "splitconfig-propertylist-crds.yaml"] {
+        let text = std::fs::read_to_string(mirrord_schema_dir().join(file)).unwrap();
+        for crd in yaml_documents(&text) {
+            let group = crd["spec"]["group"].as_str().unwrap();
+            let kind = crd["spec"]["names"]["kind"].as_str().unwrap().to_string();
+            for version in crd["spec"]["versions"].as_array().unwrap() {
+                if version["served"] == true {
+                    let api = format!("{group}/{}", version["name"].as_str().unwrap());
+                    schemas.insert((api, kind.clone()), version["schema"]["openAPIV3Schema"].clone());
+                }
+            }
+        }
+    }
+    schemas
+}
+
+/// Validates a custom resource against its CRD's schema (OpenAPI v3, close to JSON Schema
+/// draft 4; `nullable` and the `x-kubernetes-*` extensions are not needed by these resources).
+fn validate_custom_resource(
+    schemas: &BTreeMap<(String, String), Value>,
+    object: &Value,
+) -> Result<(), String> {
+    let key =
+        (object["apiVersion"].as_str().unwrap().to_string(), object["kind"].as_str().unwrap().to_string());
+    let schema = schemas.get(&key).ok_or_else(|| format!("no served CRD for {key:?}"))?;
+    let validator = jsonschema::draft4::new(schema).map_err(|e| format!("CRD schema for {key:?}: {e}"))?;
+    let errors: Vec<String> =
+        validator.iter_errors(object).map(|e| format!("{} at {}", e, e.instance_path())).collect();
+    if errors.is_empty() { Ok(()) } else { Err(errors.join("\n")) }
+}
+
+const MIRRORD_RESOURCES: [&str; 2] =
+    ["k8s/base/infrastructure/mirrord-kafka.yaml", "k8s/base/infrastructure/mirrord-split-config.yaml"];
+
+#[test]
+fn mirrord_resources_validate_against_the_operator_crds() {
+    let schemas = crd_schemas();
+    let mut kinds = BTreeSet::new();
+    for file in MIRRORD_RESOURCES {
+        for object in read_yaml(file) {
+            if let Err(e) = validate_custom_resource(&schemas, &object) {
+                panic!("{} in {file} does not validate:\n{e}", object["kind"]);
+            }
+            kinds.insert(object["kind"].as_str().unwrap().to_string());
+        }
+    }
+    let want = [
+        "MirrordKafkaClientConfig",
+        "MirrordKafkaTopicsConsumer",
+        "MirrordPropertyList",
+        "MirrordSplitConfig",
+    ];
+    assert_eq!(kinds, want.iter().map(|k| k.to_string()).collect());
+    // The client config lives with the operator; everything else with the workload.
+    for object in read_yaml(MIRRORD_RESOURCES[0]).iter().chain(&read_yaml(MIRRORD_RESOURCES[1])) {
+        let want = if object["kind"] == "MirrordKafkaClientConfig" { "mirrord" } else { "metalmart" };
+        assert_eq!(object["metadata"]["namespace"], want, "namespace of {}", object["kind"]);
+    }
+    // The kustomization applies the legacy generation.
+    let applied: Vec<String> = yaml_to_kinds(&render("k8s/base/infrastructure"));
+    assert_eq!(applied, ["MirrordKafkaClientConfig", "MirrordKafkaTopicsConsumer"]);
+
+    // And the CRD schemas do refuse things: a topic without groupIdSources.
+    let mut consumer = read_yaml(MIRRORD_RESOURCES[0])[1].clone();
+    consumer["spec"]["topics"][0].as_object_mut().unwrap().remove("groupIdSources");
+    validate_custom_resource(&schemas, &consumer).expect_err("groupIdSources is required");
+}
+
+fn yaml_to_kinds(objects: &[Value]) -> Vec<String> {
+    objects.iter().map(|o| o["kind"].as_str().unwrap().to_string()).collect()
+}
+
+fn mirrord_configs() -> Vec<(String, String)> {
+    let configs = mirrord::configs();
+    assert!(configs.len() >= 2, "expected order-host.json and a Kafka-only variant, found {configs:?}");
+    configs
+}
+
+#[test]
+fn mirrord_configs_validate_against_the_config_schema() {
+    let schema = read_json(&mirrord_schema_dir().join("mirrord-schema.json"));
+    let validator = jsonschema::draft202012::new(&schema).expect("mirrord's schema compiles");
+    let vars = BTreeMap::from([("MIRRORD_EMAIL_PATTERN", mirrord::SESSION_EMAIL_PATTERN)]);
+    for (name, text) in mirrord_configs() {
+        for (what, text) in [("as written", text.clone()), ("rendered", mirrord::render(&text, "s1", &vars))]
+        {
+            let config: Value =
+                serde_json::from_str(&text).unwrap_or_else(|e| panic!("{name} ({what}) is not JSON: {e}"));
+            let errors: Vec<String> =
+                validator.iter_errors(&config).map(|e| format!("{e} at {}", e.instance_path())).collect();
+            assert!(errors.is_empty(), "{name} ({what}) does not validate:\n{}", errors.join("\n"));
+        }
+        let config: Value = serde_json::from_str(&mirrord::render(&text, "s1", &vars)).unwrap();
+        assert_eq!(config["operator"], true, "{name}: queue splitting needs the operator");
+        assert!(config["feature"]["env"].is_object() || config["feature"]["env"] == true, "{name}: env on");
+        let incoming = &config["feature"]["network"]["incoming"];
+        // Mirroring would replay every POST against the local host too: duplicate orders.
+        assert_ne!(incoming, "mirror", "{name}");
+        assert_ne!(incoming["mode"], "mirror", "{name}");
+        if incoming["mode"] == "steal" {
+            let filter = incoming["http_filter"]["header_filter"].as_str().unwrap_or_default();
+            assert!(
+                filter.contains("mirrord-session=s1"),
+                "{name}: steal only this session's requests: {filter}"
+            );
+        }
+        for (id, split) in config["feature"]["split_queues"].as_object().unwrap() {
+            assert_eq!(split["queue_type"], "Kafka", "{name} {id}");
+            let filter = split["message_filter"]["customer_email"].as_str().unwrap();
+            let re =
+                regex::Regex::new(filter).unwrap_or_else(|e| panic!("{name} {id}: bad regex {filter}: {e}"));
+            for email in ["alice.dev@metalbear.com", "alice.dev+x1@metalbear.com"] {
+                assert!(re.is_match(email), "{name} {id}: {filter} misses {email}");
+            }
+            // Anchored: an email merely containing the pattern is someone else's.
+            for email in
+                ["malice.dev@metalbear.com", "alice.dev@metalbear.com.evil.io", "alicexdev@metalbear.com"]
+            {
+                assert!(!re.is_match(email), "{name} {id}: {filter} wrongly takes {email}");
+            }
+        }
+    }
+    // The schema does refuse things.
+    let bad = json!({"feature": {"network": {"incoming": "borrow"}}});
+    assert!(!validator.is_valid(&bad));
+}
+
+#[test]
+fn vendored_schemas_equal_the_shared_originals() {
+    let shared = root().join("../shared/mirrord");
+    if !shared.is_dir() {
+        // A clone without the shared tree next to it: the vendored copies are all there is.
+        return;
+    }
+    for file in ["mirrord-schema.json", "kafka-legacy-crds.yaml", "splitconfig-propertylist-crds.yaml"] {
+        let ours = std::fs::read(mirrord_schema_dir().join(file)).unwrap();
+        let theirs = std::fs::read(shared.join(file)).unwrap();
+        assert!(
+            ours == theirs,
+            "k8s/schemas/mirrord/{file} differs from ../shared/mirrord/{file}: copy it again"
+        );
+    }
+}
+
+/// `(topic id, [(container, variable)] of nameSources, of groupIdSources)` from both generations.
+fn split_sources() -> Vec<(String, Vec<(String, String)>, Vec<(String, String)>)> {
+    let mut out = Vec::new();
+    for object in read_yaml(MIRRORD_RESOURCES[0]) {
+        if object["kind"] != "MirrordKafkaTopicsConsumer" {
+            continue;
+        }
+        assert_eq!(object["spec"]["consumerKind"], "Deployment");
+        assert_eq!(object["spec"]["consumerName"], "order-host");
+        for topic in object["spec"]["topics"].as_array().unwrap() {
+            let vars = |field: &str| -> Vec<(String, String)> {
+                topic[field]
+                    .as_array()
+                    .unwrap_or_else(|| panic!("{field} must be set"))
+                    .iter()
+                    .map(|s| {
+                        let d = &s["directEnvVar"];
+                        (d["container"].as_str().unwrap().into(), d["variable"].as_str().unwrap().into())
+                    })
+                    .collect()
+            };
+            out.push((topic["id"].as_str().unwrap().into(), vars("nameSources"), vars("groupIdSources")));
+        }
+    }
+    for object in read_yaml(MIRRORD_RESOURCES[1]) {
+        if object["kind"] != "MirrordSplitConfig" {
+            continue;
+        }
+        assert_eq!(object["spec"]["targetRef"]["kind"], "Deployment");
+        assert_eq!(object["spec"]["targetRef"]["name"], "order-host");
+        for queue in object["spec"]["queues"].as_array().unwrap() {
+            let vars = |field: &str| -> Vec<(String, String)> {
+                let sources =
+                    queue["appConfig"][field].as_array().unwrap_or_else(|| panic!("{field} must be set"));
+                sources
+                    .iter()
+                    .flat_map(|s| {
+                        let containers = s["containers"].as_array().expect("sources name their container");
+                        containers
+                            .iter()
+                            .map(|c| (c.as_str().unwrap().into(), s["env"].as_str().unwrap().into()))
+                    })
+                    .collect()
+            };
+            out.push((queue["id"].as_str().unwrap().into(), vars("topic"), vars("groupId")));
+        }
+    }
+    out
+}
+
+#[test]
+fn split_sources_are_plain_values_on_the_named_container() {
+    let published: BTreeSet<&str> =
+        ["ORDER_CREATED_TOPIC", "STATUS_UPDATED_TOPIC", "DEAD_LETTER_TOPIC"].into();
+    for dir in OVERLAYS {
+        let objects = render(dir);
+        let deployment = find(&objects, "Deployment", "order-host");
+        for (id, names, groups) in split_sources() {
+            assert!(
+                !names.is_empty() && !groups.is_empty(),
+                "{id}: topic and group sources are both required"
+            );
+            for (container_name, var) in names.iter().chain(&groups) {
+                plain_value(&env(container(deployment, container_name)), var);
+            }
+            for (_, var) in &names {
+                assert!(!published.contains(var.as_str()), "{id}: {var} is what the producer publishes to");
+            }
+        }
+    }
+    // Unsplit, the host consumes exactly what it publishes.
+    let objects = render("k8s/base");
+    let vars = env(container(find(&objects, "Deployment", "order-host"), "order-host"));
+    assert_eq!(plain_value(&vars, "KAFKA_TOPIC"), plain_value(&vars, "ORDER_CREATED_TOPIC"));
+    assert_eq!(plain_value(&vars, "KAFKA_STATUS_TOPIC"), plain_value(&vars, "STATUS_UPDATED_TOPIC"));
+    // And the host keeps publishing to the real topics when the operator rewrites the consumed ones.
+    let split = Config::from_lookup(|k| match k {
+        "KAFKA_TOPIC" => Some("mirrord-tmp-abc-fallback-order.created".into()),
+        "KAFKA_STATUS_TOPIC" => Some("mirrord-tmp-abc-fallback-order.status-updated".into()),
+        _ => vars.get(k).and_then(|e| e["value"].as_str()).map(str::to_string),
+    })
+    .unwrap();
+    assert_eq!(split.topics.order_created, "order.created");
+    assert_eq!(split.topics.status_updated, "order.status-updated");
+}
+
+#[test]
+fn topic_ids_agree_between_the_crds_and_the_mirrord_configs() {
+    let sources = split_sources();
+    let legacy: BTreeSet<String> = sources.iter().take(2).map(|s| s.0.clone()).collect();
+    let current: BTreeSet<String> = sources.iter().skip(2).map(|s| s.0.clone()).collect();
+    let want: BTreeSet<String> = ["order-created", "order-status-updated"].map(String::from).into();
+    assert_eq!(legacy, want, "MirrordKafkaTopicsConsumer ids");
+    assert_eq!(current, want, "MirrordSplitConfig ids");
+    for (name, text) in mirrord_configs() {
+        let config: Value = serde_json::from_str(&text).unwrap();
+        let ids: BTreeSet<String> =
+            config["feature"]["split_queues"].as_object().unwrap().keys().cloned().collect();
+        assert_eq!(ids, want, "{name} splits other ids than the CRDs define");
+        assert_eq!(config["target"]["namespace"], "metalmart", "{name}");
+        assert_eq!(config["target"]["path"], "deployment/order-host/container/order-host", "{name}");
+    }
+    // Both generations point at the same variables for the same id.
+    for id in &want {
+        let per_id: Vec<_> = sources.iter().filter(|s| &s.0 == id).map(|s| (&s.1, &s.2)).collect();
+        assert_eq!(per_id.len(), 2);
+        assert_eq!(per_id[0], per_id[1], "{id}: the two generations disagree");
+    }
+}
+
+#[test]
+fn the_deployment_sets_everything_the_host_reads() {
+    // Every variable the host's config looks up, recorded by running the real parser.
+    let read = std::cell::RefCell::new(BTreeSet::new());
+    Config::from_lookup(|k| {
+        read.borrow_mut().insert(k.to_string());
+        None
+    })
+    .unwrap();
+    let read = read.into_inner();
+    assert!(read.len() >= 15, "the recording saw only {read:?}");
+    let secret_backed: BTreeSet<&str> = ["DATABASE_URL", "ADMIN_TOKEN"].into();
+    for dir in OVERLAYS {
+        let objects = render(dir);
+        let deployment = find(&objects, "Deployment", "order-host");
+        let vars = env(container(deployment, "order-host"));
+        for var in &read {
+            if secret_backed.contains(var.as_str()) {
+                assert!(vars.contains_key(var), "{dir}: {var} is not set");
+            } else {
+                plain_value(&vars, var);
+            }
+        }
+        // The password comes from the Secret, spliced in by Kubernetes, never written here.
+        let url = plain_value(&vars, "DATABASE_URL");
+        assert!(url.contains("$(POSTGRES_PASSWORD)"), "{dir}: DATABASE_URL = {url}");
+        let password = &vars["POSTGRES_PASSWORD"]["valueFrom"]["secretKeyRef"];
+        assert_eq!(password["name"], "postgres-credentials");
+        // Kubernetes only expands $(VAR) for variables defined earlier in the list.
+        assert!(container_env_order_ok(deployment), "{dir}: POSTGRES_PASSWORD must come before DATABASE_URL");
+        let admin = &vars["ADMIN_TOKEN"]["valueFrom"]["secretKeyRef"];
+        assert_eq!(admin["optional"], true, "{dir}: no Secret means the admin API is off, not a stuck pod");
+        // Config parses what the manifest sets.
+        Config::from_lookup(|k| vars.get(k).and_then(|e| e["value"].as_str()).map(str::to_string))
+            .unwrap_or_else(|e| panic!("{dir}: the Deployment's env does not parse: {e:#}"));
+    }
+}
+
+/// Whether POSTGRES_PASSWORD precedes DATABASE_URL in the container's (ordered) env list.
+fn container_env_order_ok(deployment: &Value) -> bool {
+    let names: Vec<&str> = container(deployment, "order-host")["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["name"].as_str().unwrap())
+        .collect();
+    let at = |n: &str| names.iter().position(|x| *x == n).unwrap();
+    at("POSTGRES_PASSWORD") < at("DATABASE_URL")
+}
+
+#[test]
+fn the_pod_is_locked_down_and_shuts_down_within_its_grace_period() {
+    for dir in OVERLAYS {
+        let objects = render(dir);
+        let deployment = find(&objects, "Deployment", "order-host");
+        let pod = &deployment["spec"]["template"]["spec"];
+        let c = container(deployment, "order-host");
+        let vars = env(c);
+
+        assert_eq!(pod["securityContext"]["runAsNonRoot"], true, "{dir}");
+        assert_eq!(c["securityContext"]["readOnlyRootFilesystem"], true, "{dir}");
+        assert_eq!(c["securityContext"]["allowPrivilegeEscalation"], false, "{dir}");
+
+        // SIGTERM comes after preStop; then the dispatcher drains, then the relay.
+        let grace = pod["terminationGracePeriodSeconds"].as_u64().unwrap();
+        let pre_stop = c["lifecycle"]["preStop"]["sleep"]["seconds"].as_u64().unwrap_or(0);
+        let drains = DispatchConfig::default().drain_timeout + RelayConfig::default().drain_timeout;
+        assert!(
+            grace > pre_stop + drains.as_secs() + 5,
+            "{dir}: {grace}s grace < {pre_stop}s + {drains:?} + margin"
+        );
+
+        // Probes hit the host's routes on the port it listens on.
+        let port = plain_value(&vars, "HTTP_ADDR").rsplit(':').next().unwrap().parse::<u64>().unwrap();
+        assert_eq!(c["ports"][0]["containerPort"], port);
+        assert_eq!(c["ports"][0]["name"], "http");
+        assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/readyz");
+        assert_eq!(c["livenessProbe"]["httpGet"]["path"], "/healthz");
+
+        // Handlers come from the ConfigMap at HANDLERS_DIR; the compile cache needs a writable
+        // volume because the root filesystem is read-only.
+        let mounts: BTreeMap<&str, &Value> = c["volumeMounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| (m["mountPath"].as_str().unwrap(), m))
+            .collect();
+        let volumes: BTreeMap<&str, &Value> =
+            pod["volumes"].as_array().unwrap().iter().map(|v| (v["name"].as_str().unwrap(), v)).collect();
+        let volume_at = |path: &str| -> &Value {
+            let mount = mounts.get(path).unwrap_or_else(|| panic!("{dir}: nothing is mounted at {path}"));
+            volumes[mount["name"].as_str().unwrap()]
+        };
+        assert_eq!(volume_at(&plain_value(&vars, "HANDLERS_DIR"))["configMap"]["name"], "order-handlers");
+        assert!(volume_at(&plain_value(&vars, "HANDLER_CACHE_DIR"))["emptyDir"].is_object(), "{dir}");
+        assert!(volume_at("/tmp")["emptyDir"].is_object(), "{dir}");
+
+        // The Dockerfile's runtime user is the one the pod runs as.
+        let dockerfile = std::fs::read_to_string(root().join("Dockerfile")).unwrap();
+        let user =
+            dockerfile.lines().rev().find_map(|l| l.strip_prefix("USER ")).expect("Dockerfile sets USER");
+        assert_eq!(user.split(':').next().unwrap(), pod["securityContext"]["runAsUser"].to_string(), "{dir}");
+    }
+}
+
+#[test]
+fn kafka_topics_and_addresses_line_up() {
+    let objects = render("k8s/base");
+    let vars = env(container(find(&objects, "Deployment", "order-host"), "order-host"));
+    let brokers = plain_value(&vars, "KAFKA_BROKERS");
+
+    let kafka = find(&objects, "StatefulSet", "kafka");
+    let kafka_env = env(container(kafka, "kafka"));
+    assert_eq!(plain_value(&kafka_env, "KAFKA_ADVERTISED_LISTENERS"), format!("PLAINTEXT://{brokers}"));
+    assert_eq!(plain_value(&kafka_env, "KAFKA_MIN_INSYNC_REPLICAS"), "1");
+    assert_eq!(plain_value(&kafka_env, "KAFKA_PROCESS_ROLES"), "broker,controller", "single-node KRaft");
+    assert_eq!(brokers, "kafka.metalmart.svc.cluster.local:9092");
+
+    // The Job creates exactly the topics the host publishes to, with 3 partitions.
+    let job = find(&objects, "Job", "kafka-topics");
+    let job_env = env(&job["spec"]["template"]["spec"]["containers"][0]);
+    let created: BTreeSet<String> =
+        plain_value(&job_env, "TOPICS").split_whitespace().map(String::from).collect();
+    let published: BTreeSet<String> = ["ORDER_CREATED_TOPIC", "STATUS_UPDATED_TOPIC", "DEAD_LETTER_TOPIC"]
+        .iter()
+        .map(|v| plain_value(&vars, v))
+        .collect();
+    assert_eq!(created, published);
+    assert_eq!(plain_value(&job_env, "BOOTSTRAP"), brokers);
+    let script = job["spec"]["template"]["spec"]["containers"][0]["args"][0].as_str().unwrap();
+    assert!(script.contains("--partitions 3"), "{script}");
+
+    // The operator's clients reach the same broker.
+    for object in read_yaml(MIRRORD_RESOURCES[0]).iter().chain(&read_yaml(MIRRORD_RESOURCES[1])) {
+        if let Some(props) = object["spec"]["properties"].as_array() {
+            let bootstrap =
+                props.iter().find(|p| p["name"] == "bootstrap.servers").expect("bootstrap.servers");
+            assert_eq!(bootstrap["value"], brokers.as_str(), "{}", object["kind"]);
+        }
+    }
+}
