@@ -81,11 +81,15 @@ pub struct OrderJson {
     pub updated_at: DateTime<Utc>,
 }
 
+/// Where the event that last changed an order was processed. mirrord's operator names a session's
+/// topic `mirrord-tmp-<id>-<original>` and the deployed pods' share of a split topic
+/// `mirrord-tmp-<id>-fallback-<original>`: only the first is a developer's session.
 pub fn source_of(topic: Option<&str>) -> &'static str {
-    match topic {
-        Some(t) if t.starts_with(MIRRORD_TOPIC_PREFIX) => "mirrord",
-        _ => "cluster",
-    }
+    let session = topic
+        .and_then(|t| t.strip_prefix(MIRRORD_TOPIC_PREFIX))
+        .and_then(|rest| rest.split_once('-'))
+        .is_some_and(|(_id, after)| !after.starts_with("fallback-"));
+    if session { "mirrord" } else { "cluster" }
 }
 
 impl From<Order> for OrderJson {
@@ -345,4 +349,17 @@ pub async fn order_notifications(
         return Err(ApiError::order_not_found(&id));
     }
     Ok(Json(crate::db::dispatch::notifications(&state.pool, uuid).await?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::source_of;
+
+    #[test]
+    fn only_a_session_topic_counts_as_mirrord() {
+        assert_eq!(source_of(Some("mirrord-tmp-a1b2-order.created")), "mirrord");
+        assert_eq!(source_of(Some("mirrord-tmp-a1b2-fallback-order.created")), "cluster");
+        assert_eq!(source_of(Some("order.status-updated")), "cluster");
+        assert_eq!(source_of(None), "cluster");
+    }
 }
