@@ -1,6 +1,7 @@
 //! Kafka I/O. The only module that knows rdkafka: the outbox relay's idempotent producer, the
 //! dispatcher's consumer, and the embedded development broker behind `KAFKA_BROKERS=embedded`.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, anyhow, bail};
@@ -10,10 +11,16 @@ use rdkafka::consumer::{
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
+use rdkafka::statistics::Statistics;
 use rdkafka::{ClientConfig, ClientContext, Offset, TopicPartitionList};
 use tokio::sync::mpsc;
 
 use crate::events::Record;
+use crate::metrics::Metrics;
+
+/// How often librdkafka reports statistics (consumer lag): often enough for a scrape every 15 s,
+/// rare enough that parsing its JSON costs nothing noticeable.
+const STATS_INTERVAL_MS: &str = "5000";
 
 /// The idempotent producer every record leaves through.
 pub struct Producer {
@@ -107,9 +114,22 @@ pub struct Revoked(pub Vec<(String, i32)>);
 
 struct DispatchContext {
     revoked: mpsc::UnboundedSender<Revoked>,
+    metrics: Arc<Metrics>,
 }
 
-impl ClientContext for DispatchContext {}
+impl ClientContext for DispatchContext {
+    /// librdkafka's statistics (every `STATS_INTERVAL`): the per-partition consumer lag.
+    fn stats(&self, statistics: Statistics) {
+        for (topic, t) in &statistics.topics {
+            for (partition, p) in &t.partitions {
+                // -1 is librdkafka's internal "unassigned" partition; a lag of -1 means unknown.
+                if *partition >= 0 && p.consumer_lag >= 0 {
+                    self.metrics.consumer_lag(topic, *partition, p.consumer_lag);
+                }
+            }
+        }
+    }
+}
 
 impl ConsumerContext for DispatchContext {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
@@ -138,6 +158,7 @@ impl Consumer {
         brokers: &str,
         group_id: &str,
         topics: &[&str],
+        metrics: Arc<Metrics>,
     ) -> anyhow::Result<(Consumer, mpsc::UnboundedReceiver<Revoked>)> {
         let (revoked, revoked_rx) = mpsc::unbounded_channel();
         let inner: StreamConsumer<DispatchContext> = ClientConfig::new()
@@ -148,7 +169,8 @@ impl Consumer {
             .set("enable.auto.commit", "true")
             .set("enable.auto.offset.store", "false")
             .set("auto.commit.interval.ms", "1000")
-            .create_with_context(DispatchContext { revoked })
+            .set("statistics.interval.ms", STATS_INTERVAL_MS)
+            .create_with_context(DispatchContext { revoked, metrics })
             .context("creating the Kafka consumer")?;
         inner.subscribe(topics).context("subscribing to the consumed topics")?;
         Ok((Consumer { inner }, revoked_rx))
@@ -275,7 +297,12 @@ impl Drop for EmbeddedBroker {
     fn drop(&mut self) {
         self.commands.take();
         if let Some(t) = self.thread.take() {
-            let _ = t.join();
+            // Tearing the cluster down waits for its clients to disconnect. While unwinding from a
+            // panic the clients may never get to, so the thread is left to die with the process
+            // rather than turning a failure into a hang.
+            if !std::thread::panicking() {
+                let _ = t.join();
+            }
         }
     }
 }

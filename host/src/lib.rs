@@ -10,6 +10,7 @@ pub mod events;
 pub mod handler_set;
 pub mod http;
 pub mod kafka;
+pub mod metrics;
 pub mod orders;
 pub mod relay;
 pub mod runtime;

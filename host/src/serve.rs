@@ -19,6 +19,7 @@ use crate::handler_set::HandlerSet;
 use crate::http::admin::Admin;
 use crate::http::{self, AppState, Probes};
 use crate::kafka::{Consumer, EmbeddedBroker, Producer};
+use crate::metrics::Metrics;
 use crate::relay::{self, RelayConfig};
 use crate::runtime::{Invoke, Runtime};
 use crate::watch::{self as handler_watch, WatchConfig};
@@ -97,7 +98,9 @@ impl Host {
             relay_shutdown_rx,
         ));
         let k = &config.kafka;
-        let (consumer, revoked) = Consumer::new(brokers, &k.group_id, &[&k.created_topic, &k.status_topic])?;
+        let metrics = Arc::new(Metrics::new());
+        let (consumer, revoked) =
+            Consumer::new(brokers, &k.group_id, &[&k.created_topic, &k.status_topic], metrics.clone())?;
         let shared = Shared {
             pool: pool.clone(),
             invoker: invoker.unwrap_or_else(|| runtime.clone()),
@@ -106,6 +109,7 @@ impl Host {
             kafka: config.kafka.clone(),
             topics: config.topics.clone(),
             shutdown: shutdown_rx.clone(),
+            metrics: metrics.clone(),
         };
         let background = vec![
             tokio::spawn(listen::run(pool.clone(), notices.clone(), shutdown_rx.clone())),
@@ -153,6 +157,7 @@ impl Host {
                 })
             }),
             shutdown: shutdown_rx.clone(),
+            metrics,
         };
         let server = tokio::spawn(http::serve(listener, state, shutdown_rx));
         tracing::info!(%addr, "order-host listening");

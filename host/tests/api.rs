@@ -575,6 +575,7 @@ async fn the_openapi_document_matches_the_routes() {
         ("GET", "/api/orders/{id}/notifications"),
         ("GET", "/api/orders/{id}/events"),
         ("GET", "/healthz"),
+        ("GET", "/metrics"),
         ("GET", "/readyz"),
         ("GET", "/admin/handlers"),
         ("PUT", "/admin/handlers/{name}"),

@@ -299,3 +299,70 @@ async fn a_postgres_outage_is_retried_past_the_attempt_limit_and_never_dead_lett
     assert_eq!(topic_size(&brokers, "order.dead-letter").await, 0, "a host failure was dead-lettered");
     t.host.shutdown().await.unwrap();
 }
+
+/// One metric's value from a text exposition: the line starting with `series` (name and labels).
+fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_what_the_pipeline_did() {
+    let dir = handlers_dir(&[("handlers", "order-processor", SHIPPED), ("handlers", "notifier", SHIPPED)]);
+    let t = TestHost::start_with(Some(dir.path()), 3, &[("DEMO_MODE", "true")]).await;
+    let (_, order) = t.post("/api/orders", &order_body("metrics@metalbear.com", &[("1", 1)])).await;
+    let id = order["id"].as_str().unwrap().to_string();
+    eventually("the order to ship", Duration::from_secs(30), || async {
+        (status_of(&t, &id).await == "shipped").then_some(())
+    })
+    .await;
+    let _ = t.get("/no/such/route/4711").await;
+
+    // Lag comes from librdkafka's statistics, every few seconds.
+    let text = eventually(
+        "a scrape with both handlers' 4 events and zero consumer lag",
+        Duration::from_secs(20),
+        || async {
+            let r = t.http.get(t.url("/metrics")).send().await.ok()?;
+            assert!(
+                r.headers()["content-type"].to_str().unwrap().starts_with("application/openmetrics-text")
+            );
+            let text = r.text().await.ok()?;
+            let applied = |h: &str| {
+                metric(
+                    &text,
+                    &format!(r#"order_host_handler_events_total{{handler="{h}",outcome="applied"}}"#),
+                )
+            };
+            let done = applied("notifier") == Some(4.0) && applied("order-processor") == Some(4.0);
+            let lags: Vec<f64> = text
+                .lines()
+                .filter(|l| l.starts_with("order_host_consumer_lag{"))
+                .map(|l| l.rsplit(' ').next().unwrap().parse().unwrap())
+                .collect();
+            // Statistics lag behind by up to one interval: wait for one taken after the last commit.
+            (done && !lags.is_empty() && lags.iter().all(|l| *l == 0.0)).then_some(text)
+        },
+    )
+    .await;
+    let series = |s: &str| metric(&text, s).unwrap_or_else(|| panic!("no {s} in\n{text}"));
+    assert_eq!(
+        series(r#"order_host_handler_events_total{handler="order-processor",outcome="applied"}"#),
+        4.0
+    );
+    assert_eq!(series(r#"order_host_handler_invocation_seconds_count{handler="notifier",result="ok"}"#), 4.0);
+    assert_eq!(series(r#"order_host_events_consumed_total{topic="order.created"}"#), 1.0);
+    assert_eq!(series(r#"order_host_events_consumed_total{topic="order.status-updated"}"#), 3.0);
+    assert_eq!(
+        series(r#"order_host_http_request_seconds_count{method="POST",route="/api/orders",status="201"}"#),
+        1.0
+    );
+    assert!(
+        series(
+            r#"order_host_http_request_seconds_count{method="GET",route="/api/orders/{id}",status="200"}"#
+        ) >= 1.0
+    );
+    assert!(!text.contains("4711"), "unmatched paths are not labels");
+    assert_eq!(series("order_host_handlers_loaded"), 2.0);
+    assert_eq!(series("order_host_timers_scheduled"), 0.0);
+    assert_eq!(series("order_host_outbox_backlog"), 0.0);
+}

@@ -112,6 +112,13 @@ pub async fn delete_timer(conn: &mut PgConnection, id: i64) -> sqlx::Result<()> 
     Ok(())
 }
 
+/// Timers past their due time and timers in all, for `/metrics`.
+pub async fn timer_counts(pool: &PgPool) -> sqlx::Result<(i64, i64)> {
+    sqlx::query_as("SELECT count(*) FILTER (WHERE due_at <= now()), count(*) FROM timers")
+        .fetch_one(pool)
+        .await
+}
+
 /// Milliseconds until the earliest timer is due by the database's clock (the one `claim_due`
 /// compares with), if there is one; negative when overdue.
 pub async fn millis_until_next_due(pool: &PgPool) -> sqlx::Result<Option<i64>> {

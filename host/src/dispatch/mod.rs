@@ -22,6 +22,7 @@ use tokio::task::JoinSet;
 use crate::config::{DispatchConfig, KafkaConfig, Topics};
 use crate::handler_set::HandlerSet;
 use crate::kafka::{Consumer, Incoming, Revoked};
+use crate::metrics::Metrics;
 use crate::runtime::Invoke;
 
 /// What every event's processing needs. Shared by all key tasks.
@@ -35,6 +36,7 @@ pub struct Shared {
     pub kafka: KafkaConfig,
     pub topics: Topics,
     pub shutdown: watch::Receiver<bool>,
+    pub metrics: Arc<Metrics>,
 }
 
 /// Per partition: offsets consumed but not finished, and the next offset to be consumed.

@@ -17,6 +17,7 @@ use crate::db::orders::{self, Cause, Order, StoreError};
 use crate::db::outbox;
 use crate::events::Record;
 use crate::kafka::Incoming;
+use crate::metrics::Outcome;
 use crate::orders::Status;
 use crate::runtime::wit::{self, Action};
 use crate::runtime::{DispatchError, Disposition, Event, LoadedHandler, OrderSource};
@@ -35,6 +36,7 @@ const DISPATCHER: &str = "dispatcher";
 
 pub async fn handle(shared: &Shared, record: &Incoming) -> Done {
     let source = Source { topic: record.topic.clone(), partition: record.partition, offset: record.offset };
+    shared.metrics.event_consumed(&record.topic);
     let decoded = match decode(record, &shared.kafka.created_topic, &shared.kafka.status_topic) {
         Ok(d) => d,
         Err(reason) => {
@@ -57,8 +59,10 @@ pub async fn handle(shared: &Shared, record: &Incoming) -> Done {
 
 /// What one attempt came to.
 enum Attempt {
-    /// Applied now, or found already applied (a redelivery).
+    /// Applied now.
     Done,
+    /// Found already applied: a redelivery.
+    Duplicate,
     Failed(DispatchError),
     /// Not the handler's fault and not going to get better: dead-letter with this reason.
     Final(String),
@@ -74,7 +78,14 @@ async fn handle_for(
     let mut attempt: u32 = 1;
     let reason = loop {
         let failure = match try_once(shared, record, source, ev, h, attempt).await {
-            Attempt::Done => return Done::Completed,
+            Attempt::Done => {
+                shared.metrics.handler_event(&h.name, Outcome::applied);
+                return Done::Completed;
+            }
+            Attempt::Duplicate => {
+                shared.metrics.handler_event(&h.name, Outcome::duplicate);
+                return Done::Completed;
+            }
             Attempt::Final(reason) => break reason,
             Attempt::Failed(e) => e,
         };
@@ -85,6 +96,7 @@ async fn handle_for(
         }
         tracing::warn!(handler = %h.cause(), event_id = %ev.event_id, order_id = %ev.order_id, attempt,
             error = %failure, "handler invocation failed; retrying");
+        shared.metrics.handler_event(&h.name, Outcome::retried);
         if backoff(shared, attempt).await == Done::Abandoned {
             return Done::Abandoned;
         }
@@ -103,7 +115,7 @@ async fn try_once(
 ) -> Attempt {
     let host = |e: anyhow::Error| Attempt::Failed(DispatchError::Host(e));
     match store::already_processed(&shared.pool, &h.name, &ev.event_id).await {
-        Ok(true) => return Attempt::Done,
+        Ok(true) => return Attempt::Duplicate,
         Ok(false) => {}
         Err(e) => return host(anyhow::Error::new(e).context("checking the idempotency record")),
     }
@@ -138,6 +150,7 @@ async fn try_once(
     let started = std::time::Instant::now();
     let result = shared.invoker.invoke(h, &event, orders).await;
     h.stats.record(started.elapsed(), result.is_ok());
+    shared.metrics.invocation(&h.name, result.is_ok(), started.elapsed());
     let actions = match result {
         Ok(a) => a,
         Err(e) => return Attempt::Failed(e),
@@ -278,6 +291,7 @@ async fn dead_letter(
         .await;
         match result {
             Ok(()) => {
+                shared.metrics.handler_event(handler, Outcome::dead_lettered);
                 tracing::error!(handler, event_id, attempts, reason, topic = %record.topic, partition = record.partition,
                     offset = record.offset, "event dead-lettered");
                 return Done::Completed;

@@ -7,6 +7,7 @@ pub mod admin;
 mod catalog;
 mod error;
 mod health;
+mod metrics;
 mod orders;
 mod stream;
 
@@ -43,6 +44,7 @@ pub struct AppState {
     pub shutdown: watch::Receiver<bool>,
     /// The admin API's needs; `None` turns it off (`ADMIN_TOKEN` unset).
     pub admin: Option<Arc<admin::Admin>>,
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 #[derive(OpenApi)]
@@ -80,7 +82,9 @@ pub fn router_and_spec(state: AppState) -> (Router, utoipa::openapi::OpenApi) {
         .routes(routes!(stream::order_events))
         .routes(routes!(health::healthz))
         .routes(routes!(health::readyz))
+        .routes(routes!(metrics::metrics))
         .merge(admin_routes)
+        .route_layer(axum::middleware::from_fn_with_state(state.metrics.clone(), metrics::track))
         .with_state(state)
         .split_for_parts();
     let doc = spec.clone();

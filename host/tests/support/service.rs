@@ -83,7 +83,11 @@ pub fn test_config(database_url: &str, brokers: &str, extra: &[(&str, &str)]) ->
 /// A started host on a fresh database and its own embedded broker.
 pub struct TestHost {
     pub host: Host,
-    pub broker: EmbeddedBroker,
+    /// Never dropped: a test ends by dropping its `TestHost`, but the host's tasks (and so its
+    /// consumer) live until the test's runtime shuts down afterwards, and closing a consumer waits
+    /// for its broker. A broker torn down first left that close polling for minutes, or forever
+    /// after a failed assertion. Its threads end with the test process.
+    pub broker: std::mem::ManuallyDrop<EmbeddedBroker>,
     pub base: String,
     pub http: reqwest::Client,
     pub database_url: String,
@@ -114,7 +118,13 @@ impl TestHost {
         let config = test_config(&database_url, broker.bootstrap_servers(), &vars);
         let host = Host::start(&config).await.expect("host starts");
         let base = format!("http://{}", host.addr);
-        TestHost { host, broker, base, http: reqwest::Client::new(), database_url }
+        TestHost {
+            host,
+            broker: std::mem::ManuallyDrop::new(broker),
+            base,
+            http: reqwest::Client::new(),
+            database_url,
+        }
     }
 
     pub fn pool(&self) -> &PgPool {

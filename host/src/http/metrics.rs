@@ -1,0 +1,39 @@
+//! `/metrics`: the Prometheus exposition, plus the middleware that times every matched route.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::header::CONTENT_TYPE;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+
+use super::AppState;
+use super::error::ApiError;
+use crate::db;
+use crate::metrics::{self, Metrics, Snapshot};
+
+/// Counters, histograms and the gauges read from Postgres now (outbox backlog, timers).
+#[utoipa::path(get, path = "/metrics", tag = "health",
+    responses((status = 200, description = "Prometheus / OpenMetrics text exposition", content_type = "application/openmetrics-text")))]
+pub async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
+    let outbox_backlog = db::outbox::backlog(&state.pool).await?;
+    let (timers_due, timers_scheduled) = db::dispatch::timer_counts(&state.pool).await?;
+    let handlers_loaded = (state.probes.handlers_loaded)() as i64;
+    let text =
+        state.metrics.encode(Snapshot { outbox_backlog, timers_due, timers_scheduled, handlers_loaded });
+    Ok(([(CONTENT_TYPE, metrics::CONTENT_TYPE)], text).into_response())
+}
+
+/// Records each request to a matched route by its template. Installed as a route layer, so a
+/// request for a path no route matches is not recorded: random paths cannot grow the label set.
+pub async fn track(State(metrics): State<Arc<Metrics>>, req: Request, next: Next) -> Response {
+    let route = req.extensions().get::<MatchedPath>().map(|m| m.as_str().to_owned());
+    let method = req.method().to_string();
+    let started = Instant::now();
+    let response = next.run(req).await;
+    if let Some(route) = route {
+        metrics.http_request(&method, &route, response.status().as_u16(), started.elapsed());
+    }
+    response
+}

@@ -1,0 +1,226 @@
+//! Prometheus metrics: one `Metrics` value built at start and handed to the pieces that count
+//! (dispatcher, consumer, HTTP layer); `/metrics` encodes it together with the gauges read from
+//! Postgres at scrape time. Only this module knows `prometheus_client`.
+
+use std::time::Duration;
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+/// What became of one event for one handler.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum Outcome {
+    /// Its actions were committed.
+    applied,
+    /// A redelivery of an event already applied: nothing changed.
+    duplicate,
+    /// An attempt failed and will be retried.
+    retried,
+    /// Sent to the dead-letter topic.
+    dead_lettered,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TopicLabels {
+    topic: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabels {
+    handler: String,
+    outcome: Outcome,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct InvocationLabels {
+    handler: String,
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PartitionLabels {
+    topic: String,
+    partition: i32,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct HttpLabels {
+    method: String,
+    route: String,
+    status: u16,
+}
+
+type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+
+/// Invocations take from ~10 µs to the deadline (seconds): 20 µs … 5.2 s.
+fn invocation_buckets() -> Histogram {
+    Histogram::new(exponential_buckets(0.000_02, 2.0, 19))
+}
+
+/// HTTP answers: 0.5 ms … 4 s.
+fn http_buckets() -> Histogram {
+    Histogram::new(exponential_buckets(0.000_5, 2.0, 14))
+}
+
+pub struct Metrics {
+    registry: Registry,
+    events_consumed: Family<TopicLabels, Counter>,
+    handler_events: Family<OutcomeLabels, Counter>,
+    invocations: HistogramFamily<InvocationLabels>,
+    consumer_lag: Family<PartitionLabels, Gauge>,
+    http_requests: HistogramFamily<HttpLabels>,
+    outbox_backlog: Gauge,
+    timers_due: Gauge,
+    timers_scheduled: Gauge,
+    handlers_loaded: Gauge,
+}
+
+/// What `/metrics` reads at scrape time rather than counting as it happens.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Snapshot {
+    pub outbox_backlog: i64,
+    pub timers_due: i64,
+    pub timers_scheduled: i64,
+    pub handlers_loaded: i64,
+}
+
+impl Default for Metrics {
+    fn default() -> Metrics {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("order_host");
+        let m = Metrics {
+            events_consumed: Family::default(),
+            handler_events: Family::default(),
+            invocations: Family::new_with_constructor(invocation_buckets),
+            consumer_lag: Family::default(),
+            http_requests: Family::new_with_constructor(http_buckets),
+            outbox_backlog: Gauge::default(),
+            timers_due: Gauge::default(),
+            timers_scheduled: Gauge::default(),
+            handlers_loaded: Gauge::default(),
+            registry: Registry::default(),
+        };
+        registry.register("events_consumed", "Records consumed, by topic", m.events_consumed.clone());
+        registry.register(
+            "handler_events",
+            "Events per handler by outcome (applied, duplicate, retried, dead_lettered)",
+            m.handler_events.clone(),
+        );
+        registry.register(
+            "handler_invocation_seconds",
+            "Handler invocation time, by handler and result (ok, error)",
+            m.invocations.clone(),
+        );
+        registry.register(
+            "consumer_lag",
+            "Records behind the partition's high watermark, per consumed partition (from the Kafka client's statistics)",
+            m.consumer_lag.clone(),
+        );
+        registry.register(
+            "http_request_seconds",
+            "HTTP requests by method, matched route and status: time to the response head",
+            m.http_requests.clone(),
+        );
+        registry.register(
+            "outbox_backlog",
+            "Outbox records not yet published to Kafka",
+            m.outbox_backlog.clone(),
+        );
+        registry.register(
+            "timers_due",
+            "Delayed status changes past their due time, not yet fired",
+            m.timers_due.clone(),
+        );
+        registry.register(
+            "timers_scheduled",
+            "Delayed status changes waiting in Postgres",
+            m.timers_scheduled.clone(),
+        );
+        registry.register("handlers_loaded", "Handlers serving", m.handlers_loaded.clone());
+        Metrics { registry, ..m }
+    }
+
+    pub fn event_consumed(&self, topic: &str) {
+        self.events_consumed.get_or_create(&TopicLabels { topic: topic.to_string() }).inc();
+    }
+
+    pub fn handler_event(&self, handler: &str, outcome: Outcome) {
+        self.handler_events.get_or_create(&OutcomeLabels { handler: handler.to_string(), outcome }).inc();
+    }
+
+    pub fn invocation(&self, handler: &str, ok: bool, took: Duration) {
+        let labels =
+            InvocationLabels { handler: handler.to_string(), result: if ok { "ok" } else { "error" } };
+        self.invocations.get_or_create(&labels).observe(took.as_secs_f64());
+    }
+
+    pub fn consumer_lag(&self, topic: &str, partition: i32, lag: i64) {
+        self.consumer_lag.get_or_create(&PartitionLabels { topic: topic.to_string(), partition }).set(lag);
+    }
+
+    /// `route` is the matched route template (`/api/orders/{id}`), never the raw path, so the
+    /// label set stays bounded whatever clients send.
+    pub fn http_request(&self, method: &str, route: &str, status: u16, took: Duration) {
+        let labels = HttpLabels { method: method.to_string(), route: route.to_string(), status };
+        self.http_requests.get_or_create(&labels).observe(took.as_secs_f64());
+    }
+
+    /// The text exposition (OpenMetrics, which Prometheus scrapes natively).
+    pub fn encode(&self, snapshot: Snapshot) -> String {
+        self.outbox_backlog.set(snapshot.outbox_backlog);
+        self.timers_due.set(snapshot.timers_due);
+        self.timers_scheduled.set(snapshot.timers_scheduled);
+        self.handlers_loaded.set(snapshot.handlers_loaded);
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("writing to a String cannot fail");
+        out
+    }
+}
+
+/// The content type of [`Metrics::encode`]'s output.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_show_up_with_their_labels() {
+        let m = Metrics::new();
+        m.event_consumed("order.created");
+        m.handler_event("notifier", Outcome::applied);
+        m.handler_event("notifier", Outcome::applied);
+        m.handler_event("notifier", Outcome::dead_lettered);
+        m.invocation("notifier", true, Duration::from_micros(50));
+        m.consumer_lag("order.created", 2, 7);
+        m.http_request("POST", "/api/orders", 201, Duration::from_millis(3));
+        let text =
+            m.encode(Snapshot { outbox_backlog: 4, timers_due: 1, timers_scheduled: 2, handlers_loaded: 2 });
+        for line in [
+            r#"order_host_events_consumed_total{topic="order.created"} 1"#,
+            r#"order_host_handler_events_total{handler="notifier",outcome="applied"} 2"#,
+            r#"order_host_handler_events_total{handler="notifier",outcome="dead_lettered"} 1"#,
+            r#"order_host_handler_invocation_seconds_count{handler="notifier",result="ok"} 1"#,
+            r#"order_host_consumer_lag{topic="order.created",partition="2"} 7"#,
+            r#"order_host_http_request_seconds_count{method="POST",route="/api/orders",status="201"} 1"#,
+            "order_host_outbox_backlog 4",
+            "order_host_timers_due 1",
+            "order_host_timers_scheduled 2",
+            "order_host_handlers_loaded 2",
+        ] {
+            assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
+        }
+        assert!(text.ends_with("# EOF\n"));
+    }
+}
