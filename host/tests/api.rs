@@ -574,8 +574,12 @@ async fn the_openapi_document_matches_the_routes() {
         ("GET", "/api/orders/{id}/history"),
         ("GET", "/api/orders/{id}/notifications"),
         ("GET", "/api/orders/{id}/events"),
+        ("GET", "/"),
+        ("GET", "/app.js"),
         ("GET", "/healthz"),
+        ("GET", "/images/{file}"),
         ("GET", "/metrics"),
+        ("GET", "/style.css"),
         ("GET", "/readyz"),
         ("GET", "/admin/handlers"),
         ("PUT", "/admin/handlers/{name}"),
@@ -624,4 +628,31 @@ async fn shutdown_publishes_what_was_accepted() {
         .unwrap();
     assert_eq!(unpublished, 0, "the relay drains before the host exits");
     consume(t.broker.bootstrap_servers(), "order.created", 1, Duration::from_secs(10), |c| c.key == id).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_storefront_and_every_product_image_are_served() {
+    let t = TestHost::start().await;
+    let page = t.http.get(t.url("/")).send().await.unwrap();
+    assert_eq!(page.status(), 200);
+    assert!(page.headers()["content-type"].to_str().unwrap().starts_with("text/html"));
+    let html = page.text().await.unwrap();
+    assert!(html.contains(r#"<script src="/app.js">"#) && html.contains("/style.css"), "{html}");
+    for (path, kind) in [("/app.js", "text/javascript"), ("/style.css", "text/css")] {
+        let r = t.http.get(t.url(path)).send().await.unwrap();
+        assert_eq!(r.status(), 200, "{path}");
+        assert!(r.headers()["content-type"].to_str().unwrap().starts_with(kind), "{path}");
+    }
+    let (_, products) = t.get("/api/products").await;
+    for p in products.as_array().unwrap() {
+        let url = p["image_url"].as_str().unwrap();
+        let r = t.http.get(t.url(url)).send().await.unwrap();
+        assert_eq!(r.status(), 200, "{url}");
+        assert_eq!(r.headers()["content-type"], "image/svg+xml", "{url}");
+        assert!(r.text().await.unwrap().starts_with("<svg"), "{url}");
+    }
+    let (code, body) = t.get("/images/../Cargo.toml").await;
+    assert_eq!(code, 404, "{body}");
+    let (code, body) = t.get("/images/nope.svg").await;
+    assert_eq!((code, body["error"]["code"].as_str()), (404, Some("no_image")), "{body}");
 }

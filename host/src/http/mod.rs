@@ -9,6 +9,7 @@ mod error;
 mod health;
 mod metrics;
 mod orders;
+mod storefront;
 mod stream;
 
 use std::net::SocketAddr;
@@ -52,6 +53,7 @@ pub struct AppState {
     info(title = "order-host", description = "MetalMart-compatible order, catalogue and checkout API"),
     tags(
         (name = "catalogue", description = "Products and stock"),
+        (name = "storefront", description = "The MetalMart web shop served by the host"),
         (name = "orders", description = "Orders, checkout, status and live tracking"),
         (name = "health", description = "Liveness and readiness"),
         (name = "admin", description = "Handler versions: list, upload, roll back, unsubscribe (bearer ADMIN_TOKEN)")
@@ -83,6 +85,10 @@ pub fn router_and_spec(state: AppState) -> (Router, utoipa::openapi::OpenApi) {
         .routes(routes!(health::healthz))
         .routes(routes!(health::readyz))
         .routes(routes!(metrics::metrics))
+        .routes(routes!(storefront::index))
+        .routes(routes!(storefront::script))
+        .routes(routes!(storefront::style))
+        .routes(routes!(storefront::image))
         .merge(admin_routes)
         .route_layer(axum::middleware::from_fn_with_state(state.metrics.clone(), metrics::track))
         .with_state(state)

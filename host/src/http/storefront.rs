@@ -1,0 +1,81 @@
+//! The MetalMart storefront, embedded in the binary (`host/storefront/`: plain HTML, CSS, JS and
+//! SVG, no build step): `/`, `/app.js`, `/style.css` and the product images under `/images/`, the
+//! paths the catalogue's `image_url`s name.
+
+use axum::extract::Path;
+use axum::http::header::{CACHE_CONTROL, CONTENT_TYPE};
+use axum::response::{IntoResponse, Response};
+
+use super::error::ApiError;
+
+macro_rules! asset {
+    ($file:literal) => {
+        include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/storefront/", $file))
+    };
+}
+
+const HTML: &str = "text/html; charset=utf-8";
+const SVG: &str = "image/svg+xml";
+
+/// Every image the catalogue refers to.
+const IMAGES: [(&str, &[u8]); 10] = [
+    ("beanie.svg", asset!("images/beanie.svg")),
+    ("cap.svg", asset!("images/cap.svg")),
+    ("hoodie-logo.svg", asset!("images/hoodie-logo.svg")),
+    ("hoodie-zip.svg", asset!("images/hoodie-zip.svg")),
+    ("mug.svg", asset!("images/mug.svg")),
+    ("polo.svg", asset!("images/polo.svg")),
+    ("socks.svg", asset!("images/socks.svg")),
+    ("stickers.svg", asset!("images/stickers.svg")),
+    ("tshirt-classic.svg", asset!("images/tshirt-classic.svg")),
+    ("tshirt-works.svg", asset!("images/tshirt-works.svg")),
+];
+
+/// Revalidated on every load: the files are tiny and change with the binary.
+fn asset(content_type: &'static str, body: &'static [u8]) -> Response {
+    ([(CONTENT_TYPE, content_type), (CACHE_CONTROL, "no-cache")], body).into_response()
+}
+
+/// The storefront page.
+#[utoipa::path(get, path = "/", tag = "storefront", responses((status = 200, content_type = "text/html")))]
+pub async fn index() -> Response {
+    asset(HTML, asset!("index.html"))
+}
+
+#[utoipa::path(get, path = "/app.js", tag = "storefront", responses((status = 200, content_type = "text/javascript")))]
+pub async fn script() -> Response {
+    asset("text/javascript; charset=utf-8", asset!("app.js"))
+}
+
+#[utoipa::path(get, path = "/style.css", tag = "storefront", responses((status = 200, content_type = "text/css")))]
+pub async fn style() -> Response {
+    asset("text/css; charset=utf-8", asset!("style.css"))
+}
+
+/// A product image.
+#[utoipa::path(get, path = "/images/{file}", tag = "storefront",
+    params(("file" = String, Path, description = "e.g. `mug.svg`")),
+    responses((status = 200, content_type = "image/svg+xml"), (status = 404, body = super::ErrorBody)))]
+pub async fn image(Path(file): Path<String>) -> Result<Response, ApiError> {
+    IMAGES
+        .iter()
+        .find(|(name, _)| *name == file)
+        .map(|(_, body)| asset(SVG, body))
+        .ok_or_else(|| ApiError::not_found("no_image", format!("no image named {file:?}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::IMAGES;
+
+    #[test]
+    fn every_catalogue_image_is_embedded() {
+        let migration = include_str!("../../migrations/0001_orders.sql");
+        let named: Vec<&str> =
+            migration.split("'/images/").skip(1).map(|rest| rest.split('\'').next().unwrap()).collect();
+        assert_eq!(named.len(), 10, "{named:?}");
+        for name in named {
+            assert!(IMAGES.iter().any(|(n, _)| *n == name), "{name} is in the catalogue but not embedded");
+        }
+    }
+}
