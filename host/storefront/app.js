@@ -6,6 +6,7 @@
 const STEPS = ["pending", "processing", "confirmed", "shipped"];
 const view = document.getElementById("view");
 let stream = null; // the tracking page's EventSource, closed on navigation
+let poll = null; // and its notification refresh timer
 
 function h(tag, attrs, ...children) {
   const el = document.createElement(tag);
@@ -167,10 +168,14 @@ async function track(token) {
     render(JSON.parse(e.data).status);
     refresh().catch(() => {});
   });
+  // Notifications are written by a handler after the status change it answers, so they can
+  // trail the last status event: keep looking for a while.
+  poll = setInterval(() => refresh().catch(() => {}), 1500);
 }
 
 async function route() {
   if (stream) { stream.close(); stream = null; }
+  if (poll) { clearInterval(poll); poll = null; }
   const [, page, arg] = location.hash.split("/");
   try {
     if (page === "product") await product(arg);

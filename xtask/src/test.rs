@@ -1,7 +1,8 @@
 //! `cargo xtask test`: the README's test command and what CI runs. Builds the handler components
 //! and the hostile test fixtures, installs the tansu broker the end-to-end tier runs against (once
-//! per machine) and the Kubernetes schema validator the `k8s/` checks use (a venv under `target/`),
-//! then runs the host workspace's tests and the handlers' native unit tests.
+//! per machine), the Kubernetes schema validator the `k8s/` checks use (a venv under `target/`) and
+//! playwright-core for the browser test, then runs the host workspace's tests and the handlers'
+//! native unit tests.
 
 use anyhow::Context;
 use xshell::{Shell, cmd};
@@ -20,6 +21,7 @@ pub fn run(sh: &Shell, args: &Args) -> anyhow::Result<()> {
     build_fixtures(sh)?;
     let tansu = ensure_tansu(sh)?;
     let validator = ensure_kubernetes_validate(sh)?;
+    ensure_browser_driver(sh)?;
     let handlers = project_root().join("handlers/Cargo.toml");
     // Its own directory: native builds of `sdk` from the handlers workspace and from the host's
     // dev-dependencies can share a file name in one `target/debug/deps` and overwrite each other,
@@ -80,6 +82,18 @@ fn ensure_kubernetes_validate(sh: &Shell) -> anyhow::Result<std::path::PathBuf> 
         cmd!(sh, "{pip} install --quiet kubernetes-validate=={KUBERNETES_VALIDATE_VERSION}").run()?;
     }
     Ok(bin)
+}
+
+/// Installs playwright-core for the storefront's browser test from the committed lockfile (once
+/// per clone). Chromium itself comes from Debian (`.ci/run` installs it).
+fn ensure_browser_driver(sh: &Shell) -> anyhow::Result<()> {
+    let dir = project_root().join("host/tests/browser");
+    if !dir.join("node_modules/playwright-core").is_dir() {
+        cmd!(sh, "npm ci --prefix {dir} --no-audit --no-fund")
+            .run()
+            .context("installing playwright-core for the browser test (needs Node.js and npm)")?;
+    }
+    Ok(())
 }
 
 /// Builds `fixtures/` into `target/fixtures/<name>.wasm` (no world check: some are broken on purpose).

@@ -1,0 +1,108 @@
+//! The storefront in a real browser: headless Chromium, driven by playwright-core
+//! (`tests/browser/storefront.mjs`), places an order through the UI against a host running the
+//! real handlers, follows the tracking link and watches the status bar reach `shipped` live. The
+//! screenshot is kept at `target/browser/storefront-shipped.png`.
+//!
+//! Needs Node.js, `npm ci` in `tests/browser/` and Chromium (`/usr/bin/chromium`, or `CHROMIUM`);
+//! `cargo xtask test` and `.ci/run` provide them.
+
+mod support;
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use serde_json::Value;
+use support::service::*;
+
+/// Stages long enough that the tracking page is open before the order ships, so the bar is seen
+/// moving rather than arriving finished.
+const STAGE_DELAYS_MS: &str = "800,800,800";
+
+fn handlers_with_visible_stages() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let mut manifest = String::new();
+    for (name, config) in
+        [("order-processor", format!("STAGE_DELAYS_MS = {STAGE_DELAYS_MS:?}")), ("notifier", String::new())]
+    {
+        std::fs::write(dir.path().join(format!("{name}.wasm")), support::component("handlers", name))
+            .unwrap();
+        manifest.push_str(&format!(
+            "[[handler]]\nname = {name:?}\nfile = \"{name}.wasm\"\nevents = [\"order-created\", \"status-updated\"]\n\n[handler.config]\n{config}\n\n"
+        ));
+    }
+    std::fs::write(dir.path().join("handlers.toml"), manifest).unwrap();
+    dir
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_order_placed_in_the_storefront_is_tracked_live_to_shipped() {
+    let browser_dir = support::root().join("host/tests/browser");
+    assert!(
+        browser_dir.join("node_modules/playwright-core").is_dir(),
+        "playwright-core is not installed: run `npm ci --prefix host/tests/browser` (cargo xtask test does)"
+    );
+    let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
+    assert!(
+        std::path::Path::new(&chromium).exists(),
+        "no Chromium at {chromium}: install Debian's `chromium` package (.ci/run does) or set CHROMIUM"
+    );
+
+    let dir = handlers_with_visible_stages();
+    let t = TestHost::start_with(Some(dir.path()), 3, &[]).await;
+    let screenshot: PathBuf = support::root().join("target/browser/storefront-shipped.png");
+    std::fs::create_dir_all(screenshot.parent().unwrap()).unwrap();
+    let _ = std::fs::remove_file(&screenshot);
+
+    let base = t.base.clone();
+    let shot = screenshot.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new("node")
+            .arg(browser_dir.join("storefront.mjs"))
+            .arg(&base)
+            .arg(&shot)
+            .env("CHROMIUM", &chromium)
+            .output()
+            .expect("node runs (Node.js is needed for the browser test)")
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "the browser run failed:\n{stderr}\n{stdout}");
+    let seen: Value = serde_json::from_str(stdout.lines().last().unwrap_or_default())
+        .unwrap_or_else(|e| panic!("no result line from the browser run ({e}):\n{stdout}\n{stderr}"));
+
+    // The bar moved while the page was open, forwards only, and ended at shipped.
+    let steps = ["pending", "processing", "confirmed", "shipped"];
+    let statuses: Vec<&str> = seen["seen"].as_array().unwrap().iter().map(|s| s.as_str().unwrap()).collect();
+    assert_eq!(statuses.last(), Some(&"shipped"), "{seen}");
+    assert!(statuses.len() >= 2, "the page only ever showed {statuses:?}: it did not move live");
+    let positions: Vec<usize> = statuses.iter().map(|s| steps.iter().position(|x| x == s).unwrap()).collect();
+    assert!(positions.windows(2).all(|w| w[0] < w[1]), "the bar went backwards: {statuses:?}");
+    assert_eq!(seen["doneSteps"], 4, "{seen}");
+    assert_eq!(seen["notifications"].as_array().unwrap().len(), 4, "{seen}");
+    assert_eq!(seen["badgeHidden"], true, "processed in the cluster, not a mirrord session");
+
+    // The cart total the page showed is the catalogue's: 1 × product 1 + 2 × product 5.
+    let price = |p: Value| p["price"].as_f64().unwrap();
+    let total = price(t.get("/api/products/1").await.1) + 2.0 * price(t.get("/api/products/5").await.1);
+    assert_eq!(seen["cartTotal"], format!("${total:.2}"));
+
+    // The order exists as the form described it, and shipped.
+    let number = seen["orderNumber"].as_str().unwrap();
+    let (_, orders) = t.get("/api/orders?email=browser@metalbear.com").await;
+    let orders = orders.as_array().unwrap();
+    assert_eq!(orders.len(), 1, "{orders:?}");
+    assert_eq!(orders[0]["order_number"], number);
+    assert_eq!(orders[0]["status"], "shipped");
+    assert_eq!(orders[0]["customer_name"], "Browser Bear");
+    assert_eq!(orders[0]["shipping_address"]["city"], "Tel Aviv");
+
+    let png = std::fs::read(&screenshot).expect("the screenshot was written");
+    assert!(png.starts_with(b"\x89PNG") && png.len() > 10_000, "{} bytes", png.len());
+    eventually("nothing left to publish", Duration::from_secs(5), || async {
+        (t.count("outbox WHERE published_at IS NULL").await == 0).then_some(())
+    })
+    .await;
+}
