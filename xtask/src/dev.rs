@@ -41,9 +41,12 @@ pub fn run(sh: &Shell, args: &Args) -> anyhow::Result<()> {
             host.env(key, default);
         }
     }
-    println!("\n  API        http://{}/api/products", args.addr);
-    println!("  OpenAPI    http://{}/api/openapi.json", args.addr);
-    println!("  readiness  http://{}/readyz\n", args.addr);
+    let base = format!("http://{}", args.addr);
+    println!("\n  storefront  {base}/");
+    println!("  API         {base}/api/products   (OpenAPI: {base}/api/openapi.json)");
+    println!("  metrics     {base}/metrics");
+    println!("  readiness   {base}/readyz");
+    println!("  load        cargo xtask loadgen 20 30 --follow --base-url {base}\n");
     println!("Ctrl-C stops the host, then Postgres.\n");
     let mut child = host.spawn().context("starting order-host")?;
     // Ctrl-C reaches the host through the terminal's process group; xtask itself must outlive it

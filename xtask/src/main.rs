@@ -5,6 +5,7 @@ mod bench;
 mod build_handlers;
 mod deploy_handlers;
 mod dev;
+mod loadgen;
 mod test;
 #[cfg(test)]
 mod tidy;
@@ -29,6 +30,9 @@ enum Command {
     /// Run the whole product locally: handlers, a private Postgres, the host with the embedded
     /// Kafka broker and DEMO_MODE, until Ctrl-C.
     Dev(dev::Args),
+    /// Open-loop load: RATE orders/s for DURATION s against --base-url; with --follow, also
+    /// created→shipped latency.
+    Loadgen(loadgen::Args),
     /// The full test suite: build handlers and test fixtures, then test the workspace and the
     /// handlers natively.
     Test(test::Args),
@@ -46,6 +50,7 @@ fn main() -> anyhow::Result<()> {
         Command::BuildHandlers(args) => build_handlers::run(&sh, &args),
         Command::Dev(args) => dev::run(&sh, &args),
         Command::Test(args) => test::run(&sh, &args),
+        Command::Loadgen(args) => loadgen::run(&args),
         Command::Bench(args) => bench::run(&sh, &args),
         Command::DeployHandlers(args) => deploy_handlers::run(&sh, &args),
     }
