@@ -21,6 +21,9 @@ pub struct Config {
     pub topics: Topics,
     /// `LOG_FORMAT=json` switches logs to one JSON object per line.
     pub log_json: bool,
+    /// `OTEL_EXPORTER_OTLP_ENDPOINT`: the OTLP/HTTP collector spans are exported to; unset or
+    /// empty turns export (and `traceparent` headers) off.
+    pub otlp_endpoint: Option<String>,
     /// `HANDLERS_DIR`: components plus `handlers.toml`.
     pub handlers_dir: PathBuf,
     /// `DEMO_MODE`: handed to every handler as its `DEMO_MODE` config value.
@@ -186,6 +189,9 @@ impl Config {
                 Some("json") => true,
                 Some(other) => bail!("invalid LOG_FORMAT={other:?}: expected json or text"),
             },
+            otlp_endpoint: lookup("OTEL_EXPORTER_OTLP_ENDPOINT")
+                .map(|v| v.trim().to_string())
+                .filter(|v| !v.is_empty()),
             handlers_dir: lookup("HANDLERS_DIR")
                 .map_or_else(|| PathBuf::from("target/handlers"), PathBuf::from),
             demo_mode: parse(&lookup, "DEMO_MODE", false, parse_bool)?,

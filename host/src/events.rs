@@ -81,10 +81,13 @@ pub fn record(
         ("ce_time", time.to_rfc3339_opts(SecondsFormat::Millis, true)),
         ("content-type", "application/json".to_string()),
     ];
+    // The current span (the HTTP request, or the handler application that caused a change)
+    // becomes the parent of whatever consumes this record.
+    let traceparent = crate::telemetry::current_traceparent().map(|tp| ("traceparent", tp));
     Record {
         topic: topic.to_string(),
         key: key.to_string(),
-        headers: headers.into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
+        headers: headers.into_iter().chain(traceparent).map(|(k, v)| (k.to_string(), v)).collect(),
         payload: serde_json::to_vec(payload).expect("event payloads serialise"),
     }
 }

@@ -15,4 +15,5 @@ pub mod orders;
 pub mod relay;
 pub mod runtime;
 pub mod serve;
+pub mod telemetry;
 pub mod watch;

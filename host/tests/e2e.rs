@@ -18,7 +18,9 @@ async fn the_host_binary_ships_an_order_through_a_separate_tansu_broker() {
     let port = free_port();
     let base = format!("http://127.0.0.1:{port}");
     let http = reqwest::Client::new();
-    let _host = start_host(&database_url, &brokers, port);
+    let logs = tempfile::tempdir().unwrap();
+    let log = logs.path().join("order-host.log");
+    let _host = start_host_logging_json(&database_url, &brokers, port, &log);
     wait_ready(&http, &base).await;
 
     let get = |path: String| {
@@ -65,4 +67,18 @@ async fn the_host_binary_ships_an_order_through_a_separate_tansu_broker() {
         assert_eq!(u.headers["ce_type"], "com.metalmart.order.status-updated");
         assert!(!u.headers["ce_id"].is_empty());
     }
+
+    // LOG_FORMAT=json: one JSON object per line, and the order's events are findable by order id
+    // (the timers that moved it log it in their span and fields).
+    let text = std::fs::read_to_string(&log).unwrap();
+    let lines: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not a JSON log line ({e}): {l}")))
+        .collect();
+    assert!(lines.iter().any(|l| l["fields"]["message"] == "order-host listening"), "{text}");
+    let about_order = lines
+        .iter()
+        .filter(|l| l["fields"]["order_id"] == id.as_str() || l["span"]["order_id"] == id.as_str())
+        .count();
+    assert!(about_order >= 3, "expected the order's three timer firings in the log:\n{text}");
 }

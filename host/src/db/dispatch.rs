@@ -66,6 +66,7 @@ pub struct Timer {
     pub event_id: String,
     pub handler_version: String,
     pub consumed_topic: String,
+    pub traceparent: Option<String>,
 }
 
 pub struct NewTimer<'a> {
@@ -76,12 +77,13 @@ pub struct NewTimer<'a> {
     pub event_id: &'a str,
     pub handler_version: &'a str,
     pub consumed_topic: &'a str,
+    pub traceparent: Option<&'a str>,
 }
 
 pub async fn schedule(conn: &mut PgConnection, t: &NewTimer<'_>) -> sqlx::Result<()> {
     sqlx::query(
-        "INSERT INTO timers (order_id, to_status, due_at, cause, event_id, handler_version, consumed_topic)
-         VALUES ($1, $2, now() + make_interval(secs => $3::float8 / 1000), $4, $5, $6, $7)",
+        "INSERT INTO timers (order_id, to_status, due_at, cause, event_id, handler_version, consumed_topic, traceparent)
+         VALUES ($1, $2, now() + make_interval(secs => $3::float8 / 1000), $4, $5, $6, $7, $8)",
     )
     .bind(t.order_id)
     .bind(t.to.as_str())
@@ -90,6 +92,7 @@ pub async fn schedule(conn: &mut PgConnection, t: &NewTimer<'_>) -> sqlx::Result
     .bind(t.event_id)
     .bind(t.handler_version)
     .bind(t.consumed_topic)
+    .bind(t.traceparent)
     .execute(conn)
     .await?;
     Ok(())
@@ -99,7 +102,7 @@ pub async fn schedule(conn: &mut PgConnection, t: &NewTimer<'_>) -> sqlx::Result
 /// firing are skipped rather than waited for.
 pub async fn claim_due(conn: &mut PgConnection, limit: i64) -> sqlx::Result<Vec<Timer>> {
     sqlx::query_as(
-        "SELECT id, order_id, to_status, due_at, cause, event_id, handler_version, consumed_topic FROM timers
+        "SELECT id, order_id, to_status, due_at, cause, event_id, handler_version, consumed_topic, traceparent FROM timers
          WHERE due_at <= now() ORDER BY due_at, id LIMIT $1 FOR UPDATE SKIP LOCKED",
     )
     .bind(limit)

@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use sqlx::PgPool;
+use tracing::Instrument;
 use uuid::Uuid;
 
 use super::Shared;
@@ -21,6 +22,7 @@ use crate::metrics::Outcome;
 use crate::orders::Status;
 use crate::runtime::wit::{self, Action};
 use crate::runtime::{DispatchError, Disposition, Event, LoadedHandler, OrderSource};
+use crate::telemetry;
 
 /// How handling an event ended for the consumer's bookkeeping.
 #[derive(Debug, PartialEq, Eq)]
@@ -34,7 +36,18 @@ pub enum Done {
 /// Who dead-letters records no handler could be given.
 const DISPATCHER: &str = "dispatcher";
 
+/// Handles one record inside a `dispatch` span, a child of the span that produced the record
+/// when it carries a `traceparent`.
 pub async fn handle(shared: &Shared, record: &Incoming) -> Done {
+    let span = tracing::info_span!("dispatch", topic = %record.topic, partition = record.partition,
+        offset = record.offset, event_id = tracing::field::Empty, order_id = tracing::field::Empty);
+    if let Some(tp) = record.header("traceparent").and_then(|v| std::str::from_utf8(v).ok()) {
+        telemetry::set_parent(&span, tp);
+    }
+    handle_record(shared, record).instrument(span).await
+}
+
+async fn handle_record(shared: &Shared, record: &Incoming) -> Done {
     let source = Source { topic: record.topic.clone(), partition: record.partition, offset: record.offset };
     shared.metrics.event_consumed(&record.topic);
     let decoded = match decode(record, &shared.kafka.created_topic, &shared.kafka.status_topic) {
@@ -46,6 +59,9 @@ pub async fn handle(shared: &Shared, record: &Incoming) -> Done {
             return dead_letter(shared, record, &source, DISPATCHER, version, &id, 1, &reason).await;
         }
     };
+    let span = tracing::Span::current();
+    span.record("event_id", decoded.event_id.as_str());
+    span.record("order_id", tracing::field::display(decoded.order_id));
     // One snapshot for the whole event, retries included: each handler handles it with one version.
     let handlers: Vec<Arc<LoadedHandler>> =
         shared.handlers.current().subscribers(decoded.kind).cloned().collect();
@@ -148,7 +164,9 @@ async fn try_once(
     };
     let orders: Arc<dyn OrderSource> = Arc::new(DbOrders(shared.pool.clone()));
     let started = std::time::Instant::now();
-    let result = shared.invoker.invoke(h, &event, orders).await;
+    let invoke_span =
+        tracing::info_span!("handler.invoke", handler = %h.name, version = %h.short_version(), attempt);
+    let result = shared.invoker.invoke(h, &event, orders).instrument(invoke_span).await;
     h.stats.record(started.elapsed(), result.is_ok());
     shared.metrics.invocation(&h.name, result.is_ok(), started.elapsed());
     let actions = match result {
@@ -156,7 +174,8 @@ async fn try_once(
         Err(e) => return Attempt::Failed(e),
     };
     tracing::debug!(handler = %h.cause(), event_id = %ev.event_id, took = ?started.elapsed(), actions = actions.len(), "handler invoked");
-    match apply(shared, source, ev, h, &order, &actions, attempt).await {
+    let apply_span = tracing::info_span!("db.apply", handler = %h.name, actions = actions.len());
+    match apply(shared, source, ev, h, &order, &actions, attempt).instrument(apply_span).await {
         Ok(()) => Attempt::Done,
         Err(e) => host(e),
     }
@@ -181,6 +200,7 @@ async fn apply(
         return Ok(());
     }
     let cause = h.cause();
+    let traceparent = telemetry::current_traceparent();
     for action in actions {
         match action {
             Action::SetStatus(s) => {
@@ -195,6 +215,7 @@ async fn apply(
                             event_id: &ev.event_id,
                             handler_version: &h.version,
                             consumed_topic: &source.topic,
+                            traceparent: traceparent.as_deref(),
                         };
                         store::schedule(&mut tx, &timer).await?;
                     }

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use sqlx::PgPool;
 use tokio::sync::{Notify, watch};
+use tracing::Instrument;
 
 use crate::config::Topics;
 use crate::db::dispatch as store;
@@ -56,18 +57,27 @@ async fn fire_due(pool: &PgPool, topics: &Topics) -> anyhow::Result<usize> {
     let due = store::claim_due(&mut tx, BATCH).await?;
     for t in &due {
         let cause = Cause::handler(&t.cause, &t.event_id, &t.handler_version, &t.consumed_topic);
-        match t.to_status.parse() {
-            Err(e) => tracing::error!(timer = t.id, error = %e, "timer with an unknown status dropped"),
-            Ok(to) => match change_status(&mut tx, t.order_id, to, &cause, topics).await {
-                Ok(c) => {
-                    tracing::info!(order_id = %t.order_id, from = %c.previous, to = %c.status, cause = %t.cause, "timer fired")
-                }
-                Err(e @ (StoreError::IllegalTransition { .. } | StoreError::OrderNotFound(_))) => {
-                    tracing::warn!(order_id = %t.order_id, cause = %t.cause, error = %e, "timer refused by the state machine")
-                }
-                Err(e) => return Err(e.into()),
-            },
+        // The change, and the record it publishes, continue the trace of whoever scheduled it.
+        let span = tracing::info_span!("timer.fire", order_id = %t.order_id, to = %t.to_status);
+        if let Some(tp) = &t.traceparent {
+            crate::telemetry::set_parent(&span, tp);
         }
+        let fire = async {
+            match t.to_status.parse() {
+                Err(e) => tracing::error!(timer = t.id, error = %e, "timer with an unknown status dropped"),
+                Ok(to) => match change_status(&mut tx, t.order_id, to, &cause, topics).await {
+                    Ok(c) => {
+                        tracing::info!(order_id = %t.order_id, from = %c.previous, to = %c.status, cause = %t.cause, "timer fired")
+                    }
+                    Err(e @ (StoreError::IllegalTransition { .. } | StoreError::OrderNotFound(_))) => {
+                        tracing::warn!(order_id = %t.order_id, cause = %t.cause, error = %e, "timer refused by the state machine")
+                    }
+                    Err(e) => return Err(anyhow::Error::from(e)),
+                },
+            }
+            Ok(())
+        };
+        fire.instrument(span).await?;
         store::delete_timer(&mut tx, t.id).await?;
     }
     tx.commit().await?;

@@ -105,8 +105,17 @@ pub fn router_and_spec(state: AppState) -> (Router, utoipa::openapi::OpenApi) {
             )
         })
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
-        .layer(TraceLayer::new_for_http());
+        .layer(TraceLayer::new_for_http().make_span_with(request_span));
     (router, spec)
+}
+
+/// One span per request, at INFO so it is exported; a caller's `traceparent` becomes its parent.
+fn request_span(req: &axum::http::Request<axum::body::Body>) -> tracing::Span {
+    let span = tracing::info_span!("http.request", method = %req.method(), path = %req.uri().path());
+    if let Some(tp) = req.headers().get("traceparent").and_then(|v| v.to_str().ok()) {
+        crate::telemetry::set_parent(&span, tp);
+    }
+    span
 }
 
 /// Serves until `shutdown` turns true, then stops accepting and lets in-flight requests finish.

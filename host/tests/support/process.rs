@@ -39,7 +39,22 @@ pub fn start_dev_broker() -> (Process, String) {
 
 /// The `order-host` binary serving on `port` with the built handlers in DEMO_MODE.
 pub fn start_host(database_url: &str, brokers: &str, port: u16) -> Process {
-    let child = Command::new(env!("CARGO_BIN_EXE_order-host"))
+    spawn_host(database_url, brokers, port, None)
+}
+
+/// As [`start_host`], with `LOG_FORMAT=json` at info level written to `log`.
+pub fn start_host_logging_json(
+    database_url: &str,
+    brokers: &str,
+    port: u16,
+    log: &std::path::Path,
+) -> Process {
+    spawn_host(database_url, brokers, port, Some(log))
+}
+
+fn spawn_host(database_url: &str, brokers: &str, port: u16, log: Option<&std::path::Path>) -> Process {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_order-host"));
+    command
         .env("HTTP_ADDR", format!("127.0.0.1:{port}"))
         .env("DATABASE_URL", database_url)
         .env("KAFKA_BROKERS", brokers)
@@ -47,10 +62,12 @@ pub fn start_host(database_url: &str, brokers: &str, port: u16) -> Process {
         .env("DEMO_MODE", "true")
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("order-host starts");
-    Process(child)
+        .stderr(Stdio::null());
+    if let Some(log) = log {
+        let file = std::fs::File::create(log).expect("log file");
+        command.env("RUST_LOG", "info").env("LOG_FORMAT", "json").stdout(file);
+    }
+    Process(command.spawn().expect("order-host starts"))
 }
 
 pub async fn wait_ready(http: &reqwest::Client, base: &str) {
