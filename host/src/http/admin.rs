@@ -37,8 +37,8 @@ pub struct Admin {
 /// Refuses every `/admin` request unless the admin API is on and the bearer token matches.
 pub async fn authorize(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let Some(admin) = &state.admin else {
-        return ApiError::not_found("admin_disabled", "the admin API is off: ADMIN_TOKEN is not set")
-            .into_response();
+        let refusal = ApiError::not_found("admin_disabled", "the admin API is off: ADMIN_TOKEN is not set");
+        return refuse(request, refusal.into_response()).await;
     };
     let presented = request
         .headers()
@@ -56,9 +56,20 @@ pub async fn authorize(State(state): State<AppState>, request: Request, next: Ne
             response
                 .headers_mut()
                 .insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
-            response
+            refuse(request, response).await
         }
     }
+}
+
+/// How much of a refused request's body is read before answering.
+const REFUSED_BODY_LIMIT: usize = 16 << 20;
+
+/// Answers `response` after reading what the client sends (up to a limit). hyper closes a
+/// connection whose request body was left unread, so a client still uploading a component would
+/// see a reset instead of the 401 or 404 that explains it.
+async fn refuse(request: Request, response: Response) -> Response {
+    let _ = axum::body::to_bytes(request.into_body(), REFUSED_BODY_LIMIT).await;
+    response
 }
 
 /// Compares without an early exit, so response timing does not reveal how much of a guess was right.
