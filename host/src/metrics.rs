@@ -97,8 +97,8 @@ impl Default for Metrics {
 
 impl Metrics {
     pub fn new() -> Metrics {
-        let mut registry = Registry::with_prefix("order_host");
         let m = Metrics {
+            registry: Registry::with_prefix("order_host"),
             events_consumed: Family::default(),
             handler_events: Family::default(),
             invocations: Family::new_with_constructor(invocation_buckets),
@@ -108,46 +108,51 @@ impl Metrics {
             timers_due: Gauge::default(),
             timers_scheduled: Gauge::default(),
             handlers_loaded: Gauge::default(),
-            registry: Registry::default(),
         };
-        registry.register("events_consumed", "Records consumed, by topic", m.events_consumed.clone());
-        registry.register(
+        m.register()
+    }
+
+    /// Registers every metric with the registry (the families are shared handles).
+    fn register(mut self) -> Metrics {
+        let r = &mut self.registry;
+        r.register("events_consumed", "Records consumed, by topic", self.events_consumed.clone());
+        r.register(
             "handler_events",
             "Events per handler by outcome (applied, duplicate, retried, dead_lettered)",
-            m.handler_events.clone(),
+            self.handler_events.clone(),
         );
-        registry.register(
+        r.register(
             "handler_invocation_seconds",
             "Handler invocation time, by handler and result (ok, error)",
-            m.invocations.clone(),
+            self.invocations.clone(),
         );
-        registry.register(
+        r.register(
             "consumer_lag",
             "Records behind the partition's high watermark, per consumed partition (from the Kafka client's statistics)",
-            m.consumer_lag.clone(),
+            self.consumer_lag.clone(),
         );
-        registry.register(
+        r.register(
             "http_request_seconds",
             "HTTP requests by method, matched route and status: time to the response head",
-            m.http_requests.clone(),
+            self.http_requests.clone(),
         );
-        registry.register(
+        r.register(
             "outbox_backlog",
             "Outbox records not yet published to Kafka",
-            m.outbox_backlog.clone(),
+            self.outbox_backlog.clone(),
         );
-        registry.register(
+        r.register(
             "timers_due",
             "Delayed status changes past their due time, not yet fired",
-            m.timers_due.clone(),
+            self.timers_due.clone(),
         );
-        registry.register(
+        r.register(
             "timers_scheduled",
             "Delayed status changes waiting in Postgres",
-            m.timers_scheduled.clone(),
+            self.timers_scheduled.clone(),
         );
-        registry.register("handlers_loaded", "Handlers serving", m.handlers_loaded.clone());
-        Metrics { registry, ..m }
+        r.register("handlers_loaded", "Handlers serving", self.handlers_loaded.clone());
+        self
     }
 
     pub fn event_consumed(&self, topic: &str) {

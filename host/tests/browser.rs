@@ -20,19 +20,12 @@ use support::service::*;
 const STAGE_DELAYS_MS: &str = "800,800,800";
 
 fn handlers_with_visible_stages() -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    let mut manifest = String::new();
-    for (name, config) in
-        [("order-processor", format!("STAGE_DELAYS_MS = {STAGE_DELAYS_MS:?}")), ("notifier", String::new())]
-    {
-        std::fs::write(dir.path().join(format!("{name}.wasm")), support::component("handlers", name))
-            .unwrap();
-        manifest.push_str(&format!(
-            "[[handler]]\nname = {name:?}\nfile = \"{name}.wasm\"\nevents = [\"order-created\", \"status-updated\"]\n\n[handler.config]\n{config}\n\n"
-        ));
-    }
-    std::fs::write(dir.path().join("handlers.toml"), manifest).unwrap();
-    dir
+    const BOTH: &[&str] = &["order-created", "status-updated"];
+    let stages = format!("STAGE_DELAYS_MS = {STAGE_DELAYS_MS:?}");
+    handlers_dir_configured(&[
+        ("handlers", "order-processor", BOTH, &stages),
+        ("handlers", "notifier", BOTH, ""),
+    ])
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -93,7 +93,7 @@ async fn run_async(args: &Args) -> anyhow::Result<()> {
             .expect("valid template"),
     );
     let results: Arc<Mutex<Vec<Sent>>> = Arc::default();
-    let run_id = &uuid_like();
+    let run_id = &run_id();
     let start = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
     for n in 0..total {
@@ -278,7 +278,7 @@ fn order(n: u64, run: &str, user: &str, domain: &str, products: &[String]) -> Va
 }
 
 /// A short id for this run, so its emails are distinguishable from another run's.
-fn uuid_like() -> String {
+fn run_id() -> String {
     let nanos =
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos();
     format!("{:x}", nanos & 0xff_ffff)

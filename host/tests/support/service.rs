@@ -279,13 +279,19 @@ pub async fn topic_size(brokers: &str, topic: &str) -> i64 {
 /// A handlers directory for a test: `(kind, name, events)` where kind is `handlers` (shipped) or
 /// `fixtures` (test-only), all with their default limits.
 pub fn handlers_dir(entries: &[(&str, &str, &[&str])]) -> tempfile::TempDir {
+    let configured: Vec<_> = entries.iter().map(|(kind, name, events)| (*kind, *name, *events, "")).collect();
+    handlers_dir_configured(&configured)
+}
+
+/// As [`handlers_dir`], with each handler's `[handler.config]` table body (TOML lines).
+pub fn handlers_dir_configured(entries: &[(&str, &str, &[&str], &str)]) -> tempfile::TempDir {
     let dir = tempfile::tempdir().expect("temp dir");
     let mut manifest = String::new();
-    for (kind, name, events) in entries {
+    for (kind, name, events, config) in entries {
         std::fs::write(dir.path().join(format!("{name}.wasm")), super::component(kind, name)).unwrap();
         let events: Vec<String> = events.iter().map(|e| format!("{e:?}")).collect();
         manifest.push_str(&format!(
-            "[[handler]]\nname = {name:?}\nfile = \"{name}.wasm\"\nevents = [{}]\n\n",
+            "[[handler]]\nname = {name:?}\nfile = \"{name}.wasm\"\nevents = [{}]\n\n[handler.config]\n{config}\n\n",
             events.join(", ")
         ));
     }
