@@ -1,7 +1,8 @@
 //! The end-to-end tier: the real `order-host` binary against tansu, a separate Kafka-compatible
 //! broker process, with the shipped handler components in DEMO_MODE. An order placed over HTTP
 //! ships through three handler-caused transitions, the notifier's messages are recorded, and the
-//! status-updated records on the broker carry their headers.
+//! status-updated records on the broker carry their headers. The binary logs JSON and exports its
+//! spans over OTLP/HTTP to a stand-in collector.
 
 mod support;
 
@@ -20,7 +21,14 @@ async fn the_host_binary_ships_an_order_through_a_separate_tansu_broker() {
     let http = reqwest::Client::new();
     let logs = tempfile::tempdir().unwrap();
     let log = logs.path().join("order-host.log");
-    let _host = start_host_logging_json(&database_url, &brokers, port, &log);
+    let (collector, mut exports) = start_collector().await;
+    let _host = start_host_logging_json(
+        &database_url,
+        &brokers,
+        port,
+        &log,
+        &[("OTEL_EXPORTER_OTLP_ENDPOINT", collector.as_str())],
+    );
     wait_ready(&http, &base).await;
 
     let get = |path: String| {
@@ -81,4 +89,32 @@ async fn the_host_binary_ships_an_order_through_a_separate_tansu_broker() {
         .filter(|l| l["fields"]["order_id"] == id.as_str() || l["span"]["order_id"] == id.as_str())
         .count();
     assert!(about_order >= 3, "expected the order's three timer firings in the log:\n{text}");
+
+    // The batch exporter ships spans within its 5 s schedule.
+    let export = tokio::time::timeout(Duration::from_secs(20), exports.recv())
+        .await
+        .expect("no OTLP export reached the collector within 20 s")
+        .unwrap();
+    assert_eq!(export.0, "application/x-protobuf");
+    assert!(export.1 > 100, "an export of {} bytes", export.1);
+}
+
+/// A stand-in OTLP/HTTP collector: accepts `POST /v1/traces` and reports each body's content type
+/// and size. Returns its base URL.
+async fn start_collector() -> (String, tokio::sync::mpsc::UnboundedReceiver<(String, usize)>) {
+    use axum::http::HeaderMap;
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let app = axum::Router::new().route(
+        "/v1/traces",
+        axum::routing::post(move |headers: HeaderMap, body: axum::body::Bytes| {
+            let content_type =
+                headers.get("content-type").and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
+            let _ = tx.send((content_type, body.len()));
+            async { "" }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (url, rx)
 }

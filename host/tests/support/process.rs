@@ -39,20 +39,27 @@ pub fn start_dev_broker() -> (Process, String) {
 
 /// The `order-host` binary serving on `port` with the built handlers in DEMO_MODE.
 pub fn start_host(database_url: &str, brokers: &str, port: u16) -> Process {
-    spawn_host(database_url, brokers, port, None)
+    spawn_host(database_url, brokers, port, None, &[])
 }
 
-/// As [`start_host`], with `LOG_FORMAT=json` at info level written to `log`.
+/// As [`start_host`], with `LOG_FORMAT=json` at info level written to `log`, and `env` on top.
 pub fn start_host_logging_json(
     database_url: &str,
     brokers: &str,
     port: u16,
     log: &std::path::Path,
+    env: &[(&str, &str)],
 ) -> Process {
-    spawn_host(database_url, brokers, port, Some(log))
+    spawn_host(database_url, brokers, port, Some(log), env)
 }
 
-fn spawn_host(database_url: &str, brokers: &str, port: u16, log: Option<&std::path::Path>) -> Process {
+fn spawn_host(
+    database_url: &str,
+    brokers: &str,
+    port: u16,
+    log: Option<&std::path::Path>,
+    env: &[(&str, &str)],
+) -> Process {
     let mut command = Command::new(env!("CARGO_BIN_EXE_order-host"));
     command
         .env("HTTP_ADDR", format!("127.0.0.1:{port}"))
@@ -67,6 +74,7 @@ fn spawn_host(database_url: &str, brokers: &str, port: u16, log: Option<&std::pa
         let file = std::fs::File::create(log).expect("log file");
         command.env("RUST_LOG", "info").env("LOG_FORMAT", "json").stdout(file);
     }
+    command.envs(env.iter().copied());
     Process(command.spawn().expect("order-host starts"))
 }
 
