@@ -1,6 +1,6 @@
-//! Compiled components cached by the sha256 of their bytes: in memory for the process's lifetime
-//! (a rollback or a rescan of an unchanged file never recompiles) and, when a directory is
-//! configured, on disk as wasmtime's serialized form (a restart does not recompile either).
+//! Compiled components cached by the sha256 of their bytes: in memory for the most recently used
+//! versions (a rollback or a rescan of an unchanged file never recompiles) and, when a directory
+//! is configured, on disk as wasmtime's serialized form (a restart does not recompile either).
 //!
 //! Disk entries live under a subdirectory named after the engine's compatibility hash (wasmtime
 //! version, target and every setting that changes generated code), so a host with a different
@@ -24,8 +24,14 @@ pub enum Origin {
     Disk,
 }
 
+/// Compiled versions kept in memory. Each handler keeps its serving version and five earlier
+/// ones reachable by rollback; 64 covers ten handlers with room, and an evicted version is still
+/// one disk read (well under a millisecond) away. Serving versions are held by their handlers,
+/// not by this map, so eviction never affects what runs.
+const MEMORY_ENTRIES: usize = 64;
+
 pub struct ComponentCache {
-    memory: Mutex<HashMap<String, Component>>,
+    memory: Mutex<Recent<Component>>,
     dir: Option<PathBuf>,
 }
 
@@ -36,7 +42,7 @@ impl ComponentCache {
             engine.precompile_compatibility_hash().hash(&mut hasher);
             root.join(format!("{:016x}", hasher.finish()))
         });
-        ComponentCache { memory: Mutex::new(HashMap::new()), dir }
+        ComponentCache { memory: Mutex::new(Recent::new(MEMORY_ENTRIES)), dir }
     }
 
     /// The component for `bytes` (whose sha256 is `sha`): from memory, from disk, or compiled now
@@ -49,7 +55,7 @@ impl ComponentCache {
         bytes: &[u8],
     ) -> anyhow::Result<(Component, Origin)> {
         if let Some(c) = self.memory.lock().unwrap_or_else(|p| p.into_inner()).get(sha) {
-            return Ok((c.clone(), Origin::Memory));
+            return Ok((c, Origin::Memory));
         }
         let path = self.dir.as_ref().map(|d| d.join(format!("{sha}.cwasm")));
         // Read into memory rather than mapped: a file replaced or truncated under a mapping would
@@ -83,6 +89,40 @@ impl ComponentCache {
     }
 }
 
+/// A map of at most `capacity` entries that forgets the least recently used one first.
+struct Recent<V> {
+    entries: HashMap<String, (V, u64)>,
+    capacity: usize,
+    clock: u64,
+}
+
+impl<V: Clone> Recent<V> {
+    fn new(capacity: usize) -> Recent<V> {
+        Recent { entries: HashMap::new(), capacity: capacity.max(1), clock: 0 }
+    }
+
+    fn get(&mut self, key: &str) -> Option<V> {
+        self.clock += 1;
+        let clock = self.clock;
+        self.entries.get_mut(key).map(|(v, used)| {
+            *used = clock;
+            v.clone()
+        })
+    }
+
+    fn insert(&mut self, key: String, value: V) {
+        self.clock += 1;
+        if !self.entries.contains_key(&key) && self.entries.len() >= self.capacity {
+            // A linear scan: the map is small and inserts follow a compile, which costs far more.
+            let oldest = self.entries.iter().min_by_key(|(_, (_, used))| *used).map(|(k, _)| k.clone());
+            if let Some(k) = oldest {
+                self.entries.remove(&k);
+            }
+        }
+        self.entries.insert(key, (value, self.clock));
+    }
+}
+
 fn write_atomically(path: &Path, component: &Component) -> anyhow::Result<()> {
     let bytes = wasm_err(component.serialize())?;
     let dir = path.parent().expect("cache entries live in a directory");
@@ -92,4 +132,21 @@ fn write_atomically(path: &Path, component: &Component) -> anyhow::Result<()> {
     std::fs::write(&tmp, bytes)?;
     std::fs::rename(&tmp, path)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Recent;
+
+    #[test]
+    fn the_least_recently_used_entry_goes_first() {
+        let mut r = Recent::new(2);
+        r.insert("a".into(), 1);
+        r.insert("b".into(), 2);
+        assert_eq!(r.get("a"), Some(1), "a is now more recent than b");
+        r.insert("c".into(), 3);
+        assert_eq!((r.get("a"), r.get("b"), r.get("c")), (Some(1), None, Some(3)));
+        r.insert("c".into(), 4);
+        assert_eq!((r.get("a"), r.get("c")), (Some(1), Some(4)), "replacing a key evicts nothing");
+    }
 }
