@@ -333,3 +333,59 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
         .flat_map(|e| if e.path().is_dir() { walk(&e.path()) } else { vec![e.path()] })
         .collect()
 }
+
+/// An order source that signals when a handler asks it for an order, then answers only once the
+/// test releases it: holds an invocation (and its pool slot) open for exactly as long as needed.
+struct GatedOrders {
+    entered: std::sync::Mutex<Option<tokio::sync::oneshot::Sender<()>>>,
+    release: tokio::sync::Notify,
+}
+
+impl OrderSource for GatedOrders {
+    fn get_order<'a>(
+        &'a self,
+        _id: &'a str,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = anyhow::Result<Option<Order>>> + Send + 'a>> {
+        Box::pin(async {
+            if let Some(tx) = self.entered.lock().unwrap().take() {
+                let _ = tx.send(());
+            }
+            self.release.notified().await;
+            Ok(None)
+        })
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_exhausted_instance_pool_is_a_retried_host_failure_and_frees_up() {
+    let rt = host::runtime::Runtime::new(&RuntimeConfig {
+        pool_size: 1,
+        cache_dir: None,
+        ..RuntimeConfig::default()
+    })
+    .unwrap();
+    let noop = load_fixture(&rt, "noop", 5_000, 16 << 20);
+    let (entered, entered_rx) = tokio::sync::oneshot::channel();
+    let gate = Arc::new(GatedOrders {
+        entered: std::sync::Mutex::new(Some(entered)),
+        release: tokio::sync::Notify::new(),
+    });
+
+    let event = order_created(OrderStatus::Pending);
+    let holding = rt.invoke(&noop, &event, gate.clone());
+    let refused = async {
+        entered_rx.await.expect("the first invocation reaches its get-order import");
+        let err = rt.invoke(&noop, &event, Arc::new(NoOrders)).await;
+        gate.release.notify_one();
+        err
+    };
+    let (held, refused) = tokio::join!(holding, refused);
+    let err = refused.expect_err("the only slot is taken");
+    assert!(matches!(err, DispatchError::Host(_)), "not the handler's fault: {err}");
+    assert!(err.to_string().contains("concurrent limit of 1 for component instances"), "{err}");
+    assert_eq!(err.disposition(), host::runtime::Disposition::RetryUntilRecovered, "{err}");
+    held.expect("the invocation holding the slot finishes normally");
+    rt.invoke(&noop, &order_created(OrderStatus::Pending), Arc::new(NoOrders))
+        .await
+        .expect("the slot is free again once the first invocation ended");
+}
