@@ -175,8 +175,8 @@ impl Metrics {
 
     /// `route` is the matched route template (`/api/orders/{id}`), never the raw path, so the
     /// label set stays bounded whatever clients send.
-    pub fn http_request(&self, method: &str, route: &str, status: u16, took: Duration) {
-        let labels = HttpLabels { method: method.to_string(), route: route.to_string(), status };
+    pub fn http_request(&self, method: &str, route: String, status: u16, took: Duration) {
+        let labels = HttpLabels { method: method.to_string(), route, status };
         self.http_requests.get_or_create(&labels).observe(took.as_secs_f64());
     }
 
@@ -209,7 +209,7 @@ mod tests {
         m.handler_event("notifier", Outcome::dead_lettered);
         m.invocation("notifier", true, Duration::from_micros(50));
         m.consumer_lag("order.created", 2, 7);
-        m.http_request("POST", "/api/orders", 201, Duration::from_millis(3));
+        m.http_request("POST", "/api/orders".into(), 201, Duration::from_millis(3));
         let text =
             m.encode(Snapshot { outbox_backlog: 4, timers_due: 1, timers_scheduled: 2, handlers_loaded: 2 });
         for line in [

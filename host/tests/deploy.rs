@@ -7,6 +7,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::Mutex;
 
 use host::config::{Config, DispatchConfig};
 use host::relay::RelayConfig;
@@ -18,8 +19,13 @@ mod support;
 const OVERLAYS: [&str; 3] = ["k8s/base", "k8s/overlays/minikube", "k8s/overlays/gke"];
 const KUBERNETES_VERSION: &str = "1.32.0";
 
-/// `kubectl kustomize dir` as JSON values, one per object.
+/// `kubectl kustomize dir` as JSON values, one per object. Rendered once per test binary: every
+/// test reads the same overlays.
 fn render(dir: &str) -> Vec<Value> {
+    static RENDERED: Mutex<BTreeMap<String, Vec<Value>>> = Mutex::new(BTreeMap::new());
+    if let Some(objects) = RENDERED.lock().unwrap().get(dir) {
+        return objects.clone();
+    }
     let out = Command::new("kubectl")
         .args(["kustomize", &root().join(dir).display().to_string()])
         .output()
@@ -29,7 +35,9 @@ fn render(dir: &str) -> Vec<Value> {
         "kubectl kustomize {dir} failed:\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    yaml_documents(&String::from_utf8(out.stdout).unwrap())
+    let objects = yaml_documents(&String::from_utf8(out.stdout).unwrap());
+    RENDERED.lock().unwrap().insert(dir.to_string(), objects.clone());
+    objects
 }
 
 fn yaml_documents(text: &str) -> Vec<Value> {
@@ -196,6 +204,11 @@ fn validate_custom_resource(
 const MIRRORD_RESOURCES: [&str; 2] =
     ["k8s/base/infrastructure/mirrord-kafka.yaml", "k8s/base/infrastructure/mirrord-split-config.yaml"];
 
+/// The objects of both mirrord resource files, legacy generation first.
+fn mirrord_resources() -> Vec<Value> {
+    MIRRORD_RESOURCES.iter().flat_map(|f| read_yaml(f)).collect()
+}
+
 #[test]
 fn mirrord_resources_validate_against_the_operator_crds() {
     let schemas = crd_schemas();
@@ -216,7 +229,7 @@ fn mirrord_resources_validate_against_the_operator_crds() {
     ];
     assert_eq!(kinds, want.iter().map(|k| k.to_string()).collect());
     // The client config lives with the operator; everything else with the workload.
-    for object in read_yaml(MIRRORD_RESOURCES[0]).iter().chain(&read_yaml(MIRRORD_RESOURCES[1])) {
+    for object in &mirrord_resources() {
         let want = if object["kind"] == "MirrordKafkaClientConfig" { "mirrord" } else { "metalmart" };
         assert_eq!(object["metadata"]["namespace"], want, "namespace of {}", object["kind"]);
     }
@@ -549,7 +562,7 @@ fn kafka_topics_and_addresses_line_up() {
     assert!(script.contains("--partitions 3"), "{script}");
 
     // The operator's clients reach the same broker.
-    for object in read_yaml(MIRRORD_RESOURCES[0]).iter().chain(&read_yaml(MIRRORD_RESOURCES[1])) {
+    for object in &mirrord_resources() {
         if let Some(props) = object["spec"]["properties"].as_array() {
             let bootstrap =
                 props.iter().find(|p| p["name"] == "bootstrap.servers").expect("bootstrap.servers");

@@ -28,6 +28,11 @@ const SESSION: &str = "a1b2c3";
 const QUEUES: [(&str, &str); 2] =
     [("order-created", "order.created"), ("order-status-updated", "order.status-updated")];
 
+/// Records each order puts on `original`: its creation, or its three status changes.
+fn records_per_order(original: &str) -> usize {
+    if original == "order.created" { 1 } else { 3 }
+}
+
 fn session_topic(original: &str) -> String {
     format!("mirrord-tmp-{SESSION}-{original}")
 }
@@ -208,7 +213,7 @@ async fn a_session_gets_exactly_its_orders_and_every_order_ships_once() {
     // Every event the hosts published, from the real topics: 1 created + 3 changes per order.
     let mut events: BTreeMap<String, (String, String)> = BTreeMap::new(); // ce_id → (order, topic)
     for (_, original) in QUEUES {
-        let per_order = if original == "order.created" { 1 } else { 3 };
+        let per_order = records_per_order(original);
         for c in
             consume(&brokers, original, orders.len() * per_order, Duration::from_secs(20), |_| true).await
         {
@@ -253,7 +258,7 @@ async fn a_session_gets_exactly_its_orders_and_every_order_ships_once() {
     let mine = orders.values().filter(|(_, m)| *m).count() as i64;
     let theirs = orders.len() as i64 - mine;
     for (_, original) in QUEUES {
-        let per_order = if original == "order.created" { 1 } else { 3 };
+        let per_order = records_per_order(original) as i64;
         assert_eq!(topic_size(&brokers, &session_topic(original)).await, mine * per_order, "{original}");
         assert_eq!(topic_size(&brokers, &fallback_topic(original)).await, theirs * per_order, "{original}");
     }

@@ -29,11 +29,11 @@ pub async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError
 /// request for a path no route matches is not recorded: random paths cannot grow the label set.
 pub async fn track(State(metrics): State<Arc<Metrics>>, req: Request, next: Next) -> Response {
     let route = req.extensions().get::<MatchedPath>().map(|m| m.as_str().to_owned());
-    let method = req.method().to_string();
+    let method = req.method().clone();
     let started = Instant::now();
     let response = next.run(req).await;
     if let Some(route) = route {
-        metrics.http_request(&method, &route, response.status().as_u16(), started.elapsed());
+        metrics.http_request(method.as_str(), route, response.status().as_u16(), started.elapsed());
     }
     response
 }
