@@ -1,6 +1,7 @@
 //! Typed configuration, read once from the environment at start and passed down explicitly.
 //!
-//! Names and defaults are fixed by `shared/DESIGN.md`; runtime tuning knobs carry a `HANDLER_` prefix.
+//! Names and defaults are listed in README's "Configuration"; runtime tuning knobs carry a
+//! `HANDLER_` prefix.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -31,6 +32,27 @@ pub struct Config {
     pub runtime: RuntimeConfig,
     pub dispatch: DispatchConfig,
     pub admin: AdminConfig,
+    pub pools: PoolConfig,
+}
+
+/// Postgres connections, in two pools so that a dispatcher backlog (up to
+/// `DISPATCH_MAX_IN_FLIGHT` events, each wanting a connection to read its order and apply its
+/// actions) can never starve the API, the relay or the timers. Their sum, plus one `LISTEN`
+/// connection, must fit the server's `max_connections` for every replica.
+#[derive(Debug, Clone)]
+pub struct PoolConfig {
+    /// `DATABASE_POOL_SIZE`: the HTTP API, the outbox relay, the timer scheduler and metrics.
+    pub api: u32,
+    /// `DISPATCH_POOL_SIZE`: the dispatcher (idempotency checks, order reads, applying actions,
+    /// dead letters, `host.get-order`). Events beyond it wait for a connection, which is time
+    /// not counted against a handler's deadline.
+    pub dispatch: u32,
+}
+
+impl Default for PoolConfig {
+    fn default() -> Self {
+        PoolConfig { api: 16, dispatch: 16 }
+    }
 }
 
 /// The admin API and handler swapping.
@@ -160,6 +182,12 @@ impl Config {
     /// Reads configuration through `lookup`, so tests need not touch the process environment.
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> anyhow::Result<Config> {
         let defaults = RuntimeConfig::default();
+        let pools = PoolConfig::default();
+        let pool_size = |v: &str| -> anyhow::Result<u32> {
+            let n: u32 = v.parse()?;
+            anyhow::ensure!(n > 0, "must be at least 1");
+            Ok(n)
+        };
         let dispatch = DispatchConfig::default();
         let millis = |v: &str| -> anyhow::Result<Duration> { Ok(Duration::from_millis(v.parse()?)) };
         let text = |key: &str, default: &str| {
@@ -226,6 +254,10 @@ impl Config {
                     Some(v) if v.trim().is_empty() => None,
                     Some(v) => Some(PathBuf::from(v.trim())),
                 },
+            },
+            pools: PoolConfig {
+                api: parse(&lookup, "DATABASE_POOL_SIZE", pools.api, pool_size)?,
+                dispatch: parse(&lookup, "DISPATCH_POOL_SIZE", pools.dispatch, pool_size)?,
             },
             dispatch: DispatchConfig {
                 max_in_flight: parse(&lookup, "DISPATCH_MAX_IN_FLIGHT", dispatch.max_in_flight, |v| {

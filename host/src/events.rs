@@ -1,5 +1,5 @@
 //! The Kafka records the host produces: MetalMart-compatible JSON values and the CloudEvents
-//! binary-mode headers every record carries (see `shared/DESIGN.md`, "Kafka records").
+//! binary-mode headers every record carries (README, "Events").
 //!
 //! Records are built here, stored in the outbox by `db`, and published by the relay; nothing in
 //! this module does I/O.
@@ -15,16 +15,19 @@ pub const CE_SOURCE: &str = "/metalmart/order-host";
 pub const TYPE_ORDER_CREATED: &str = "com.metalmart.order.created";
 pub const TYPE_STATUS_UPDATED: &str = "com.metalmart.order.status-updated";
 
-/// A record waiting to be published: what an outbox row holds.
+/// A record waiting to be published: what an outbox row holds. Key, header values and value are
+/// bytes, not text: a dead letter carries the consumed record exactly as it was (a key framed by a
+/// schema registry starts with 0x00, which no Postgres TEXT or JSONB column can hold).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Record {
     pub topic: String,
-    /// The order id, so all records of one order land on one partition, in order.
-    pub key: String,
-    pub headers: Vec<(String, String)>,
+    /// The order id, so all records of one order land on one partition, in order. `None` only for
+    /// a dead letter of a record that had no key.
+    pub key: Option<Vec<u8>>,
+    pub headers: Vec<(String, Vec<u8>)>,
     /// The record value: JSON for everything the host builds; a dead-lettered record keeps the
-    /// original bytes, whatever they were.
-    pub payload: Vec<u8>,
+    /// original bytes, whatever they were (`None`: it had no value).
+    pub payload: Option<Vec<u8>>,
 }
 
 /// The value of an `order.created` record, with MetalMart's field names.
@@ -86,15 +89,20 @@ pub fn record(
     let traceparent = crate::telemetry::current_traceparent().map(|tp| ("traceparent", tp));
     Record {
         topic: topic.to_string(),
-        key: key.to_string(),
-        headers: headers.into_iter().chain(traceparent).map(|(k, v)| (k.to_string(), v)).collect(),
-        payload: serde_json::to_vec(payload).expect("event payloads serialise"),
+        key: Some(key.to_string().into_bytes()),
+        headers: headers
+            .into_iter()
+            .chain(traceparent)
+            .map(|(k, v)| (k.to_string(), v.into_bytes()))
+            .collect(),
+        payload: Some(serde_json::to_vec(payload).expect("event payloads serialise")),
     }
 }
 
 impl Record {
+    /// A header's value as text, when it is UTF-8.
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+        self.headers.iter().find(|(k, _)| k == name).and_then(|(_, v)| std::str::from_utf8(v).ok())
     }
 }
 
@@ -107,7 +115,7 @@ mod tests {
         let id = Uuid::new_v4();
         let order = Uuid::new_v4();
         let r = record("t", TYPE_ORDER_CREATED, id, Utc::now(), order, "a@b.co", &serde_json::json!({}));
-        assert_eq!(r.key, order.to_string());
+        assert_eq!(r.key, Some(order.to_string().into_bytes()));
         let names: Vec<&str> = r.headers.iter().map(|(k, _)| k.as_str()).collect();
         assert_eq!(
             names,

@@ -5,11 +5,13 @@
 //! finishes on the versions it started with, and everything dispatched after a change sees the
 //! new set. Writers serialize on one lock, edit per-name slots, and publish a new snapshot.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::SystemTime;
 
-use crate::runtime::{LoadProblem, LoadedHandler, Registry};
+use tokio::sync::watch;
+
+use crate::runtime::{EventKind, LoadProblem, LoadedHandler, Registry};
 
 /// Earlier versions kept per handler for rollback.
 const KEEP_PREVIOUS: usize = 5;
@@ -78,13 +80,46 @@ pub struct ScanOutcome {
     pub kept: Vec<String>,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct HandlerSet {
     published: RwLock<Arc<Registry>>,
-    slots: Mutex<BTreeMap<String, Slot>>,
+    slots: Mutex<Slots>,
+    /// Bumped on every publish, so events waiting for a handler wake up.
+    generation: watch::Sender<u64>,
+}
+
+/// Which event types must not be completed without a handler, and which were deliberately left
+/// without one. Kept under the `slots` lock.
+#[derive(Debug, Default)]
+struct Policy {
+    /// Types some version served, or some rejected manifest entry was configured for.
+    expected: BTreeSet<EventKind>,
+    /// Types whose last subscriber was removed through the admin API.
+    unsubscribed: BTreeSet<EventKind>,
+}
+
+#[derive(Debug, Default)]
+struct Slots {
+    by_name: BTreeMap<String, Slot>,
+    policy: Policy,
+}
+
+impl Default for HandlerSet {
+    fn default() -> HandlerSet {
+        HandlerSet {
+            published: RwLock::default(),
+            slots: Mutex::default(),
+            generation: watch::Sender::new(0),
+        }
+    }
 }
 
 impl HandlerSet {
+    /// Resolves after the next change of the serving set (for events waiting for a handler).
+    pub fn changes(&self) -> watch::Receiver<u64> {
+        self.generation.subscribe()
+    }
+
     /// The handlers events are routed to right now.
     pub fn current(&self) -> Arc<Registry> {
         self.published.read().unwrap_or_else(|p| p.into_inner()).clone()
@@ -98,7 +133,9 @@ impl HandlerSet {
         let mut outcome = ScanOutcome::default();
         let now = SystemTime::now();
         let rejected: Vec<&str> = problems.iter().filter_map(|p| p.name.as_deref()).collect();
-        for (name, slot) in slots.iter_mut() {
+        // A configured handler that failed to load still says which events must wait for it.
+        slots.policy.expected.extend(problems.iter().flat_map(|p| p.events.iter().copied()));
+        for (name, slot) in slots.by_name.iter_mut() {
             if slot.dir_fingerprint.is_some()
                 && loaded.get(name).is_none()
                 && !rejected.contains(&name.as_str())
@@ -112,7 +149,7 @@ impl HandlerSet {
         }
         for h in loaded.iter() {
             let fingerprint = format!("{}:{:?}", h.version, h.manifest.spec);
-            let slot = slots.entry(h.name.clone()).or_default();
+            let slot = slots.by_name.entry(h.name.clone()).or_default();
             if slot.dir_fingerprint.as_deref() == Some(fingerprint.as_str()) {
                 continue;
             }
@@ -122,10 +159,10 @@ impl HandlerSet {
         }
         outcome.kept = rejected
             .iter()
-            .filter(|n| slots.get(**n).is_some_and(|s| s.current.is_some()))
+            .filter(|n| slots.by_name.get(**n).is_some_and(|s| s.current.is_some()))
             .map(|n| n.to_string())
             .collect();
-        self.publish(&slots);
+        self.publish(&mut slots);
         outcome
     }
 
@@ -133,43 +170,55 @@ impl HandlerSet {
     pub fn install(&self, handler: LoadedHandler, source: Source) -> Arc<LoadedHandler> {
         let handler = Arc::new(handler);
         let mut slots = self.lock();
-        let slot = slots.entry(handler.name.clone()).or_default();
+        let slot = slots.by_name.entry(handler.name.clone()).or_default();
         slot.replace(Some(Version { handler: handler.clone(), source, since: SystemTime::now() }));
-        self.publish(&slots);
+        self.publish(&mut slots);
         handler
     }
 
     /// Brings back the version before the current one (or the deleted one).
     pub fn rollback(&self, name: &str) -> Result<Arc<LoadedHandler>, SetError> {
         let mut slots = self.lock();
-        let slot = slots.get_mut(name).ok_or_else(|| SetError::Unknown(name.into()))?;
+        let slot = slots.by_name.get_mut(name).ok_or_else(|| SetError::Unknown(name.into()))?;
         let mut back = slot.previous.pop_front().ok_or_else(|| SetError::NothingToRollBack(name.into()))?;
         back.since = SystemTime::now();
         let handler = back.handler.clone();
         slot.current = Some(back);
-        self.publish(&slots);
+        self.publish(&mut slots);
         Ok(handler)
     }
 
-    /// Unsubscribes `name`: no new event goes to it. Its version is kept for a rollback.
+    /// Unsubscribes `name`: no new event goes to it. Its version is kept for a rollback. Event
+    /// types left without any subscriber are skipped from now on, deliberately, rather than held.
     pub fn remove(&self, name: &str) -> Result<(), SetError> {
         let mut slots = self.lock();
         let slot = slots
+            .by_name
             .get_mut(name)
             .filter(|s| s.current.is_some())
             .ok_or_else(|| SetError::Unknown(name.into()))?;
+        let events =
+            slot.current.as_ref().map(|v| v.handler.manifest.spec.events.clone()).unwrap_or_default();
         slot.replace(None);
-        self.publish(&slots);
+        let served: BTreeSet<EventKind> = slots
+            .by_name
+            .values()
+            .filter_map(|s| s.current.as_ref())
+            .flat_map(|v| v.handler.manifest.spec.events.iter().copied())
+            .collect();
+        slots.policy.unsubscribed.extend(events.into_iter().filter(|k| !served.contains(k)));
+        self.publish(&mut slots);
         Ok(())
     }
 
     /// The manifest settings of the serving version of `name`, if any: an upload inherits them.
     pub fn current_of(&self, name: &str) -> Option<Arc<LoadedHandler>> {
-        self.lock().get(name).and_then(|s| s.current.as_ref()).map(|v| v.handler.clone())
+        self.lock().by_name.get(name).and_then(|s| s.current.as_ref()).map(|v| v.handler.clone())
     }
 
     pub fn list(&self) -> Vec<HandlerInfo> {
         self.lock()
+            .by_name
             .iter()
             .map(|(name, s)| HandlerInfo {
                 name: name.clone(),
@@ -179,15 +228,24 @@ impl HandlerSet {
             .collect()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Slot>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Slots> {
         self.slots.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn publish(&self, slots: &BTreeMap<String, Slot>) {
+    /// Publishes a new snapshot: the serving versions, and the policy for event types without
+    /// one. Every type a serving version handles becomes expected, and is no longer a deliberate
+    /// skip.
+    fn publish(&self, slots: &mut Slots) {
         let mut registry = Registry::default();
-        for v in slots.values().filter_map(|s| s.current.as_ref()) {
+        for v in slots.by_name.values().filter_map(|s| s.current.as_ref()) {
+            for kind in &v.handler.manifest.spec.events {
+                slots.policy.expected.insert(*kind);
+                slots.policy.unsubscribed.remove(kind);
+            }
             registry.insert_shared(v.handler.clone());
         }
+        registry.set_policy(slots.policy.expected.clone(), slots.policy.unsubscribed.clone());
         *self.published.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(registry);
+        self.generation.send_modify(|g| *g += 1);
     }
 }

@@ -8,7 +8,8 @@ use anyhow::{Context, anyhow, bail};
 use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer as _, ConsumerContext, Rebalance, StreamConsumer,
 };
-use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{BorrowedMessage, Header, Message, OwnedHeaders};
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
 use rdkafka::statistics::Statistics;
@@ -23,8 +24,45 @@ use crate::metrics::Metrics;
 const STATS_INTERVAL_MS: &str = "5000";
 
 /// The idempotent producer every record leaves through.
+///
+/// An idempotent producer can hit a fatal error (for example when the broker lost data it had
+/// acknowledged, after an unclean restart): from then on every send fails. The relay asks
+/// [`Producer::recover`] after failures, which replaces the client with a fresh one (a new producer
+/// id); nothing is lost because undelivered rows stay in the outbox.
 pub struct Producer {
-    inner: FutureProducer,
+    config: ClientConfig,
+    inner: std::sync::RwLock<FutureProducer>,
+}
+
+/// Why one record was not delivered.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct PublishError {
+    /// Resending the same record cannot succeed (too large, unknown topic, not authorised), as
+    /// opposed to a broker that is unreachable or busy.
+    pub permanent: bool,
+    pub message: String,
+}
+
+impl PublishError {
+    fn from_kafka(e: &KafkaError, what: &str) -> PublishError {
+        use rdkafka::types::RDKafkaErrorCode as C;
+        let permanent = matches!(
+            e.rdkafka_error_code(),
+            Some(
+                C::MessageSizeTooLarge
+                    | C::MessageBatchTooLarge
+                    | C::InvalidMessageSize
+                    | C::UnknownTopicOrPartition
+                    | C::UnknownTopic
+                    | C::UnknownPartition
+                    | C::InvalidTopic
+                    | C::TopicAuthorizationFailed
+                    | C::InvalidRecord
+            )
+        );
+        PublishError { permanent, message: format!("{what}: {e}") }
+    }
 }
 
 impl Producer {
@@ -32,7 +70,8 @@ impl Producer {
     /// the brokers are unreachable) before reporting it failed; the outbox row then stays
     /// unpublished and the relay tries again later.
     pub fn new(brokers: &str, message_timeout: Duration) -> anyhow::Result<Producer> {
-        let inner: FutureProducer = ClientConfig::new()
+        let mut config = ClientConfig::new();
+        config
             .set("bootstrap.servers", brokers)
             .set("client.id", "order-host")
             // No duplicates or reordering from producer retries; acks=all is implied but explicit.
@@ -40,50 +79,82 @@ impl Producer {
             .set("acks", "all")
             .set("message.timeout.ms", message_timeout.as_millis().to_string())
             // Records are batched by the relay already; a short linger keeps publish latency low.
-            .set("linger.ms", "5")
-            .create()
-            .context("creating the Kafka producer")?;
-        Ok(Producer { inner })
+            .set("linger.ms", "5");
+        let inner = config.create().context("creating the Kafka producer")?;
+        Ok(Producer { config, inner: std::sync::RwLock::new(inner) })
     }
 
-    /// Publishes `records` in order and reports each one's fate, in the same order. All are
-    /// enqueued before any is awaited, so a batch costs one round trip, and the idempotent
-    /// producer keeps them in order within each partition.
+    fn client(&self) -> FutureProducer {
+        self.inner.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Publishes `records` and reports each one's fate, in the same order. All are enqueued before
+    /// any is awaited, so a batch costs one round trip. The caller decides what may go in one
+    /// batch: records sent together can be delivered in any combination.
     pub async fn publish<'a>(
         &self,
         records: impl IntoIterator<Item = &'a Record>,
-    ) -> Vec<anyhow::Result<()>> {
+    ) -> Vec<Result<(), PublishError>> {
+        let producer = self.client();
         let mut pending = Vec::new();
         for r in records {
             let headers =
                 r.headers.iter().fold(OwnedHeaders::new_with_capacity(r.headers.len()), |h, (k, v)| {
-                    h.insert(Header { key: k, value: Some(v.as_bytes()) })
+                    h.insert(Header { key: k, value: Some(v.as_slice()) })
                 });
-            let record = FutureRecord::to(&r.topic).key(&r.key).payload(&r.payload).headers(headers);
-            pending.push(self.inner.send_result(record).map_err(|(e, _)| anyhow!(e)));
+            let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&r.topic).headers(headers);
+            if let Some(key) = &r.key {
+                record = record.key(key.as_slice());
+            }
+            if let Some(payload) = &r.payload {
+                record = record.payload(payload.as_slice());
+            }
+            pending.push(
+                producer.send_result(record).map_err(|(e, _)| PublishError::from_kafka(&e, "enqueueing")),
+            );
         }
         let mut results = Vec::with_capacity(pending.len());
         for p in pending {
             results.push(match p {
-                Err(e) => Err(e.context("enqueueing a record")),
+                Err(e) => Err(e),
                 Ok(delivery) => match delivery.await {
                     Ok(Ok(_)) => Ok(()),
-                    Ok(Err((e, _))) => Err(anyhow!(e).context("delivering a record")),
-                    Err(_) => Err(anyhow!("the producer was dropped before delivery")),
+                    Ok(Err((e, _))) => Err(PublishError::from_kafka(&e, "delivering")),
+                    Err(_) => Err(PublishError {
+                        permanent: false,
+                        message: "the producer was dropped before delivery".into(),
+                    }),
                 },
             });
         }
         results
     }
 
-    /// Waits for everything in flight to be delivered, for a clean shutdown.
-    pub fn flush(&self, timeout: Duration) -> anyhow::Result<()> {
-        self.inner.flush(timeout).context("flushing the Kafka producer")
+    /// The client's fatal error, if it has one.
+    pub fn fatal_error(&self) -> Option<String> {
+        self.client().client().fatal_error().map(|(code, reason)| format!("{code:?}: {reason}"))
     }
 
-    /// Whether the brokers answer a metadata request within `timeout`, for readiness.
+    /// Replaces a producer that hit a fatal error with a fresh one; returns the error it had.
+    pub fn recover(&self) -> anyhow::Result<Option<String>> {
+        let Some(fatal) = self.fatal_error() else { return Ok(None) };
+        let fresh: FutureProducer = self.config.create().context("recreating the Kafka producer")?;
+        *self.inner.write().unwrap_or_else(|p| p.into_inner()) = fresh;
+        Ok(Some(fatal))
+    }
+
+    /// Waits for everything in flight to be delivered, for a clean shutdown.
+    pub fn flush(&self, timeout: Duration) -> anyhow::Result<()> {
+        self.client().flush(timeout).context("flushing the Kafka producer")
+    }
+
+    /// Whether the producer is usable and the brokers answer a metadata request within
+    /// `timeout`, for readiness.
     pub async fn check(&self, timeout: Duration) -> anyhow::Result<()> {
-        let producer = self.inner.clone();
+        if let Some(fatal) = self.fatal_error() {
+            bail!("the Kafka producer hit a fatal error: {fatal}");
+        }
+        let producer = self.client();
         tokio::task::spawn_blocking(move || producer.client().fetch_metadata(None, timeout).map(|_| ()))
             .await
             .context("joining the Kafka metadata probe")?
@@ -179,17 +250,13 @@ impl Consumer {
     /// The next record. Errors are per-fetch (an unknown topic, a broker hiccup) and not fatal.
     pub async fn recv(&self) -> anyhow::Result<Incoming> {
         let m = self.inner.recv().await.context("consuming")?;
-        let headers = m
-            .headers()
-            .map(|h| h.iter().map(|h| (h.key.to_string(), h.value.unwrap_or_default().to_vec())).collect())
-            .unwrap_or_default();
         Ok(Incoming {
             topic: m.topic().to_string(),
             partition: m.partition(),
             offset: m.offset(),
             key: m.key().map(<[u8]>::to_vec),
             payload: m.payload().map(<[u8]>::to_vec),
-            headers,
+            headers: headers_of(&m),
         })
     }
 
@@ -212,6 +279,47 @@ impl Consumer {
             tracing::debug!(error = %e, "final commit (nothing stored is normal)");
         }
         self.inner.unsubscribe();
+    }
+}
+
+/// A record's headers, read through librdkafka's C API. Hand-written because rdkafka's `Headers`
+/// iterator unwraps the header name as UTF-8 and so panics on a hostile record. A name that is not
+/// UTF-8 is converted lossily (names are strings in Kafka); values are kept byte for byte, a null
+/// value as empty.
+fn headers_of(m: &BorrowedMessage<'_>) -> Vec<(String, Vec<u8>)> {
+    use rdkafka::bindings as rd;
+    let mut hdrs: *mut rd::rd_kafka_headers_t = std::ptr::null_mut();
+    // SAFETY: `m.ptr()` is a live message for the borrow of `m`; librdkafka returns a pointer to
+    // headers owned by that message, valid as long as it is, and we copy everything out before
+    // returning.
+    unsafe {
+        if rd::rd_kafka_message_headers(m.ptr(), &mut hdrs)
+            != rd::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR
+            || hdrs.is_null()
+        {
+            return Vec::new();
+        }
+        let count = rd::rd_kafka_header_cnt(hdrs);
+        let mut out = Vec::with_capacity(count);
+        for idx in 0..count {
+            let mut name: *const std::os::raw::c_char = std::ptr::null();
+            let mut value: *const std::os::raw::c_void = std::ptr::null();
+            let mut size = 0usize;
+            if rd::rd_kafka_header_get_all(hdrs, idx, &mut name, &mut value, &mut size)
+                != rd::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR
+                || name.is_null()
+            {
+                continue;
+            }
+            let name = std::ffi::CStr::from_ptr(name).to_string_lossy().into_owned();
+            let value = if value.is_null() {
+                Vec::new()
+            } else {
+                std::slice::from_raw_parts(value.cast::<u8>(), size).to_vec()
+            };
+            out.push((name, value));
+        }
+        out
     }
 }
 

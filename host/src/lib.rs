@@ -15,5 +15,6 @@ pub mod orders;
 pub mod relay;
 pub mod runtime;
 pub mod serve;
+pub mod supervise;
 pub mod telemetry;
 pub mod watch;

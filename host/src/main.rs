@@ -71,12 +71,23 @@ fn run(cli: Cli, config: Config) -> anyhow::Result<ExitCode> {
     match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => {
             let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
-            rt.block_on(async {
+            let deaths = rt.block_on(async {
                 let host = Host::start(&config).await?;
-                termination_signal().await?;
-                host.shutdown().await
+                tokio::select! {
+                    signal = termination_signal() => signal?,
+                    _ = host.died() => {}
+                }
+                let deaths = host.deaths();
+                host.shutdown().await?;
+                anyhow::Ok(deaths)
             })?;
-            Ok(ExitCode::SUCCESS)
+            if deaths.is_empty() {
+                Ok(ExitCode::SUCCESS)
+            } else {
+                // Kubernetes restarts the pod; what the dead task left unfinished is redelivered.
+                eprintln!("error: background task died: {}", deaths.join("; "));
+                Ok(ExitCode::FAILURE)
+            }
         }
         Command::DevBroker { topics, partitions } => {
             let names: Vec<&str> = topics.iter().map(String::as_str).collect();

@@ -75,17 +75,35 @@ pub struct Metrics {
     consumer_lag: Family<PartitionLabels, Gauge>,
     http_requests: HistogramFamily<HttpLabels>,
     outbox_backlog: Gauge,
+    outbox_parked: Gauge,
     timers_due: Gauge,
     timers_scheduled: Gauge,
+    timers_parked: Gauge,
     handlers_loaded: Gauge,
+    waiting_for_handler: Gauge,
+    events_skipped: Family<ReasonLabels, Counter>,
+    task_deaths: Family<TaskLabels, Counter>,
+    producer_replaced: Counter,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TaskLabels {
+    task: &'static str,
 }
 
 /// What `/metrics` reads at scrape time rather than counting as it happens.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Snapshot {
     pub outbox_backlog: i64,
+    pub outbox_parked: i64,
     pub timers_due: i64,
     pub timers_scheduled: i64,
+    pub timers_parked: i64,
     pub handlers_loaded: i64,
 }
 
@@ -105,9 +123,15 @@ impl Metrics {
             consumer_lag: Family::default(),
             http_requests: Family::new_with_constructor(http_buckets),
             outbox_backlog: Gauge::default(),
+            outbox_parked: Gauge::default(),
             timers_due: Gauge::default(),
             timers_scheduled: Gauge::default(),
+            timers_parked: Gauge::default(),
             handlers_loaded: Gauge::default(),
+            waiting_for_handler: Gauge::default(),
+            events_skipped: Family::default(),
+            task_deaths: Family::default(),
+            producer_replaced: Counter::default(),
         };
         m.register()
     }
@@ -152,7 +176,54 @@ impl Metrics {
             self.timers_scheduled.clone(),
         );
         r.register("handlers_loaded", "Handlers serving", self.handlers_loaded.clone());
+        r.register(
+            "outbox_parked",
+            "Outbox records the broker refused too often, waiting for an operator (with their key's later records)",
+            self.outbox_parked.clone(),
+        );
+        r.register(
+            "timers_parked",
+            "Delayed status changes that failed too often, waiting for an operator",
+            self.timers_parked.clone(),
+        );
+        r.register(
+            "events_waiting_for_handler",
+            "Events held (not completed, offsets not committed) because no handler is loaded for their type",
+            self.waiting_for_handler.clone(),
+        );
+        r.register(
+            "events_skipped",
+            "Events completed without a handler, by reason (unsubscribed: through the admin API; not_configured: no handler was ever configured for the type)",
+            self.events_skipped.clone(),
+        );
+        r.register(
+            "background_task_deaths",
+            "Background tasks that ended unexpectedly (the process then shuts down)",
+            self.task_deaths.clone(),
+        );
+        r.register(
+            "kafka_producer_replaced",
+            "Kafka producers replaced after a fatal error",
+            self.producer_replaced.clone(),
+        );
         self
+    }
+
+    /// An event is held, or no longer held, for want of a handler.
+    pub fn waiting_for_handler(&self, delta: i64) {
+        self.waiting_for_handler.inc_by(delta);
+    }
+
+    pub fn event_skipped(&self, reason: &'static str) {
+        self.events_skipped.get_or_create(&ReasonLabels { reason }).inc();
+    }
+
+    pub fn task_died(&self, task: &'static str) {
+        self.task_deaths.get_or_create(&TaskLabels { task }).inc();
+    }
+
+    pub fn producer_replaced(&self) {
+        self.producer_replaced.inc();
     }
 
     pub fn event_consumed(&self, topic: &str) {
@@ -183,8 +254,10 @@ impl Metrics {
     /// The text exposition (OpenMetrics, which Prometheus scrapes natively).
     pub fn encode(&self, snapshot: Snapshot) -> String {
         self.outbox_backlog.set(snapshot.outbox_backlog);
+        self.outbox_parked.set(snapshot.outbox_parked);
         self.timers_due.set(snapshot.timers_due);
         self.timers_scheduled.set(snapshot.timers_scheduled);
+        self.timers_parked.set(snapshot.timers_parked);
         self.handlers_loaded.set(snapshot.handlers_loaded);
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry)
@@ -210,8 +283,13 @@ mod tests {
         m.invocation("notifier", true, Duration::from_micros(50));
         m.consumer_lag("order.created", 2, 7);
         m.http_request("POST", "/api/orders".into(), 201, Duration::from_millis(3));
-        let text =
-            m.encode(Snapshot { outbox_backlog: 4, timers_due: 1, timers_scheduled: 2, handlers_loaded: 2 });
+        let text = m.encode(Snapshot {
+            outbox_backlog: 4,
+            timers_due: 1,
+            timers_scheduled: 2,
+            handlers_loaded: 2,
+            ..Snapshot::default()
+        });
         for line in [
             r#"order_host_events_consumed_total{topic="order.created"} 1"#,
             r#"order_host_handler_events_total{handler="notifier",outcome="applied"} 2"#,

@@ -3,8 +3,14 @@
 //! It wakes on the `outbox` notification sent when a transaction that wrote rows commits, so a
 //! record normally leaves within milliseconds; a slow poll is only a safety net for missed
 //! notifications. While Kafka is unreachable it backs off, and the rows wait in Postgres.
+//!
+//! Per-key order is strict: a key's next row is sent only after its previous one was delivered,
+//! and a key stops at its first undelivered row. A row the broker refuses for good (too large, an
+//! unknown topic) is retried on its own schedule a bounded number of times, then parked: it and the
+//! later rows of its key wait for an operator, visible in `/admin/outbox/parked`, the
+//! `order_host_outbox_parked` gauge and the log, while every other key flows on.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,7 +18,9 @@ use sqlx::PgPool;
 use tokio::sync::{Notify, watch};
 
 use crate::db;
+use crate::db::outbox::{Pending, Refusal};
 use crate::kafka::Producer;
+use crate::metrics::Metrics;
 
 #[derive(Debug, Clone)]
 pub struct RelayConfig {
@@ -21,10 +29,14 @@ pub struct RelayConfig {
     /// Safety-net poll when no notification arrives (another replica held the claim, or the
     /// listening connection was down).
     pub poll_interval: Duration,
-    /// Ceiling of the exponential backoff after a failed pass.
+    /// Ceiling of the exponential backoff after a pass that hit an unreachable broker.
     pub max_backoff: Duration,
     /// How long a shutting-down relay keeps draining before it gives up.
     pub drain_timeout: Duration,
+    /// Deliveries of one row the broker refuses for good before it is parked.
+    pub max_attempts: i32,
+    /// First delay before a refused row is tried again; doubles per attempt up to `max_backoff`.
+    pub refused_retry_base: Duration,
 }
 
 impl Default for RelayConfig {
@@ -34,17 +46,21 @@ impl Default for RelayConfig {
             poll_interval: Duration::from_secs(5),
             max_backoff: Duration::from_secs(5),
             drain_timeout: Duration::from_secs(5),
+            max_attempts: 5,
+            refused_retry_base: Duration::from_millis(200),
         }
     }
 }
 
 /// What one pass achieved.
-#[derive(Debug, PartialEq, Eq)]
-enum Pass {
-    /// Published this many rows (fewer than a batch: nothing more right now).
-    Published(usize),
-    /// A full batch went out; there may be more.
-    Full,
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Pass {
+    claimed: usize,
+    published: usize,
+    /// Rows the broker refused for good this pass; when the earliest may be tried again.
+    refused_retry_in: Option<Duration>,
+    /// The first error of a row that failed for a reason that may pass (broker unreachable).
+    transient: Option<String>,
 }
 
 /// Runs until `shutdown` turns true, then drains what it can within `drain_timeout`.
@@ -54,74 +70,195 @@ pub async fn run(
     wake: Arc<Notify>,
     config: RelayConfig,
     mut shutdown: watch::Receiver<bool>,
+    metrics: Arc<Metrics>,
 ) {
+    let relay = Relay { pool: &pool, producer: &producer, config: &config, metrics: &metrics };
     let mut backoff = Duration::from_millis(50);
     loop {
         if *shutdown.borrow() {
             break;
         }
-        match pass(&pool, &producer, config.batch).await {
-            Ok(Pass::Full) => continue,
-            Ok(Pass::Published(n)) => {
-                if n > 0 {
-                    tracing::debug!(published = n, "outbox relay pass");
+        let sleep = match relay.pass().await {
+            Ok(p) if p.transient.is_none() && p.claimed as i64 == config.batch => continue,
+            Ok(p) => {
+                if p.published > 0 {
+                    tracing::debug!(published = p.published, "outbox relay pass");
                 }
-                backoff = Duration::from_millis(50);
-                tokio::select! {
-                    _ = wake.notified() => {}
-                    _ = tokio::time::sleep(config.poll_interval) => {}
-                    _ = shutdown.wait_for(|s| *s) => {}
+                match p.transient {
+                    None => {
+                        backoff = Duration::from_millis(50);
+                        p.refused_retry_in.map_or(config.poll_interval, |d| d.min(config.poll_interval))
+                    }
+                    Some(e) => {
+                        tracing::warn!(error = %e, retry_in = ?backoff, "outbox relay could not deliver");
+                        bump(&mut backoff, config.max_backoff)
+                    }
                 }
             }
             Err(e) => {
                 tracing::warn!(error = %format!("{e:#}"), retry_in = ?backoff, "outbox relay pass failed");
-                tokio::select! {
-                    _ = tokio::time::sleep(backoff) => {}
-                    _ = shutdown.wait_for(|s| *s) => {}
-                }
-                backoff = (backoff * 2).min(config.max_backoff);
+                bump(&mut backoff, config.max_backoff)
             }
+        };
+        tokio::select! {
+            _ = wake.notified() => {}
+            _ = tokio::time::sleep(sleep) => {}
+            _ = shutdown.wait_for(|s| *s) => {}
         }
     }
-    let drain = async { while let Ok(Pass::Full) = pass(&pool, &producer, config.batch).await {} };
+    let drain = async {
+        while let Ok(p) = relay.pass().await
+            && p.transient.is_none()
+            && p.claimed as i64 == config.batch
+        {}
+    };
     if tokio::time::timeout(config.drain_timeout, drain).await.is_err() {
         tracing::warn!("outbox relay stopped before draining; the rest is published after restart");
     }
 }
 
-/// Claims a batch, publishes it, and marks what was delivered. For each key only the delivered
-/// prefix is marked: if an earlier record of an order failed, its later ones are published again
-/// after it (a duplicate, which consumers drop by `ce_id`) rather than ahead of it.
-async fn pass(pool: &PgPool, producer: &Producer, batch: i64) -> anyhow::Result<Pass> {
-    let mut tx = pool.begin().await?;
-    let claimed = db::outbox::claim(&mut tx, batch).await?;
-    if claimed.is_empty() {
-        tx.commit().await?;
-        return Ok(Pass::Published(0));
-    }
-    let results = producer.publish(claimed.iter().map(|p| &p.record)).await;
-    let mut failed_keys = HashSet::new();
-    let mut delivered = Vec::with_capacity(claimed.len());
-    let mut first_error = None;
-    for (p, result) in claimed.iter().zip(results) {
-        match result {
-            Ok(()) if !failed_keys.contains(&p.record.key) => delivered.push(p.id),
-            Ok(()) => {}
-            Err(e) => {
-                failed_keys.insert(p.record.key.clone());
-                first_error.get_or_insert(e);
+/// Returns the current backoff and doubles it for next time.
+fn bump(backoff: &mut Duration, max: Duration) -> Duration {
+    let now = *backoff;
+    *backoff = (*backoff * 2).min(max);
+    now
+}
+
+/// Claims a batch, publishes it in waves (the n-th row of every key in wave n, so a key's row
+/// leaves only after its predecessor was delivered), marks what was delivered and records what
+/// was refused. A fatal producer error is recovered from by replacing the producer.
+struct Relay<'a> {
+    pool: &'a PgPool,
+    producer: &'a Producer,
+    config: &'a RelayConfig,
+    metrics: &'a Metrics,
+}
+
+impl Relay<'_> {
+    async fn pass(&self) -> anyhow::Result<Pass> {
+        let Relay { pool, producer, config, metrics } = *self;
+        let mut tx = pool.begin().await?;
+        let claimed = db::outbox::claim(&mut tx, config.batch).await?;
+        let mut outcome = Pass { claimed: claimed.len(), ..Pass::default() };
+        if claimed.is_empty() {
+            tx.commit().await?;
+            return Ok(outcome);
+        }
+        let mut lanes = lanes_by_key(&claimed);
+        let mut delivered = Vec::with_capacity(claimed.len());
+        let mut refused = Vec::new();
+        loop {
+            let wave: Vec<(usize, &Pending)> =
+                lanes.iter_mut().enumerate().filter_map(|(i, lane)| lane.pop().map(|p| (i, p))).collect();
+            if wave.is_empty() {
+                break;
+            }
+            let results = producer.publish(wave.iter().map(|(_, p)| &p.record)).await;
+            for ((lane, p), result) in wave.into_iter().zip(results) {
+                match result {
+                    Ok(()) => delivered.push(p.id),
+                    Err(e) => {
+                        // The key stops here; its later rows stay unpublished behind this one.
+                        lanes[lane].clear();
+                        if e.permanent {
+                            refused.push((p, e.message));
+                        } else {
+                            outcome.transient.get_or_insert(e.message);
+                        }
+                    }
+                }
             }
         }
+        db::outbox::mark_published(&mut tx, &delivered).await?;
+        outcome.published = delivered.len();
+        for (p, error) in refused {
+            let attempt = p.attempts + 1;
+            let refusal = if attempt >= config.max_attempts {
+                tracing::error!(outbox_id = p.id, topic = %p.record.topic, attempts = attempt, %error,
+                "outbox row parked: the broker refused it for good; later rows of its key wait behind it");
+                Refusal::Park
+            } else {
+                let delay = config
+                    .refused_retry_base
+                    .saturating_mul(1 << (attempt - 1).clamp(0, 16))
+                    .min(config.max_backoff);
+                tracing::warn!(outbox_id = p.id, topic = %p.record.topic, attempt, %error, retry_in = ?delay,
+                "outbox row refused by the broker");
+                outcome.refused_retry_in = Some(outcome.refused_retry_in.map_or(delay, |d| d.min(delay)));
+                Refusal::RetryAfterMs(delay.as_millis() as i64)
+            };
+            db::outbox::record_refusal(&mut tx, p.id, &error, refusal).await?;
+        }
+        tx.commit().await?;
+        if outcome.transient.is_some() || outcome.refused_retry_in.is_some() {
+            match producer.recover() {
+                Ok(Some(fatal)) => {
+                    metrics.producer_replaced();
+                    tracing::error!(error = %fatal, "Kafka producer hit a fatal error; replaced it")
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::error!(error = %format!("{e:#}"), "replacing the failed Kafka producer failed")
+                }
+            }
+        }
+        Ok(outcome)
     }
-    db::outbox::mark_published(&mut tx, &delivered).await?;
-    tx.commit().await?;
-    match first_error {
-        Some(e) => Err(e.context(format!(
-            "{} of {} records not delivered",
-            claimed.len() - delivered.len(),
-            claimed.len()
-        ))),
-        None if claimed.len() as i64 == batch => Ok(Pass::Full),
-        None => Ok(Pass::Published(claimed.len())),
+}
+
+/// The claimed rows grouped by key, each group in id order and reversed (so `pop` yields the
+/// earliest). Rows without a key have no order to keep: each is its own group.
+fn lanes_by_key(claimed: &[Pending]) -> Vec<Vec<&Pending>> {
+    let mut index: HashMap<&[u8], usize> = HashMap::new();
+    let mut lanes: Vec<Vec<&Pending>> = Vec::new();
+    for p in claimed {
+        match p.record.key.as_deref() {
+            Some(key) => {
+                let i = *index.entry(key).or_insert_with(|| {
+                    lanes.push(Vec::new());
+                    lanes.len() - 1
+                });
+                lanes[i].push(p);
+            }
+            None => lanes.push(vec![p]),
+        }
+    }
+    for lane in &mut lanes {
+        lane.reverse();
+    }
+    lanes
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::events::Record;
+
+    fn row(id: i64, key: Option<&str>) -> Pending {
+        Pending {
+            id,
+            attempts: 0,
+            record: Record {
+                topic: "t".into(),
+                key: key.map(|k| k.as_bytes().to_vec()),
+                headers: Vec::new(),
+                payload: None,
+            },
+        }
+    }
+
+    #[test]
+    fn waves_take_one_row_per_key_in_id_order() {
+        let rows = [row(1, Some("a")), row(2, Some("b")), row(3, Some("a")), row(4, None), row(5, Some("a"))];
+        let mut lanes = lanes_by_key(&rows);
+        let mut waves = Vec::new();
+        loop {
+            let wave: Vec<i64> = lanes.iter_mut().filter_map(|l| l.pop().map(|p| p.id)).collect();
+            if wave.is_empty() {
+                break;
+            }
+            waves.push(wave);
+        }
+        assert_eq!(waves, [vec![1, 2, 4], vec![3], vec![5]]);
     }
 }

@@ -22,6 +22,7 @@ use crate::kafka::{Consumer, EmbeddedBroker, Producer};
 use crate::metrics::Metrics;
 use crate::relay::{self, RelayConfig};
 use crate::runtime::{Invoke, Runtime};
+use crate::supervise::Supervisor;
 use crate::watch::{self as handler_watch, WatchConfig};
 
 /// How long the producer retries one record before the relay sees it fail and backs off.
@@ -42,6 +43,7 @@ pub struct Host {
     background: Vec<JoinHandle<()>>,
     relay: JoinHandle<()>,
     producer: Arc<Producer>,
+    supervisor: Arc<Supervisor>,
     /// Kept alive for the host's lifetime when `KAFKA_BROKERS=embedded`.
     embedded: Option<EmbeddedBroker>,
 }
@@ -59,7 +61,8 @@ impl Host {
         let Some(url) = config.database_url.as_deref() else {
             bail!("DATABASE_URL is not set (`cargo xtask dev` starts a local Postgres and sets it)");
         };
-        let pool = db::connect(url, 16).await?;
+        let pool = db::connect(url, config.pools.api).await?;
+        let dispatch_pool = db::pool(url, config.pools.dispatch).await?;
 
         let embedded = if config.kafka.brokers == EMBEDDED_BROKERS {
             let t = &config.topics;
@@ -90,19 +93,25 @@ impl Host {
         let (shutdown, shutdown_rx) = watch::channel(false);
         let (relay_shutdown, relay_shutdown_rx) = watch::channel(false);
         let notices = Notices::new();
-        let relay = tokio::spawn(relay::run(
-            pool.clone(),
-            producer.clone(),
-            notices.outbox(),
-            RelayConfig::default(),
-            relay_shutdown_rx,
-        ));
-        let k = &config.kafka;
         let metrics = Arc::new(Metrics::new());
+        let supervisor = Supervisor::new(metrics.clone());
+        let relay = supervisor.spawn(
+            "outbox relay",
+            relay_shutdown_rx.clone(),
+            relay::run(
+                pool.clone(),
+                producer.clone(),
+                notices.outbox(),
+                RelayConfig::default(),
+                relay_shutdown_rx,
+                metrics.clone(),
+            ),
+        );
+        let k = &config.kafka;
         let (consumer, revoked) =
             Consumer::new(brokers, &k.group_id, &[&k.created_topic, &k.status_topic], metrics.clone())?;
         let shared = Shared {
-            pool: pool.clone(),
+            pool: dispatch_pool,
             invoker: invoker.unwrap_or_else(|| runtime.clone()),
             handlers: handlers.clone(),
             config: config.dispatch.clone(),
@@ -110,26 +119,38 @@ impl Host {
             topics: config.topics.clone(),
             shutdown: shutdown_rx.clone(),
             metrics: metrics.clone(),
+            supervisor: supervisor.clone(),
         };
+        type Task = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+        let spawn = |name: &'static str, task: Task| supervisor.spawn(name, shutdown_rx.clone(), task);
         let background = vec![
-            tokio::spawn(listen::run(pool.clone(), notices.clone(), shutdown_rx.clone())),
-            tokio::spawn(timers::run(
-                pool.clone(),
-                config.topics.clone(),
-                notices.timers(),
-                shutdown_rx.clone(),
-            )),
-            tokio::spawn(dispatch::run(shared, consumer, revoked)),
-            tokio::spawn(handler_watch::run(
-                runtime.clone(),
-                handlers.clone(),
-                WatchConfig {
-                    dir: config.handlers_dir.clone(),
-                    overlay: config.handler_config_overlay(),
-                    rescan: config.admin.rescan,
-                },
-                shutdown_rx.clone(),
-            )),
+            spawn(
+                "notification fan-out",
+                Box::pin(listen::run(pool.clone(), notices.clone(), shutdown_rx.clone())),
+            ),
+            spawn(
+                "timer scheduler",
+                Box::pin(timers::run(
+                    pool.clone(),
+                    config.topics.clone(),
+                    notices.timers(),
+                    shutdown_rx.clone(),
+                )),
+            ),
+            spawn("dispatcher", Box::pin(dispatch::run(shared, consumer, revoked))),
+            spawn(
+                "handler watcher",
+                Box::pin(handler_watch::run(
+                    runtime.clone(),
+                    handlers.clone(),
+                    WatchConfig {
+                        dir: config.handlers_dir.clone(),
+                        overlay: config.handler_config_overlay(),
+                        rescan: config.admin.rescan,
+                    },
+                    shutdown_rx.clone(),
+                )),
+            ),
         ];
 
         let listener = tokio::net::TcpListener::bind(config.http_addr)
@@ -144,7 +165,11 @@ impl Host {
                 let handlers = handlers.clone();
                 Probes {
                     kafka: producer.clone(),
-                    handlers_loaded: Arc::new(move || handlers.current().iter().count()),
+                    handlers: Arc::new(move || {
+                        let current = handlers.current();
+                        (current.iter().count(), current.waiting_kinds())
+                    }),
+                    supervisor: supervisor.clone(),
                 }
             },
             admin: config.admin.token.clone().map(|token| {
@@ -154,6 +179,7 @@ impl Host {
                     handlers,
                     overlay: config.handler_config_overlay(),
                     max_upload_bytes: config.admin.max_upload_bytes,
+                    uploads: tokio::sync::Semaphore::new(crate::http::admin::MAX_CONCURRENT_UPLOADS),
                 })
             }),
             shutdown: shutdown_rx.clone(),
@@ -161,18 +187,46 @@ impl Host {
         };
         let server = tokio::spawn(http::serve(listener, state, shutdown_rx));
         tracing::info!(%addr, "order-host listening");
-        Ok(Host { addr, pool, shutdown, relay_shutdown, server, background, relay, producer, embedded })
+        Ok(Host {
+            addr,
+            pool,
+            shutdown,
+            relay_shutdown,
+            server,
+            background,
+            relay,
+            producer,
+            supervisor,
+            embedded,
+        })
     }
 
-    pub fn embedded_broker(&self) -> Option<&EmbeddedBroker> {
-        self.embedded.as_ref()
+    /// Resolves when a background task has died; the caller should then shut down and exit
+    /// with a failure status.
+    pub async fn died(&self) {
+        self.supervisor.first_death().await
+    }
+
+    /// Background tasks that died, as `task: reason`.
+    pub fn deaths(&self) -> Vec<String> {
+        self.supervisor.deaths()
     }
 
     /// Stops accepting and fetching, lets in-flight requests and events finish (the dispatcher
     /// commits and leaves its group), then drains the relay and flushes the producer.
     pub async fn shutdown(self) -> anyhow::Result<()> {
-        let Host { addr: _, pool, shutdown, relay_shutdown, server, background, relay, producer, embedded } =
-            self;
+        let Host {
+            addr: _,
+            pool,
+            shutdown,
+            relay_shutdown,
+            server,
+            background,
+            relay,
+            producer,
+            supervisor: _,
+            embedded,
+        } = self;
         let _ = shutdown.send(true);
         let served = server.await.context("joining the HTTP server")?;
         for task in background {

@@ -585,6 +585,7 @@ async fn the_openapi_document_matches_the_routes() {
         ("PUT", "/admin/handlers/{name}"),
         ("DELETE", "/admin/handlers/{name}"),
         ("POST", "/admin/handlers/{name}/rollback"),
+        ("GET", "/admin/outbox/parked"),
     ]
     .iter()
     .map(|(m, p)| (m.to_string(), p.to_string()))
@@ -655,4 +656,205 @@ async fn the_storefront_and_every_product_image_are_served() {
     assert_eq!(code, 404, "{body}");
     let (code, body) = t.get("/images/nope.svg").await;
     assert_eq!((code, body["error"]["code"].as_str()), (404, Some("no_image")), "{body}");
+}
+
+/// Sends `method path` with `body` (raw bytes, given content type) and checks the answer is a
+/// 4xx with the one JSON error shape; returns status and body.
+async fn expect_client_error(
+    t: &TestHost,
+    method: &str,
+    path: &str,
+    content_type: &str,
+    body: Vec<u8>,
+) -> (u16, Value) {
+    let m = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+    let r = t.http.request(m, t.url(path)).header("content-type", content_type).body(body).send().await;
+    let r = r.unwrap_or_else(|e| panic!("{method} {path}: no answer: {e}"));
+    let status = r.status().as_u16();
+    let text = r.text().await.unwrap();
+    assert!((400..500).contains(&status), "{method} {path}: {status} {text}");
+    let json: Value =
+        serde_json::from_str(&text).unwrap_or_else(|_| panic!("{method} {path}: not JSON: {text}"));
+    assert!(
+        json["error"]["code"].is_string() && json["error"]["message"].is_string(),
+        "{method} {path}: {json}"
+    );
+    (status, json)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_input_on_every_route_is_a_4xx_with_a_json_error() {
+    let t = TestHost::start_with(None, 3, &[("ADMIN_TOKEN", "secret")]).await;
+    let (_, o) = t.post("/api/orders", &order_body("ok@x.io", &[("1", 1)])).await;
+    let id = o["id"].as_str().unwrap().to_string();
+    let good = order_body("nul@x.io", &[("1", 1)]);
+    let with = |pointer: &str, v: Value| {
+        let mut b = good.clone();
+        *b.pointer_mut(pointer).unwrap() = v;
+        serde_json::to_vec(&b).unwrap()
+    };
+    let huge = "x".repeat(40_000);
+    let bodies: Vec<(&str, Vec<u8>)> = vec![
+        ("NUL in a name", with("/customer_name", json!("Ada\u{0}"))),
+        ("NUL in an email", with("/customer_email", json!("a\u{0}@x.io"))),
+        ("NUL in an address", with("/shipping_address/street", json!("\u{0}"))),
+        ("NUL in a product id", with("/items/0/product_id", json!("1\u{0}"))),
+        ("a huge name", with("/customer_name", json!(huge))),
+        ("a huge quantity", with("/items/0/quantity", json!(1e300))),
+        ("a quantity past i64", with("/items/0/quantity", json!(u64::MAX))),
+        ("a negative quantity", with("/items/0/quantity", json!(-5))),
+        ("a name of the wrong type", with("/customer_name", json!({"a": [1]}))),
+        ("items of the wrong type", with("/items", json!("lots"))),
+        ("no items", with("/items", json!([]))),
+        ("not JSON", b"{\"customer_name\": ".to_vec()),
+        ("raw NUL bytes", b"{\"customer_name\":\"\x00\"}".to_vec()),
+    ];
+    for route in ["/api/orders", "/api/checkout"] {
+        for (what, body) in &bodies {
+            let (status, json) =
+                expect_client_error(&t, "POST", route, "application/json", body.clone()).await;
+            if what.starts_with("NUL") {
+                assert_eq!(status, 400, "{route} {what}: {json}");
+            }
+        }
+        expect_client_error(&t, "POST", route, "text/plain", serde_json::to_vec(&good).unwrap()).await;
+    }
+    let status_path = format!("/api/orders/{id}/status");
+    for body in [json!({"status": "shipped\u{0}"}), json!({"status": 7}), json!({"status": huge}), json!([])]
+    {
+        expect_client_error(&t, "PUT", &status_path, "application/json", serde_json::to_vec(&body).unwrap())
+            .await;
+    }
+    for path in [
+        "/api/orders/%00".to_string(),
+        "/api/orders/track/%00".to_string(),
+        "/api/orders?email=%00".to_string(),
+        "/api/orders?limit=99999999999999999999999".to_string(),
+        "/api/orders?limit=ten".to_string(),
+        format!("/api/orders/{id}/history%00"),
+        "/api/orders/%00/events".to_string(),
+        "/api/products/%00".to_string(),
+        "/api/products?q=%00".to_string(),
+        "/api/products/search?q=a%00b".to_string(),
+        "/api/products/search".to_string(),
+        "/api/products/category/%00".to_string(),
+        "/api/inventory/%00".to_string(),
+        "/images/%00.svg".to_string(),
+    ] {
+        expect_client_error(&t, "GET", &path, "application/json", Vec::new()).await;
+    }
+    let (status, json) =
+        expect_client_error(&t, "GET", "/api/orders/track/%00", "application/json", Vec::new()).await;
+    assert_eq!((status, json["error"]["code"].as_str()), (400, Some("invalid_request")), "{json}");
+    let admin = |m: reqwest::Method, p: &str| {
+        t.http.request(m, t.url(p)).bearer_auth("secret").body(b"\x00asm".to_vec())
+    };
+    for (m, p) in [
+        (reqwest::Method::PUT, "/admin/handlers/%00"),
+        (reqwest::Method::PUT, "/admin/handlers/a%00b?events=order-created"),
+        (reqwest::Method::PUT, "/admin/handlers/ok?events=%00"),
+        (reqwest::Method::PUT, "/admin/handlers/ok?timeout_ms=-1"),
+        (reqwest::Method::DELETE, "/admin/handlers/%00"),
+    ] {
+        let r = admin(m.clone(), p).send().await.unwrap();
+        let status = r.status().as_u16();
+        let body: Value = r.json().await.unwrap_or_else(|e| panic!("{m} {p}: not JSON: {e}"));
+        assert!((400..500).contains(&status), "{m} {p}: {status} {body}");
+    }
+    // Still serving, and the good order is untouched.
+    assert_eq!(t.get(&format!("/api/orders/{id}")).await.0, 200);
+    t.host.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_upload_is_answered_without_reading_its_body() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let t = TestHost::start_with(None, 3, &[("ADMIN_TOKEN", "secret")]).await;
+    // A client announcing 15 MiB without a token, sending only the first 32 KiB and then waiting:
+    // it is answered 401 within the refusal's short wait, and the connection closed, instead of
+    // the host waiting for (and buffering) the rest.
+    let mut conn = tokio::net::TcpStream::connect(t.host.addr).await.unwrap();
+    let head = format!(
+        "PUT /admin/handlers/notifier HTTP/1.1\r\nhost: x\r\ncontent-type: application/wasm\r\ncontent-length: {}\r\n\r\n",
+        15 << 20
+    );
+    conn.write_all(head.as_bytes()).await.unwrap();
+    conn.write_all(&vec![0u8; 32 << 10]).await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), conn.read_to_end(&mut answer))
+        .await
+        .expect("answered and closed without the rest of the body")
+        .ok();
+    let text = String::from_utf8_lossy(&answer);
+    assert!(text.starts_with("HTTP/1.1 401"), "{text}");
+    assert!(text.to_ascii_lowercase().contains("connection: close"), "{text}");
+    assert!(text.contains(r#""code":"unauthorized""#), "{text}");
+
+    // A small refused body is read, so an ordinary client sees the 401 rather than a reset.
+    let r = t.http.put(t.url("/admin/handlers/notifier")).body(vec![0u8; 1024]).send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    t.host.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outbox_row_the_broker_refuses_is_parked_and_holds_back_only_its_key() {
+    let t = TestHost::start_with(None, 3, &[("ADMIN_TOKEN", "secret")]).await;
+    let pool = t.pool().clone();
+    let insert = |key: &'static str, size: usize| {
+        let pool = pool.clone();
+        async move {
+            let (id,): (i64,) = sqlx::query_as(
+                "INSERT INTO outbox (topic, key, payload) VALUES ('order.status-updated', $1, $2) RETURNING id",
+            )
+            .bind(key.as_bytes())
+            .bind(vec![b'x'; size])
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+            id
+        }
+    };
+    // Larger than the producer's message.max.bytes (1 MB): refused every time.
+    let poison = insert("stuck-key", 2_000_000).await;
+    let behind = insert("stuck-key", 10).await;
+    insert("free-key", 10).await;
+    sqlx::query("SELECT pg_notify('outbox', '')").execute(t.pool()).await.unwrap();
+
+    consume(t.broker.bootstrap_servers(), "order.status-updated", 1, Duration::from_secs(20), |c| {
+        c.key == "free-key"
+    })
+    .await;
+    let (attempts, error, parked): (i32, Option<String>, bool) =
+        eventually("the refused row to be parked", Duration::from_secs(30), || async {
+            let row: (i32, Option<String>, bool) = sqlx::query_as(
+                "SELECT attempts, last_error, parked_at IS NOT NULL FROM outbox WHERE id = $1",
+            )
+            .bind(poison)
+            .fetch_one(t.pool())
+            .await
+            .unwrap();
+            row.2.then_some(row)
+        })
+        .await;
+    assert!(parked);
+    assert_eq!(attempts, 5, "RelayConfig::max_attempts");
+    assert!(error.as_deref().unwrap_or_default().to_lowercase().contains("size"), "{error:?}");
+    let (published,): (bool,) = sqlx::query_as("SELECT published_at IS NOT NULL FROM outbox WHERE id = $1")
+        .bind(behind)
+        .fetch_one(t.pool())
+        .await
+        .unwrap();
+    assert!(!published, "a later row of the parked row's key never overtakes it");
+
+    let r = t.http.get(t.url("/admin/outbox/parked")).bearer_auth("secret").send().await.unwrap();
+    let parked: Value = r.json().await.unwrap();
+    assert_eq!(parked[0]["id"], json!(poison), "{parked}");
+    assert_eq!(
+        (parked[0]["key"].as_str(), parked[0]["held_back"].as_i64()),
+        (Some("stuck-key"), Some(1)),
+        "{parked}"
+    );
+    let text = t.http.get(t.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(text.lines().any(|l| l == "order_host_outbox_parked 1"), "{text}");
+    t.host.shutdown().await.unwrap();
 }

@@ -118,3 +118,111 @@ async fn start_collector() -> (String, tokio::sync::mpsc::UnboundedReceiver<(Str
     tokio::spawn(async move { axum::serve(listener, app).await });
     (url, rx)
 }
+
+/// Sends `signal` (`STOP`, `CONT`) to a process.
+fn signal(process: &Process, signal: &str) {
+    let status = std::process::Command::new("kill")
+        .args([format!("-{signal}"), process.0.id().to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(status.success(), "kill -{signal} failed");
+}
+
+/// Fault tier on the real binary and tansu: started with an empty handlers directory (events are
+/// held, not completed), then filled; then the broker frozen with SIGSTOP for 20 s while orders keep
+/// arriving. Every accepted order ships with each transition recorded exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn faults_empty_handlers_then_a_frozen_broker_lose_nothing() {
+    let database_url = fresh_database().await;
+    let (tansu, brokers) = start_tansu(&TOPICS).await;
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let http = reqwest::Client::new();
+    let live = tempfile::tempdir().unwrap();
+    let logs = tempfile::tempdir().unwrap();
+    let _host = start_host_logging_json(
+        &database_url,
+        &brokers,
+        port,
+        &logs.path().join("order-host.log"),
+        &[("HANDLERS_DIR", live.path().to_str().unwrap()), ("HANDLERS_RESCAN_SECS", "1")],
+    );
+    let ready = || async {
+        let r = http.get(format!("{base}/readyz")).send().await.ok()?;
+        Some((r.status().as_u16(), r.json::<Value>().await.ok()?))
+    };
+    let (code, body) = eventually("the host to answer /readyz", Duration::from_secs(60), || async {
+        ready().await.filter(|(_, b)| b["kafka"] == "ok")
+    })
+    .await;
+    assert_eq!(code, 503, "no handlers: not ready: {body}");
+
+    let post = |i: usize| {
+        let (http, base) = (http.clone(), base.clone());
+        async move {
+            let r = http
+                .post(format!("{base}/api/orders"))
+                .json(&order_body(&format!("fault{i}@x.io"), &[("9", 1)]))
+                .send()
+                .await
+                .expect("the API answers while Kafka is frozen");
+            assert_eq!(r.status(), 201);
+            r.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_string()
+        }
+    };
+    let mut ids = Vec::new();
+    for i in 0..20 {
+        ids.push(post(i).await);
+    }
+    let pool = sqlx::PgPool::connect(&database_url).await.unwrap();
+    let count = |sql: &'static str| {
+        let pool = pool.clone();
+        async move { sqlx::query_as::<_, (i64,)>(sql).fetch_one(&pool).await.unwrap().0 }
+    };
+    // The created events reach the dispatcher and wait there.
+    eventually("the orders to be announced on the broker", Duration::from_secs(30), || async {
+        (count("SELECT count(*) FROM outbox WHERE published_at IS NULL").await == 0).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(count("SELECT count(*) FROM processed_events").await, 0, "completed without a handler");
+
+    // Handlers arrive: the held events go through.
+    let built = support::root().join("target/handlers");
+    for f in ["order-processor.wasm", "notifier.wasm"] {
+        std::fs::copy(built.join(f), live.path().join(f)).unwrap();
+    }
+    std::fs::copy(built.join("handlers.toml"), live.path().join(".staged")).unwrap();
+    std::fs::rename(live.path().join(".staged"), live.path().join("handlers.toml")).unwrap();
+    eventually("ready once handlers are loaded", Duration::from_secs(30), || async {
+        ready().await.filter(|(c, _)| *c == 200)
+    })
+    .await;
+
+    // The broker freezes for 20 s while orders keep coming.
+    signal(&tansu, "STOP");
+    let frozen_at = std::time::Instant::now();
+    let mut i = 20;
+    while frozen_at.elapsed() < Duration::from_secs(20) {
+        ids.push(post(i).await);
+        i += 1;
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    signal(&tansu, "CONT");
+    for id in &ids {
+        eventually("every accepted order to ship", Duration::from_secs(180), || async {
+            let o: Value =
+                http.get(format!("{base}/api/orders/{id}")).send().await.ok()?.json().await.ok()?;
+            (o["status"] == "shipped").then_some(())
+        })
+        .await;
+    }
+    let orders = ids.len() as i64;
+    assert_eq!(count("SELECT count(*) FROM order_status_history").await, 4 * orders, "each step once");
+    assert_eq!(
+        count("SELECT count(*) FROM (SELECT order_id, to_status FROM order_status_history GROUP BY 1, 2 HAVING count(*) > 1) d").await,
+        0,
+        "a transition was recorded twice"
+    );
+    assert_eq!(count("SELECT count(*) FROM processed_events WHERE outcome <> 'applied'").await, 0);
+}

@@ -67,6 +67,8 @@ pub struct Timer {
     pub handler_version: String,
     pub consumed_topic: String,
     pub traceparent: Option<String>,
+    /// Earlier firings that failed for a reason other than the state machine.
+    pub attempts: i32,
 }
 
 pub struct NewTimer<'a> {
@@ -102,8 +104,8 @@ pub async fn schedule(conn: &mut PgConnection, t: &NewTimer<'_>) -> sqlx::Result
 /// firing are skipped rather than waited for.
 pub async fn claim_due(conn: &mut PgConnection, limit: i64) -> sqlx::Result<Vec<Timer>> {
     sqlx::query_as(
-        "SELECT id, order_id, to_status, due_at, cause, event_id, handler_version, consumed_topic, traceparent FROM timers
-         WHERE due_at <= now() ORDER BY due_at, id LIMIT $1 FOR UPDATE SKIP LOCKED",
+        "SELECT id, order_id, to_status, due_at, cause, event_id, handler_version, consumed_topic, traceparent, attempts
+         FROM timers WHERE due_at <= now() AND parked_at IS NULL ORDER BY due_at, id LIMIT $1 FOR UPDATE SKIP LOCKED",
     )
     .bind(limit)
     .fetch_all(conn)
@@ -115,18 +117,47 @@ pub async fn delete_timer(conn: &mut PgConnection, id: i64) -> sqlx::Result<()> 
     Ok(())
 }
 
-/// Timers past their due time and timers in all, for `/metrics`.
-pub async fn timer_counts(pool: &PgPool) -> sqlx::Result<(i64, i64)> {
-    sqlx::query_as("SELECT count(*) FILTER (WHERE due_at <= now()), count(*) FROM timers")
-        .fetch_one(pool)
-        .await
+/// Records a firing of timer `id` that failed for a reason other than the state machine: it is
+/// due again after `retry_after_ms`, or parked (`None`) for an operator.
+pub async fn timer_failed(
+    conn: &mut PgConnection,
+    id: i64,
+    error: &str,
+    retry_after_ms: Option<i64>,
+) -> sqlx::Result<()> {
+    sqlx::query(
+        "UPDATE timers SET attempts = attempts + 1, last_error = $2,
+             due_at = CASE WHEN $3::bigint IS NULL THEN due_at ELSE now() + make_interval(secs => $3::float8 / 1000) END,
+             parked_at = CASE WHEN $3::bigint IS NULL THEN now() END
+         WHERE id = $1",
+    )
+    .bind(id)
+    .bind(error)
+    .bind(retry_after_ms)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Timers past their due time, timers in all, and parked timers, for `/metrics`.
+pub async fn timer_counts(pool: &PgPool) -> sqlx::Result<(i64, i64, i64)> {
+    sqlx::query_as(
+        "SELECT count(*) FILTER (WHERE due_at <= now() AND parked_at IS NULL),
+                count(*) FILTER (WHERE parked_at IS NULL),
+                count(*) FILTER (WHERE parked_at IS NOT NULL)
+         FROM timers",
+    )
+    .fetch_one(pool)
+    .await
 }
 
 /// Milliseconds until the earliest timer is due by the database's clock (the one `claim_due`
 /// compares with), if there is one; negative when overdue.
 pub async fn millis_until_next_due(pool: &PgPool) -> sqlx::Result<Option<i64>> {
     let (ms,): (Option<f64>,) =
-        sqlx::query_as("SELECT (EXTRACT(EPOCH FROM (min(due_at) - now())) * 1000)::float8 FROM timers")
+        sqlx::query_as(
+            "SELECT (EXTRACT(EPOCH FROM (min(due_at) - now())) * 1000)::float8 FROM timers WHERE parked_at IS NULL",
+        )
             .fetch_one(pool)
             .await?;
     Ok(ms.map(|m| m.ceil() as i64))

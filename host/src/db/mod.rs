@@ -14,7 +14,39 @@ use anyhow::Context;
 use sqlx::PgPool;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 
-pub use sqlx::{PgConnection, Postgres, Transaction};
+/// Whether a Postgres failure may pass by itself or is a property of the data being written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureClass {
+    /// Connection lost, pool exhausted, serialization failure, deadlock, shutdown, out of
+    /// resources: retry until Postgres recovers.
+    Transient,
+    /// The same statement with the same values fails the same way every time (a data exception
+    /// such as a NUL byte in text or an out-of-range interval, an integrity violation): retrying
+    /// cannot help, so the work that carries these values is dead-lettered or parked.
+    Permanent,
+}
+
+/// Classifies by SQLSTATE class. What is neither transient nor a data or integrity error (a
+/// syntax or undefined-object error, say) is the host's own bug, independent of the event: it is
+/// treated as transient, because dead-lettering it would dead-letter every event until a fix.
+pub fn classify(e: &sqlx::Error) -> FailureClass {
+    match e {
+        sqlx::Error::Database(db) => match db.code().as_deref().map(|c| c.get(..2).unwrap_or(c)) {
+            // 22: data exception; 23: integrity constraint violation; 54: program limit
+            // exceeded (a value too large for an index row, say).
+            Some("22" | "23" | "54") => FailureClass::Permanent,
+            _ => FailureClass::Transient,
+        },
+        // A value the driver could not encode for the wire is a property of the value.
+        sqlx::Error::Encode(_) => FailureClass::Permanent,
+        _ => FailureClass::Transient,
+    }
+}
+
+/// The SQLSTATE of a database error, for reasons people read.
+pub fn sqlstate(e: &sqlx::Error) -> Option<String> {
+    e.as_database_error().and_then(|d| d.code()).map(|c| c.into_owned())
+}
 
 /// Migrations embedded in the binary, applied at start-up.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
@@ -22,16 +54,21 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 /// Opens a pool and brings the schema up to date. Several replicas may start at once: sqlx takes
 /// an advisory lock around migrations.
 pub async fn connect(url: &str, max_connections: u32) -> anyhow::Result<PgPool> {
+    let pool = pool(url, max_connections).await?;
+    MIGRATOR.run(&pool).await.context("applying database migrations")?;
+    Ok(pool)
+}
+
+/// Opens a further pool on a database `connect` has migrated.
+pub async fn pool(url: &str, max_connections: u32) -> anyhow::Result<PgPool> {
     let options: PgConnectOptions = url.parse().context("parsing DATABASE_URL")?;
-    let pool = PgPoolOptions::new()
+    PgPoolOptions::new()
         .max_connections(max_connections)
         // A request waits this long for a connection before it fails with 503 rather than hanging.
         .acquire_timeout(Duration::from_secs(5))
         .connect_with(options)
         .await
-        .context("connecting to Postgres")?;
-    MIGRATOR.run(&pool).await.context("applying database migrations")?;
-    Ok(pool)
+        .context("connecting to Postgres")
 }
 
 /// `SELECT 1`, for readiness.

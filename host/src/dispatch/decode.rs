@@ -49,9 +49,13 @@ pub fn decode(record: &Incoming, created_topic: &str, status_topic: &str) -> Res
         None if record.topic == status_topic => EventKind::StatusUpdated,
         None => return Err(format!("no ce_type header and {:?} is not a configured topic", record.topic)),
     };
-    if record.header("ce_id").is_some_and(|id| std::str::from_utf8(id).map_or(true, |s| s.trim().is_empty()))
+    if let Some(id) = record.header("ce_id")
+        && usable_id(id).is_none()
     {
-        return Err("ce_id header is empty or not UTF-8".into());
+        return Err(format!(
+            "ce_id header is not a usable event id (empty, not UTF-8, over {MAX_EVENT_ID_BYTES} bytes, or with control characters): {:?}",
+            String::from_utf8_lossy(&id[..id.len().min(64)])
+        ));
     }
     let event_id = event_id(record);
     let payload = record.payload.as_deref().ok_or("record has no value")?;
@@ -74,11 +78,21 @@ pub fn decode(record: &Incoming, created_topic: &str, status_topic: &str) -> Res
     Ok(Decoded { event_id, kind, order_id, update })
 }
 
+/// The longest `ce_id` used as an idempotency key. It is part of a btree primary key, whose
+/// entries Postgres caps at about 2.7 KB; real ids (UUIDs) are 36 bytes.
+const MAX_EVENT_ID_BYTES: usize = 256;
+
+/// `id` as an event id, if Postgres text can hold it and people can read it.
+fn usable_id(id: &[u8]) -> Option<&str> {
+    let id = std::str::from_utf8(id).ok()?;
+    let ok = !id.trim().is_empty() && id.len() <= MAX_EVENT_ID_BYTES && !id.chars().any(char::is_control);
+    ok.then_some(id)
+}
+
 /// The record's `ce_id`, or, without a usable one, an id fixed by its position in the log (the
 /// same on every redelivery).
 pub fn event_id(record: &Incoming) -> String {
-    match record.header("ce_id").and_then(|id| std::str::from_utf8(id).ok()).filter(|s| !s.trim().is_empty())
-    {
+    match record.header("ce_id").and_then(usable_id) {
         Some(id) => id.to_string(),
         None => format!("kafka:{}/{}/{}", record.topic, record.partition, record.offset),
     }
@@ -130,6 +144,15 @@ mod tests {
         assert_eq!(decode(&record("b", &[], &v), "a", "b").unwrap_err(), "value has no previous_status");
         let v = format!(r#"{{"order_id":"{ID}","previous_status":"pending","status":"lost"}}"#);
         assert!(decode(&record("b", &[], &v), "a", "b").unwrap_err().starts_with("status: unknown status"));
+    }
+
+    #[test]
+    fn an_unusable_ce_id_is_refused_and_replaced_by_the_position() {
+        for bad in ["a\0b", "", " ", &"x".repeat(300), "tab\there"] {
+            let r = record("a", &[("ce_id", bad)], &format!(r#"{{"order_id":"{ID}"}}"#));
+            assert!(decode(&r, "a", "b").unwrap_err().contains("not a usable event id"), "{bad:?}");
+            assert_eq!(event_id(&r), "kafka:a/1/7", "{bad:?}");
+        }
     }
 
     #[test]

@@ -24,6 +24,7 @@ use crate::handler_set::HandlerSet;
 use crate::kafka::{Consumer, Incoming, Revoked};
 use crate::metrics::Metrics;
 use crate::runtime::Invoke;
+use crate::supervise::{Supervisor, panic_message};
 
 /// What every event's processing needs. Shared by all key tasks.
 pub struct Shared {
@@ -37,6 +38,8 @@ pub struct Shared {
     pub topics: Topics,
     pub shutdown: watch::Receiver<bool>,
     pub metrics: Arc<Metrics>,
+    /// Told when a key lane panics.
+    pub supervisor: Arc<Supervisor>,
 }
 
 /// Per partition: offsets consumed but not finished, and the next offset to be consumed.
@@ -62,7 +65,8 @@ impl Tracker {
     }
 
     /// Marks `offset` finished and returns the offset up to which everything is finished (the
-    /// position to commit), or `None` for a partition no longer tracked (revoked).
+    /// position to commit), or `None` for a partition no longer tracked (revoked). The caller
+    /// stores it before releasing the tracker, so positions are stored in increasing order.
     pub fn complete(&mut self, topic: &str, partition: i32, offset: i64) -> Option<i64> {
         let part = self.parts.get_mut(&(topic.to_string(), partition))?;
         part.in_flight.remove(&offset);
@@ -98,7 +102,9 @@ pub async fn run(shared: Shared, consumer: Consumer, mut revoked: mpsc::Unbounde
     let state = Arc::new(State { shared, consumer, tracker: Mutex::default(), lanes: Mutex::default() });
     let mut tasks = JoinSet::new();
     'consume: loop {
-        while tasks.try_join_next().is_some() {}
+        while let Some(joined) = tasks.try_join_next() {
+            report_lane(&state.shared, joined);
+        }
         let permit = tokio::select! {
             p = permits.clone().acquire_owned() => p.expect("the semaphore is never closed"),
             _ = shutdown.wait_for(|s| *s) => break 'consume,
@@ -141,15 +147,27 @@ pub async fn run(shared: Shared, consumer: Consumer, mut revoked: mpsc::Unbounde
         }
     }
     tracing::info!(in_flight = tasks.len(), "dispatcher stopping");
-    if tokio::time::timeout(drain_timeout, async { while tasks.join_next().await.is_some() {} })
-        .await
-        .is_err()
-    {
+    let drain = async {
+        while let Some(joined) = tasks.join_next().await {
+            report_lane(&state.shared, joined);
+        }
+    };
+    if tokio::time::timeout(drain_timeout, drain).await.is_err() {
         tracing::warn!("in-flight events abandoned at shutdown; they will be redelivered");
         tasks.abort_all();
     }
     drop(tasks);
     let _ = tokio::task::spawn_blocking(move || state.consumer.close()).await;
+}
+
+/// A key lane that panicked leaves its key's events unfinished (their offsets are never stored,
+/// so they are redelivered after a restart) and its queue stuck: a death.
+fn report_lane(shared: &Shared, joined: Result<(), tokio::task::JoinError>) {
+    if let Err(e) = joined
+        && e.is_panic()
+    {
+        shared.supervisor.died("dispatch key lane", &panic_message(e.into_panic()));
+    }
 }
 
 /// Processes one key's events in order until its queue is empty.
@@ -160,9 +178,13 @@ async fn run_key(state: Arc<State>, key: Vec<u8>, first: Job) {
         if process::handle(&state.shared, r).await == process::Done::Abandoned {
             return;
         }
-        let next = state.tracker.lock().unwrap().complete(&r.topic, r.partition, r.offset);
-        if let Some(next) = next {
-            state.consumer.store(&r.topic, r.partition, next);
+        {
+            // Stored under the lock: two lanes of one partition finishing together must not store
+            // their positions in the opposite order (the stored offset would move backwards).
+            let mut tracker = state.tracker.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(next) = tracker.complete(&r.topic, r.partition, r.offset) {
+                state.consumer.store(&r.topic, r.partition, next);
+            }
         }
         drop(job);
         let mut lanes = state.lanes.lock().unwrap();

@@ -1,12 +1,13 @@
 //! One event through every subscribed handler: invoke, then apply the returned actions with the
 //! idempotency record in one transaction; retry with backoff; dead-letter when retries run out or
-//! the failure is final. Host failures (Postgres down) are retried until they recover.
+//! the failure is final. Host failures (Postgres down) are retried until they recover, without
+//! spending the handler's attempts. An event whose type has no handler waits for one (see
+//! `Registry::route`).
 
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use anyhow::Context;
 use sqlx::PgPool;
 use tracing::Instrument;
 use uuid::Uuid;
@@ -15,26 +16,57 @@ use super::Shared;
 use super::decode::{Decoded, decode};
 use crate::db::dispatch::{self as store, NewNotification, NewTimer, Source};
 use crate::db::orders::{self, Cause, Order, StoreError};
-use crate::db::outbox;
+use crate::db::{self, FailureClass, outbox};
 use crate::events::Record;
 use crate::kafka::Incoming;
 use crate::metrics::Outcome;
 use crate::orders::Status;
 use crate::runtime::wit::{self, Action};
-use crate::runtime::{DispatchError, Disposition, Event, LoadedHandler, OrderSource};
+use crate::runtime::{DispatchError, Disposition, Event, LoadedHandler, OrderSource, Route};
 use crate::telemetry;
 
 /// How handling an event ended for the consumer's bookkeeping.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Done {
-    /// Every handler applied it or dead-lettered it: its offset may be committed.
+    /// Every handler applied it or dead-lettered it (or its type is deliberately unhandled): its
+    /// offset may be committed.
     Completed,
     /// Shutdown came first: not committed, so it is redelivered.
     Abandoned,
 }
 
+/// Whether a wait ran its course or shutdown cut it short.
+#[derive(Debug, PartialEq, Eq)]
+enum Waited {
+    Elapsed,
+    ShuttingDown,
+}
+
 /// Who dead-letters records no handler could be given.
 const DISPATCHER: &str = "dispatcher";
+
+/// The longest delay a handler may ask for before a status change: far beyond any real use, and
+/// well inside what Postgres timestamps can hold. A longer one is the handler's fault.
+const MAX_DELAY_MS: u64 = 10 * 365 * 24 * 3600 * 1000;
+
+/// One consumed record being handled: what every step needs.
+struct InFlight<'a> {
+    shared: &'a Shared,
+    record: &'a Incoming,
+    source: Source,
+}
+
+/// Why and by whom a record is dead-lettered.
+struct DeadLetter<'a> {
+    handler: &'a str,
+    version: &'a str,
+    event_id: &'a str,
+    /// Handler-caused attempts.
+    attempts: u32,
+    /// `x-dlq-class`: undecodable, handler-error, trap, rejected-effects, missing-order.
+    class: &'static str,
+    reason: String,
+}
 
 /// Handles one record inside a `dispatch` span, a child of the span that produced the record
 /// when it carries a `traceparent`.
@@ -49,28 +81,80 @@ pub async fn handle(shared: &Shared, record: &Incoming) -> Done {
 
 async fn handle_record(shared: &Shared, record: &Incoming) -> Done {
     let source = Source { topic: record.topic.clone(), partition: record.partition, offset: record.offset };
+    let ev = InFlight { shared, record, source };
     shared.metrics.event_consumed(&record.topic);
     let decoded = match decode(record, &shared.kafka.created_topic, &shared.kafka.status_topic) {
         Ok(d) => d,
         Err(reason) => {
             tracing::warn!(topic = %record.topic, partition = record.partition, offset = record.offset, %reason, "undecodable event");
-            let id = super::decode::event_id(record);
-            let version = env!("CARGO_PKG_VERSION");
-            return dead_letter(shared, record, &source, DISPATCHER, version, &id, 1, &reason).await;
+            let event_id = super::decode::event_id(record);
+            let dl = DeadLetter {
+                handler: DISPATCHER,
+                version: env!("CARGO_PKG_VERSION"),
+                event_id: &event_id,
+                attempts: 1,
+                class: "undecodable",
+                reason,
+            };
+            return dead_letter(&ev, dl).await;
         }
     };
     let span = tracing::Span::current();
     span.record("event_id", decoded.event_id.as_str());
     span.record("order_id", tracing::field::display(decoded.order_id));
     // One snapshot for the whole event, retries included: each handler handles it with one version.
-    let handlers: Vec<Arc<LoadedHandler>> =
-        shared.handlers.current().subscribers(decoded.kind).cloned().collect();
+    let handlers = match route(shared, &decoded).await {
+        Routed::Handlers(h) => h,
+        Routed::Skipped => return Done::Completed,
+        Routed::Abandoned => return Done::Abandoned,
+    };
     for h in handlers {
-        if handle_for(shared, record, &source, &decoded, &h).await == Done::Abandoned {
+        if handle_for(&ev, &decoded, &h).await == Done::Abandoned {
             return Done::Abandoned;
         }
     }
     Done::Completed
+}
+
+enum Routed {
+    Handlers(Vec<Arc<LoadedHandler>>),
+    Skipped,
+    Abandoned,
+}
+
+/// The handlers for `ev`, waiting (uncompleted, so its offset stays uncommitted and the consumer
+/// eventually stops fetching) while its type has none it should wait for.
+async fn route(shared: &Shared, ev: &Decoded) -> Routed {
+    let mut changes = shared.handlers.changes();
+    let mut shutdown = shared.shutdown.clone();
+    let mut waiting = false;
+    let routed = loop {
+        let registry = shared.handlers.current();
+        match registry.route(ev.kind) {
+            Route::Handlers(h) => break Routed::Handlers(h.into_iter().cloned().collect()),
+            Route::Skip(reason) => {
+                tracing::info!(event_id = %ev.event_id, order_id = %ev.order_id, event_type = %ev.kind,
+                    reason = reason.as_str(), "no handler for this event type; completed without one");
+                shared.metrics.event_skipped(reason.as_str());
+                break Routed::Skipped;
+            }
+            Route::Wait => {}
+        }
+        if !waiting {
+            waiting = true;
+            shared.metrics.waiting_for_handler(1);
+            tracing::warn!(event_id = %ev.event_id, order_id = %ev.order_id, event_type = %ev.kind,
+                "no handler loaded for this event type; the event waits for one");
+        }
+        tokio::select! {
+            changed = changes.changed() => if changed.is_err() { break Routed::Abandoned },
+            _ = shutdown.wait_for(|s| *s) => break Routed::Abandoned,
+        }
+    };
+    if waiting {
+        shared.metrics.waiting_for_handler(-1);
+    }
+    routed
 }
 
 /// What one attempt came to.
@@ -80,20 +164,17 @@ enum Attempt {
     /// Found already applied: a redelivery.
     Duplicate,
     Failed(DispatchError),
-    /// Not the handler's fault and not going to get better: dead-letter with this reason.
-    Final(String),
+    /// Not going to get better by retrying: dead-letter with this class and reason.
+    Final(&'static str, String),
 }
 
-async fn handle_for(
-    shared: &Shared,
-    record: &Incoming,
-    source: &Source,
-    ev: &Decoded,
-    h: &LoadedHandler,
-) -> Done {
+async fn handle_for(ev: &InFlight<'_>, decoded: &Decoded, h: &LoadedHandler) -> Done {
+    let shared = ev.shared;
+    // Attempts the handler is answerable for; host failures are counted apart and never spend them.
     let mut attempt: u32 = 1;
-    let reason = loop {
-        let failure = match try_once(shared, record, source, ev, h, attempt).await {
+    let mut host_failures: u32 = 0;
+    let (class, reason) = loop {
+        let failure = match try_once(ev, decoded, h, attempt).await {
             Attempt::Done => {
                 shared.metrics.handler_event(&h.name, Outcome::applied);
                 return Done::Completed;
@@ -102,66 +183,81 @@ async fn handle_for(
                 shared.metrics.handler_event(&h.name, Outcome::duplicate);
                 return Done::Completed;
             }
-            Attempt::Final(reason) => break reason,
+            Attempt::Final(class, reason) => break (class, reason),
             Attempt::Failed(e) => e,
         };
-        let disposition = failure.disposition();
-        let exhausted = disposition == Disposition::Retry && attempt >= shared.config.max_attempts;
-        if disposition == Disposition::DeadLetter || exhausted {
-            break failure.to_string();
-        }
-        tracing::warn!(handler = %h.cause(), event_id = %ev.event_id, order_id = %ev.order_id, attempt,
-            error = %failure, "handler invocation failed; retrying");
+        let wait = match failure.disposition() {
+            Disposition::DeadLetter => break (failure_class(&failure), failure.to_string()),
+            Disposition::Retry if attempt >= shared.config.max_attempts => {
+                break (failure_class(&failure), failure.to_string());
+            }
+            Disposition::Retry => {
+                tracing::warn!(handler = %h.cause(), event_id = %decoded.event_id, order_id = %decoded.order_id,
+                    attempt, error = %failure, "handler invocation failed; retrying");
+                attempt += 1;
+                attempt - 1
+            }
+            Disposition::RetryUntilRecovered => {
+                host_failures += 1;
+                tracing::warn!(handler = %h.cause(), event_id = %decoded.event_id, order_id = %decoded.order_id,
+                    attempt, host_failures, error = %failure, "host failure; retrying until it recovers");
+                host_failures
+            }
+        };
         shared.metrics.handler_event(&h.name, Outcome::retried);
-        if backoff(shared, attempt).await == Done::Abandoned {
+        if backoff(shared, wait).await == Waited::ShuttingDown {
             return Done::Abandoned;
         }
-        attempt += 1;
     };
-    dead_letter(shared, record, source, &h.name, &h.version, &ev.event_id, attempt, &reason).await
+    let dl = DeadLetter {
+        handler: &h.name,
+        version: &h.version,
+        event_id: &decoded.event_id,
+        attempts: attempt,
+        class,
+        reason,
+    };
+    dead_letter(ev, dl).await
 }
 
-async fn try_once(
-    shared: &Shared,
-    record: &Incoming,
-    source: &Source,
-    ev: &Decoded,
-    h: &LoadedHandler,
-    attempt: u32,
-) -> Attempt {
-    let host = |e: anyhow::Error| Attempt::Failed(DispatchError::Host(e));
-    match store::already_processed(&shared.pool, &h.name, &ev.event_id).await {
+/// `x-dlq-class` of a handler failure.
+fn failure_class(e: &DispatchError) -> &'static str {
+    match e {
+        DispatchError::Handler(_) => "handler-error",
+        DispatchError::Trap { .. } => "trap",
+        DispatchError::Host(_) => "host",
+    }
+}
+
+/// A Postgres failure while handling an event: transient ones are the host's and are retried;
+/// permanent ones (the values cannot be stored) end in a dead letter.
+fn db_failure(what: &str, e: sqlx::Error) -> Attempt {
+    match db::classify(&e) {
+        FailureClass::Transient => {
+            Attempt::Failed(DispatchError::Host(anyhow::Error::new(e).context(what.to_string())))
+        }
+        FailureClass::Permanent => Attempt::Final(
+            "rejected-effects",
+            format!("{what}: Postgres refused it: {e} (SQLSTATE {})", db::sqlstate(&e).unwrap_or_default()),
+        ),
+    }
+}
+
+async fn try_once(ev: &InFlight<'_>, decoded: &Decoded, h: &LoadedHandler, attempt: u32) -> Attempt {
+    let shared = ev.shared;
+    match store::already_processed(&shared.pool, &h.name, &decoded.event_id).await {
         Ok(true) => return Attempt::Duplicate,
         Ok(false) => {}
-        Err(e) => return host(anyhow::Error::new(e).context("checking the idempotency record")),
+        Err(e) => return db_failure("checking the idempotency record", e),
     }
-    let order = match orders::get(&shared.pool, ev.order_id).await {
+    let order = match orders::get(&shared.pool, decoded.order_id).await {
         Ok(Some(o)) => o,
-        Ok(None) => return Attempt::Final(format!("order {} does not exist", ev.order_id)),
-        Err(e) => return host(anyhow::Error::new(e).context("reading the order")),
+        Ok(None) => {
+            return Attempt::Final("missing-order", format!("order {} does not exist", decoded.order_id));
+        }
+        Err(e) => return db_failure("reading the order", e),
     };
-    let meta = wit::EventMeta {
-        event_id: ev.event_id.clone(),
-        topic: record.topic.clone(),
-        partition: record.partition,
-        offset: record.offset,
-        key: record.key.as_ref().map(|k| String::from_utf8_lossy(k).into_owned()),
-        headers: record.headers.clone(),
-        attempt,
-    };
-    let event = match &ev.update {
-        None => Event::OrderCreated { meta, order: to_wit(&order) },
-        Some(u) => Event::StatusUpdated {
-            meta,
-            update: wit::StatusUpdate {
-                order: to_wit(&order),
-                previous: u.previous.into(),
-                current: u.current.into(),
-                changed_at: u.changed_at.timestamp_millis().max(0) as u64,
-                cause: u.caused_by.clone(),
-            },
-        },
-    };
+    let event = wit_event(ev.record, decoded, &order, attempt);
     let orders: Arc<dyn OrderSource> = Arc::new(DbOrders(shared.pool.clone()));
     let started = std::time::Instant::now();
     let invoke_span =
@@ -173,29 +269,83 @@ async fn try_once(
         Ok(a) => a,
         Err(e) => return Attempt::Failed(e),
     };
-    tracing::debug!(handler = %h.cause(), event_id = %ev.event_id, took = ?started.elapsed(), actions = actions.len(), "handler invoked");
+    tracing::debug!(handler = %h.cause(), event_id = %decoded.event_id, took = ?started.elapsed(), actions = actions.len(), "handler invoked");
+    if let Err(reason) = check_actions(&actions) {
+        return Attempt::Final("invalid-action", reason);
+    }
     let apply_span = tracing::info_span!("db.apply", handler = %h.name, actions = actions.len());
-    match apply(shared, source, ev, h, &order, &actions, attempt).instrument(apply_span).await {
+    match apply(ev, decoded, h, &order, &actions, attempt).instrument(apply_span).await {
         Ok(()) => Attempt::Done,
-        Err(e) => host(e),
+        Err((what, e)) => db_failure(what, e),
     }
 }
 
+/// The event as the guest sees it.
+fn wit_event(record: &Incoming, decoded: &Decoded, order: &Order, attempt: u32) -> Event {
+    let meta = wit::EventMeta {
+        event_id: decoded.event_id.clone(),
+        topic: record.topic.clone(),
+        partition: record.partition,
+        offset: record.offset,
+        key: record.key.as_ref().map(|k| String::from_utf8_lossy(k).into_owned()),
+        headers: record.headers.clone(),
+        attempt,
+    };
+    match &decoded.update {
+        None => Event::OrderCreated { meta, order: to_wit(order) },
+        Some(u) => Event::StatusUpdated {
+            meta,
+            update: wit::StatusUpdate {
+                order: to_wit(order),
+                previous: u.previous.into(),
+                current: u.current.into(),
+                changed_at: u.changed_at.timestamp_millis().max(0) as u64,
+                cause: u.caused_by.clone(),
+            },
+        },
+    }
+}
+
+/// Refuses actions the host could never carry out, before anything is written: the handler's
+/// fault, dead-lettered with the reason.
+fn check_actions(actions: &[Action]) -> Result<(), String> {
+    for action in actions {
+        match action {
+            Action::SetStatus(s) if s.delay_ms.is_some_and(|ms| ms > MAX_DELAY_MS) => {
+                return Err(format!(
+                    "set-status {} asks for a delay of {} ms, more than the maximum of {MAX_DELAY_MS} ms",
+                    s.status.as_str(),
+                    s.delay_ms.unwrap_or_default()
+                ));
+            }
+            Action::NotifyCustomer(n) if n.subject.contains('\0') || n.body.contains('\0') => {
+                return Err("notify-customer text contains a NUL byte, which cannot be stored".into());
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
 /// Applies a handler's actions and its idempotency record in one transaction. An action the
-/// state machine refuses is logged and skipped, never applied; the others still are.
+/// state machine refuses is logged and skipped, never applied; the others still are. A database
+/// failure says what was being done.
 async fn apply(
-    shared: &Shared,
-    source: &Source,
-    ev: &Decoded,
+    ev: &InFlight<'_>,
+    decoded: &Decoded,
     h: &LoadedHandler,
     order: &Order,
     actions: &[Action],
     attempt: u32,
-) -> anyhow::Result<()> {
-    let mut tx = shared.pool.begin().await.context("starting the apply transaction")?;
-    if !store::record_processed(&mut tx, &h.name, &ev.event_id, &h.version, "applied", attempt, source)
-        .await?
-    {
+) -> Result<(), (&'static str, sqlx::Error)> {
+    let (shared, source) = (ev.shared, &ev.source);
+    let at = |what: &'static str| move |e: sqlx::Error| (what, e);
+    let mut tx = shared.pool.begin().await.map_err(at("starting the apply transaction"))?;
+    let fresh =
+        store::record_processed(&mut tx, &h.name, &decoded.event_id, &h.version, "applied", attempt, source)
+            .await
+            .map_err(at("writing the idempotency record"))?;
+    if !fresh {
         // Another delivery of this event committed first.
         return Ok(());
     }
@@ -212,24 +362,22 @@ async fn apply(
                             to,
                             delay_ms,
                             cause: &cause,
-                            event_id: &ev.event_id,
+                            event_id: &decoded.event_id,
                             handler_version: &h.version,
                             consumed_topic: &source.topic,
                             traceparent: traceparent.as_deref(),
                         };
-                        store::schedule(&mut tx, &timer).await?;
+                        store::schedule(&mut tx, &timer).await.map_err(at("scheduling a timer"))?;
                     }
                     None => {
-                        let why = Cause::handler(&cause, &ev.event_id, &h.version, &source.topic);
+                        let why = Cause::handler(&cause, &decoded.event_id, &h.version, &source.topic);
                         match orders::change_status(&mut tx, order.id, to, &why, &shared.topics).await {
                             Ok(_) => {}
-                            Err(
-                                e @ (StoreError::IllegalTransition { .. } | StoreError::OrderNotFound(_)),
-                            ) => {
-                                tracing::warn!(handler = %cause, order_id = %order.id, event_id = %ev.event_id,
+                            Err(StoreError::Db(e)) => return Err(("changing the status", e)),
+                            Err(e) => {
+                                tracing::warn!(handler = %cause, order_id = %order.id, event_id = %decoded.event_id,
                                     error = %e, "status change refused by the state machine");
                             }
-                            Err(e) => return Err(e.into()),
                         }
                     }
                 }
@@ -241,12 +389,12 @@ async fn apply(
                     subject: &n.subject,
                     body: &n.body,
                     cause: &cause,
-                    event_id: &ev.event_id,
+                    event_id: &decoded.event_id,
                 };
-                store::notify(&mut tx, &note).await?;
+                store::notify(&mut tx, &note).await.map_err(at("recording a notification"))?;
             }
             Action::Log(l) => {
-                let (order_id, event_id) = (order.id, ev.event_id.as_str());
+                let (order_id, event_id) = (order.id, decoded.event_id.as_str());
                 match l.level {
                     wit::LogLevel::Error => {
                         tracing::error!(handler = %cause, %order_id, event_id, "{}", l.message)
@@ -262,65 +410,69 @@ async fn apply(
             }
         }
     }
-    tx.commit().await.context("committing the handler's actions")?;
+    tx.commit().await.map_err(at("committing the handler's actions"))?;
     Ok(())
 }
 
-/// Publishes the original record (key, value, headers) to the dead-letter topic with the failure
-/// in `x-dlq-*` headers, through the outbox, together with the idempotency record. Retried until
-/// Postgres takes it: an event is never dropped.
-#[allow(clippy::too_many_arguments)]
-async fn dead_letter(
-    shared: &Shared,
-    record: &Incoming,
-    source: &Source,
-    handler: &str,
-    version: &str,
-    event_id: &str,
-    attempts: u32,
-    reason: &str,
-) -> Done {
-    let mut headers: Vec<(String, String)> =
-        record.headers.iter().map(|(k, v)| (k.clone(), String::from_utf8_lossy(v).into_owned())).collect();
-    headers.extend([
-        ("x-dlq-handler".to_string(), handler.to_string()),
-        ("x-dlq-handler-version".to_string(), version.to_string()),
-        ("x-dlq-attempts".to_string(), attempts.to_string()),
-        ("x-dlq-error".to_string(), reason.to_string()),
-        ("x-dlq-topic".to_string(), record.topic.clone()),
-        ("x-dlq-partition".to_string(), record.partition.to_string()),
-        ("x-dlq-offset".to_string(), record.offset.to_string()),
-    ]);
+/// Publishes the original record (key, value and headers, byte for byte) to the dead-letter topic
+/// with the failure in `x-dlq-*` headers, through the outbox, together with the idempotency record.
+/// Retried until Postgres takes it: an event is never dropped. Every value written to a text
+/// column here is validated on the way in (handler names, event ids, topics), so only a transient
+/// failure can stop it.
+async fn dead_letter(ev: &InFlight<'_>, dl: DeadLetter<'_>) -> Done {
+    let (shared, record) = (ev.shared, ev.record);
+    let mut headers = record.headers.clone();
+    headers.extend(
+        [
+            ("x-dlq-handler", dl.handler.to_string()),
+            ("x-dlq-handler-version", dl.version.to_string()),
+            ("x-dlq-attempts", dl.attempts.to_string()),
+            ("x-dlq-class", dl.class.to_string()),
+            ("x-dlq-error", dl.reason.clone()),
+            ("x-dlq-topic", record.topic.clone()),
+            ("x-dlq-partition", record.partition.to_string()),
+            ("x-dlq-offset", record.offset.to_string()),
+        ]
+        .map(|(k, v)| (k.to_string(), v.into_bytes())),
+    );
     let dlq = Record {
         topic: shared.topics.dead_letter.clone(),
-        key: record.key.as_ref().map(|k| String::from_utf8_lossy(k).into_owned()).unwrap_or_default(),
+        key: record.key.clone(),
         headers,
-        payload: record.payload.clone().unwrap_or_default(),
+        payload: record.payload.clone(),
     };
     let mut failures = 0;
     loop {
-        let result: anyhow::Result<()> = async {
+        let result: Result<(), sqlx::Error> = async {
             let mut tx = shared.pool.begin().await?;
-            if store::record_processed(&mut tx, handler, event_id, version, "dead-lettered", attempts, source)
-                .await?
-            {
+            let fresh = store::record_processed(
+                &mut tx,
+                dl.handler,
+                dl.event_id,
+                dl.version,
+                "dead-lettered",
+                dl.attempts,
+                &ev.source,
+            )
+            .await?;
+            if fresh {
                 outbox::enqueue(&mut tx, &dlq).await?;
             }
-            tx.commit().await?;
-            Ok(())
+            tx.commit().await
         }
         .await;
         match result {
             Ok(()) => {
-                shared.metrics.handler_event(handler, Outcome::dead_lettered);
-                tracing::error!(handler, event_id, attempts, reason, topic = %record.topic, partition = record.partition,
-                    offset = record.offset, "event dead-lettered");
+                shared.metrics.handler_event(dl.handler, Outcome::dead_lettered);
+                tracing::error!(handler = dl.handler, event_id = dl.event_id, attempts = dl.attempts, class = dl.class,
+                    reason = %dl.reason, topic = %record.topic, partition = record.partition, offset = record.offset,
+                    "event dead-lettered");
                 return Done::Completed;
             }
             Err(e) => {
                 failures += 1;
-                tracing::warn!(error = %format!("{e:#}"), "dead-lettering failed; retrying");
-                if backoff(shared, failures).await == Done::Abandoned {
+                tracing::warn!(error = %e, sqlstate = ?db::sqlstate(&e), failures, "dead-lettering failed; retrying");
+                if backoff(shared, failures).await == Waited::ShuttingDown {
                     return Done::Abandoned;
                 }
             }
@@ -329,7 +481,7 @@ async fn dead_letter(
 }
 
 /// Waits before retry `attempt + 1` (exponential, capped), or gives up at shutdown.
-async fn backoff(shared: &Shared, attempt: u32) -> Done {
+async fn backoff(shared: &Shared, attempt: u32) -> Waited {
     let delay = shared
         .config
         .retry_base
@@ -337,8 +489,8 @@ async fn backoff(shared: &Shared, attempt: u32) -> Done {
         .min(shared.config.retry_max);
     let mut shutdown = shared.shutdown.clone();
     tokio::select! {
-        _ = tokio::time::sleep(delay) => Done::Completed,
-        _ = shutdown.wait_for(|s| *s) => Done::Abandoned,
+        _ = tokio::time::sleep(delay) => Waited::Elapsed,
+        _ = shutdown.wait_for(|s| *s) => Waited::ShuttingDown,
     }
 }
 
@@ -352,7 +504,10 @@ impl OrderSource for DbOrders {
     ) -> Pin<Box<dyn Future<Output = anyhow::Result<Option<wit::Order>>> + Send + 'a>> {
         Box::pin(async move {
             let Ok(id) = Uuid::parse_str(id) else { return Ok(None) };
-            Ok(orders::get(&self.0, id).await.context("reading an order for a handler")?.as_ref().map(to_wit))
+            let order = orders::get(&self.0, id)
+                .await
+                .map_err(|e| anyhow::Error::new(e).context("reading an order for a handler"))?;
+            Ok(order.as_ref().map(to_wit))
         })
     }
 }

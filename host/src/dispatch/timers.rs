@@ -1,22 +1,33 @@
 //! The timer scheduler: fires due delayed status changes through the same `change_status` path as
 //! every other change. Timers live in Postgres, so they survive restarts; `FOR UPDATE SKIP LOCKED`
 //! lets every replica run a scheduler without firing a timer twice.
+//!
+//! Each timer fires inside its own savepoint: one whose change fails for a reason other than the
+//! state machine (a data error) rolls back only itself, is retried later on its own, and after
+//! `MAX_ATTEMPTS` is parked; the timers behind it fire on time. A transient failure (Postgres
+//! unreachable) rolls the batch back and the scheduler backs off.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use sqlx::PgPool;
+use sqlx::{Acquire, PgPool};
 use tokio::sync::{Notify, watch};
 use tracing::Instrument;
 
 use crate::config::Topics;
-use crate::db::dispatch as store;
+use crate::db::dispatch::{self as store, Timer};
 use crate::db::orders::{Cause, StoreError, change_status};
+use crate::db::{self, FailureClass};
 
 /// Timers fired per transaction.
 const BATCH: i64 = 200;
 /// Longest sleep without a wake-up: a safety net if a notification was missed.
 const MAX_SLEEP: Duration = Duration::from_secs(5);
+/// Shortest sleep when due timers exist but none could be claimed: another replica holds them,
+/// and will delete them when it commits. Without this floor the scheduler would spin.
+const HELD_ELSEWHERE_SLEEP: Duration = Duration::from_millis(200);
+/// Firings of one timer that fail for a non-state-machine reason before it is parked.
+const MAX_ATTEMPTS: i32 = 5;
 
 /// Sleeps until the earliest timer is due or a new one is created, fires what is due, repeats;
 /// until `shutdown`.
@@ -25,10 +36,12 @@ pub async fn run(pool: PgPool, topics: Topics, wake: Arc<Notify>, mut shutdown: 
     while !*shutdown.borrow() {
         let sleep = match fire_due(&pool, &topics).await {
             Ok(n) if n as i64 == BATCH => continue,
-            Ok(_) => {
+            Ok(fired) => {
                 backoff = Duration::from_millis(100);
                 match store::millis_until_next_due(&pool).await {
-                    Ok(Some(ms)) => Duration::from_millis(ms.max(0) as u64).min(MAX_SLEEP),
+                    Ok(Some(ms)) if ms <= 0 && fired > 0 => continue,
+                    Ok(Some(ms)) if ms <= 0 => HELD_ELSEWHERE_SLEEP,
+                    Ok(Some(ms)) => Duration::from_millis(ms as u64).min(MAX_SLEEP),
                     Ok(None) => MAX_SLEEP,
                     Err(e) => {
                         tracing::warn!(error = %e, "reading the next timer failed");
@@ -38,8 +51,9 @@ pub async fn run(pool: PgPool, topics: Topics, wake: Arc<Notify>, mut shutdown: 
             }
             Err(e) => {
                 tracing::warn!(error = %format!("{e:#}"), retry_in = ?backoff, "firing timers failed");
+                let now = backoff;
                 backoff = (backoff * 2).min(MAX_SLEEP);
-                backoff
+                now
             }
         };
         tokio::select! {
@@ -50,36 +64,63 @@ pub async fn run(pool: PgPool, topics: Topics, wake: Arc<Notify>, mut shutdown: 
     }
 }
 
-/// Fires every due timer claimed in one transaction. A change the state machine refuses (the
-/// order moved on, or was cancelled) is logged and the timer dropped; it is never applied.
+/// Fires every due timer claimed in one transaction, each in its own savepoint. A change the state
+/// machine refuses (the order moved on, or was cancelled) is logged and the timer dropped; it is
+/// never applied. Returns how many timers were claimed.
 async fn fire_due(pool: &PgPool, topics: &Topics) -> anyhow::Result<usize> {
     let mut tx = pool.begin().await?;
     let due = store::claim_due(&mut tx, BATCH).await?;
     for t in &due {
-        let cause = Cause::handler(&t.cause, &t.event_id, &t.handler_version, &t.consumed_topic);
         // The change, and the record it publishes, continue the trace of whoever scheduled it.
         let span = tracing::info_span!("timer.fire", order_id = %t.order_id, to = %t.to_status);
         if let Some(tp) = &t.traceparent {
             crate::telemetry::set_parent(&span, tp);
         }
-        let fire = async {
-            match t.to_status.parse() {
-                Err(e) => tracing::error!(timer = t.id, error = %e, "timer with an unknown status dropped"),
-                Ok(to) => match change_status(&mut tx, t.order_id, to, &cause, topics).await {
-                    Ok(c) => {
-                        tracing::info!(order_id = %t.order_id, from = %c.previous, to = %c.status, cause = %t.cause, "timer fired")
-                    }
-                    Err(e @ (StoreError::IllegalTransition { .. } | StoreError::OrderNotFound(_))) => {
-                        tracing::warn!(order_id = %t.order_id, cause = %t.cause, error = %e, "timer refused by the state machine")
-                    }
-                    Err(e) => return Err(anyhow::Error::from(e)),
-                },
+        let mut savepoint = tx.begin().await?;
+        match fire_one(&mut savepoint, t, topics).instrument(span).await {
+            Ok(()) => {
+                savepoint.commit().await?;
+                store::delete_timer(&mut tx, t.id).await?;
             }
-            Ok(())
-        };
-        fire.instrument(span).await?;
-        store::delete_timer(&mut tx, t.id).await?;
+            Err(e) if db::classify(&e) == FailureClass::Transient => {
+                return Err(anyhow::Error::from(e).context(format!("firing timer {}", t.id)));
+            }
+            Err(e) => {
+                savepoint.rollback().await?;
+                let attempt = t.attempts + 1;
+                let error = format!("{e} (SQLSTATE {})", db::sqlstate(&e).unwrap_or_default());
+                let retry = (attempt < MAX_ATTEMPTS).then(|| 1000i64 << attempt.min(16));
+                match retry {
+                    Some(ms) => {
+                        tracing::warn!(timer = t.id, order_id = %t.order_id, attempt, %error, retry_in_ms = ms,
+                        "timer failed; retrying it later")
+                    }
+                    None => tracing::error!(timer = t.id, order_id = %t.order_id, attempt, %error,
+                        "timer failed too often; parked"),
+                }
+                store::timer_failed(&mut tx, t.id, &error, retry).await?;
+            }
+        }
     }
     tx.commit().await?;
     Ok(due.len())
+}
+
+/// One timer's change. `Err` only for a database failure; refusals are logged and done.
+async fn fire_one(conn: &mut sqlx::PgConnection, t: &Timer, topics: &Topics) -> Result<(), sqlx::Error> {
+    let cause = Cause::handler(&t.cause, &t.event_id, &t.handler_version, &t.consumed_topic);
+    match t.to_status.parse() {
+        Err(e) => tracing::error!(timer = t.id, error = %e, "timer with an unknown status dropped"),
+        Ok(to) => match change_status(conn, t.order_id, to, &cause, topics).await {
+            Ok(c) => {
+                tracing::info!(order_id = %t.order_id, from = %c.previous, to = %c.status, cause = %t.cause, "timer fired")
+            }
+            Err(e @ (StoreError::IllegalTransition { .. } | StoreError::OrderNotFound(_))) => {
+                tracing::warn!(order_id = %t.order_id, cause = %t.cause, error = %e, "timer refused by the state machine")
+            }
+            Err(StoreError::Db(e)) => return Err(e),
+            Err(e) => tracing::error!(timer = t.id, error = %e, "timer refused; dropped"),
+        },
+    }
+    Ok(())
 }

@@ -32,7 +32,13 @@ pub struct Admin {
     /// The host's values over every handler's config (`DEMO_MODE`).
     pub overlay: BTreeMap<String, String>,
     pub max_upload_bytes: usize,
+    /// Uploads being received or compiled at once; more are refused with 429 before their body
+    /// is read, so memory stays bounded by `MAX_CONCURRENT_UPLOADS × HANDLER_UPLOAD_MAX_BYTES`.
+    pub uploads: tokio::sync::Semaphore,
 }
+
+/// Concurrent uploads: compiling is CPU-bound and a deploy uploads a handful of components.
+pub const MAX_CONCURRENT_UPLOADS: usize = 2;
 
 /// Refuses every `/admin` request unless the admin API is on and the bearer token matches.
 pub async fn authorize(State(state): State<AppState>, request: Request, next: Next) -> Response {
@@ -61,14 +67,34 @@ pub async fn authorize(State(state): State<AppState>, request: Request, next: Ne
     }
 }
 
-/// How much of a refused request's body is read before answering.
-const REFUSED_BODY_LIMIT: usize = 16 << 20;
+/// How much of a refused request's body is read (and dropped) before answering, and for how long.
+const REFUSED_BODY_LIMIT: usize = 64 << 10;
+const REFUSED_BODY_WAIT: std::time::Duration = std::time::Duration::from_millis(500);
 
-/// Answers `response` after reading what the client sends (up to a limit). hyper closes a
-/// connection whose request body was left unread, so a client still uploading a component would
-/// see a reset instead of the 401 or 404 that explains it.
-async fn refuse(request: Request, response: Response) -> Response {
-    let _ = axum::body::to_bytes(request.into_body(), REFUSED_BODY_LIMIT).await;
+/// Answers `response` to a request that will not be served. A small body is read first (hyper
+/// closes a connection whose request body was left unread, and a client still sending a small
+/// body would see a reset instead of the 401 or 404 that explains it); a large one is never
+/// buffered: the answer says `Connection: close` and the rest is left unread, so an
+/// unauthenticated upload costs at most `REFUSED_BODY_LIMIT` bytes of memory for a moment.
+pub(super) async fn refuse(request: Request, mut response: Response) -> Response {
+    use futures_util::StreamExt as _;
+    let mut body = request.into_body().into_data_stream();
+    let mut read = 0usize;
+    let drained = tokio::time::timeout(REFUSED_BODY_WAIT, async {
+        while let Some(chunk) = body.next().await {
+            let Ok(chunk) = chunk else { return false };
+            read += chunk.len();
+            if read > REFUSED_BODY_LIMIT {
+                return false;
+            }
+        }
+        true
+    })
+    .await
+    .unwrap_or(false);
+    if !drained {
+        response.headers_mut().insert(header::CONNECTION, header::HeaderValue::from_static("close"));
+    }
     response
 }
 
@@ -179,14 +205,23 @@ pub struct UploadParams {
     params(("name" = String, Path), UploadParams),
     request_body(content = Vec<u8>, content_type = "application/wasm"),
     responses((status = 200, body = HandlerView), (status = 400, body = super::ErrorBody),
-        (status = 401, body = super::ErrorBody), (status = 413, body = super::ErrorBody)))]
+        (status = 401, body = super::ErrorBody), (status = 413, body = super::ErrorBody),
+        (status = 429, body = super::ErrorBody, description = "too many uploads at once")))]
 pub async fn put_handler(
     State(state): State<AppState>,
     Path(name): Path<String>,
     params: Result<Query<UploadParams>, QueryRejection>,
     body: Body,
-) -> Result<Json<HandlerView>, ApiError> {
+) -> Result<Response, ApiError> {
     let admin = admin(&state);
+    let Ok(_permit) = admin.uploads.try_acquire() else {
+        let busy = ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too_many_uploads",
+            format!("{MAX_CONCURRENT_UPLOADS} uploads are already in progress; try again shortly"),
+        );
+        return Ok(refuse(Request::new(body), busy.into_response()).await);
+    };
     let Query(params) =
         params.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", e.body_text()))?;
     if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
@@ -239,7 +274,17 @@ pub async fn put_handler(
         loaded.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_component", format!("{e:#}")))?;
     let handler = admin.handlers.install(handler, Source::Upload);
     tracing::info!(handler = %handler.cause(), "handler uploaded and swapped in");
-    Ok(Json(view_of(&admin.handlers, &name)))
+    Ok(Json(view_of(&admin.handlers, &name)).into_response())
+}
+
+/// Outbox records the relay gave up on (the broker refused them for good, too often), oldest
+/// first, each with how many later records of its key wait behind it.
+#[utoipa::path(get, path = "/admin/outbox/parked", tag = "admin",
+    responses((status = 200, body = [crate::db::outbox::Parked]), (status = 401, body = super::ErrorBody)))]
+pub async fn parked_outbox(
+    State(state): State<AppState>,
+) -> Result<Json<Vec<crate::db::outbox::Parked>>, ApiError> {
+    Ok(Json(crate::db::outbox::parked(&state.pool).await?))
 }
 
 /// Returns `name` to the version before the current one (or restores a deleted handler).

@@ -69,6 +69,18 @@ impl From<sqlx::Error> for ApiError {
                 tracing::warn!(error = %e, "database unavailable");
                 ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "database_unavailable", "database unavailable")
             }
+            // A value Postgres cannot hold (a safety net behind validation): the client's input.
+            e if crate::db::classify(&e) == crate::db::FailureClass::Permanent => {
+                tracing::info!(error = %e, "request refused by a database constraint");
+                ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_value",
+                    format!(
+                        "a value in the request cannot be stored: {}",
+                        e.as_database_error().map_or_else(|| e.to_string(), |d| d.message().to_string())
+                    ),
+                )
+            }
             e => ApiError::internal(e),
         }
     }
@@ -107,6 +119,25 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        let (parts, body) = req.into_parts();
+        let bytes = match axum::body::to_bytes(body, super::BODY_LIMIT).await {
+            Ok(b) => b,
+            Err(e) => {
+                return Err(ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "body_too_large",
+                    format!("the body is larger than {} bytes or could not be read: {e}", super::BODY_LIMIT),
+                ));
+            }
+        };
+        if has_nul_escape(&bytes) {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_body",
+                "a string in the body contains a NUL character (\\u0000), which is not allowed",
+            ));
+        }
+        let req = Request::from_parts(parts, axum::body::Body::from(bytes));
         match Json::<T>::from_request(req, state).await {
             Ok(Json(v)) => Ok(ApiJson(v)),
             Err(rejection) => Err(match rejection {
@@ -125,5 +156,89 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
                 r => ApiError::new(r.status(), "bad_body", r.body_text()),
             }),
         }
+    }
+}
+
+/// Whether JSON text holds a `\u0000` escape (an escaped backslash before `u0000` is not one).
+/// Raw NUL bytes cannot appear in valid JSON; the escape is the only way a NUL reaches a string,
+/// and no text the API stores may hold one (Postgres text cannot).
+fn has_nul_escape(json: &[u8]) -> bool {
+    let mut backslashes = 0usize;
+    for (i, b) in json.iter().enumerate() {
+        if *b == b'\\' {
+            backslashes += 1;
+            continue;
+        }
+        if backslashes % 2 == 1 && *b == b'u' && json.get(i + 1..i + 5) == Some(b"0000") {
+            return true;
+        }
+        backslashes = 0;
+    }
+    false
+}
+
+/// Refuses a request whose path or query holds an encoded NUL byte (`%00`) before any route sees
+/// it: no identifier, token, email or search text may contain one.
+pub async fn reject_nul(req: Request, next: axum::middleware::Next) -> Response {
+    let uri = req.uri();
+    let raw = uri.path_and_query().map_or(uri.path(), |pq| pq.as_str());
+    if raw.as_bytes().windows(3).any(|w| w[0] == b'%' && w[1] == b'0' && w[2] == b'0') {
+        return ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "the request path or query contains a NUL byte (%00)",
+        )
+        .into_response();
+    }
+    next.run(req).await
+}
+
+/// Gives every error response the one JSON shape: axum's and tower's own rejections (a query
+/// that does not parse, a path parameter of the wrong type, a method without a route) answer in
+/// plain text, which clients cannot read as `{"error":{…}}`.
+pub async fn json_errors(response: Response) -> Response {
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return response;
+    }
+    let (parts, body) = response.into_parts();
+    let text = axum::body::to_bytes(body, 16 * 1024).await.unwrap_or_default();
+    let code = match status {
+        StatusCode::BAD_REQUEST => "bad_request",
+        StatusCode::NOT_FOUND => "not_found",
+        StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
+        StatusCode::PAYLOAD_TOO_LARGE => "body_too_large",
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
+        StatusCode::UNPROCESSABLE_ENTITY => "invalid_body",
+        s if s.is_server_error() => "internal",
+        _ => "error",
+    };
+    let message = String::from_utf8_lossy(&text).trim().to_string();
+    let message =
+        if message.is_empty() { status.canonical_reason().unwrap_or("error").to_string() } else { message };
+    let mut fresh = ApiError { status, code, message }.into_response();
+    for (name, value) in &parts.headers {
+        if name != axum::http::header::CONTENT_TYPE && name != axum::http::header::CONTENT_LENGTH {
+            fresh.headers_mut().insert(name.clone(), value.clone());
+        }
+    }
+    fresh
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_real_nul_escape_counts() {
+        assert!(has_nul_escape(br#"{"a":"x\u0000"}"#));
+        assert!(has_nul_escape(br#"{"a":"\\\u0000"}"#), "an escaped backslash, then the escape");
+        assert!(!has_nul_escape(br#"{"a":"\\u0000"}"#), "a literal backslash and text u0000");
+        assert!(!has_nul_escape(br#"{"a":"\u0001 u0000"}"#));
     }
 }

@@ -17,11 +17,17 @@ use crate::metrics::{self, Metrics, Snapshot};
 #[utoipa::path(get, path = "/metrics", tag = "health",
     responses((status = 200, description = "Prometheus / OpenMetrics text exposition", content_type = "application/openmetrics-text")))]
 pub async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
-    let outbox_backlog = db::outbox::backlog(&state.pool).await?;
-    let (timers_due, timers_scheduled) = db::dispatch::timer_counts(&state.pool).await?;
-    let handlers_loaded = (state.probes.handlers_loaded)() as i64;
-    let text =
-        state.metrics.encode(Snapshot { outbox_backlog, timers_due, timers_scheduled, handlers_loaded });
+    let (outbox_backlog, outbox_parked) = db::outbox::backlog(&state.pool).await?;
+    let (timers_due, timers_scheduled, timers_parked) = db::dispatch::timer_counts(&state.pool).await?;
+    let handlers_loaded = (state.probes.handlers)().0 as i64;
+    let text = state.metrics.encode(Snapshot {
+        outbox_backlog,
+        outbox_parked,
+        timers_due,
+        timers_scheduled,
+        timers_parked,
+        handlers_loaded,
+    });
     Ok(([(CONTENT_TYPE, metrics::CONTENT_TYPE)], text).into_response())
 }
 

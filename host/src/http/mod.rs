@@ -67,6 +67,7 @@ pub fn router_and_spec(state: AppState) -> (Router, utoipa::openapi::OpenApi) {
         .routes(routes!(admin::list_handlers))
         .routes(routes!(admin::put_handler, admin::delete_handler))
         .routes(routes!(admin::rollback_handler))
+        .routes(routes!(admin::parked_outbox))
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), admin::authorize));
     let (router, spec) = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(catalog::list_products))
@@ -105,6 +106,8 @@ pub fn router_and_spec(state: AppState) -> (Router, utoipa::openapi::OpenApi) {
             )
         })
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(axum::middleware::from_fn(error::reject_nul))
+        .layer(axum::middleware::map_response(error::json_errors))
         .layer(TraceLayer::new_for_http().make_span_with(request_span));
     (router, spec)
 }

@@ -32,6 +32,9 @@ pub enum TrapKind {
     Panic,
     /// Any other trap: out-of-bounds access, stack overflow, bad conversion...
     Other,
+    /// The guest returned a value the component ABI rejects (invalid UTF-8, a bad discriminant,
+    /// a pointer out of bounds).
+    InvalidValue,
 }
 
 impl fmt::Display for TrapKind {
@@ -41,6 +44,7 @@ impl fmt::Display for TrapKind {
             TrapKind::MemoryLimit => "memory limit",
             TrapKind::Panic => "panic",
             TrapKind::Other => "trap",
+            TrapKind::InvalidValue => "invalid return value",
         })
     }
 }

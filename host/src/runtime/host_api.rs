@@ -114,6 +114,10 @@ pub struct StoreState {
     event_id: String,
     config: Arc<BTreeMap<String, String>>,
     orders: Arc<dyn OrderSource>,
+    /// When the Store was made, and how long the guest has waited in host imports since: the
+    /// deadline counts only the difference.
+    started: std::time::Instant,
+    in_host: std::time::Duration,
 }
 
 impl StoreState {
@@ -132,7 +136,14 @@ impl StoreState {
             event_id,
             config: handler.config.clone(),
             orders,
+            started: std::time::Instant::now(),
+            in_host: std::time::Duration::ZERO,
         }
+    }
+
+    /// Time the guest itself has run (wall time less time waiting in host imports).
+    pub fn guest_time(&self) -> std::time::Duration {
+        self.started.elapsed().saturating_sub(self.in_host)
     }
 }
 
@@ -146,10 +157,10 @@ impl wit::metalmart::orders::types::Host for StoreState {}
 
 impl wit::metalmart::orders::host::Host for StoreState {
     async fn get_order(&mut self, id: String) -> wasmtime::Result<Option<Order>> {
-        self.orders
-            .get_order(&id)
-            .await
-            .map_err(|e| wasmtime::Error::new(HostFailure(format!("reading order {id}: {e:#}"))))
+        let waiting = std::time::Instant::now();
+        let result = self.orders.get_order(&id).await;
+        self.in_host += waiting.elapsed();
+        result.map_err(|e| wasmtime::Error::new(HostFailure(format!("reading order {id}: {e:#}"))))
     }
 
     fn config(&mut self, key: String) -> Option<String> {

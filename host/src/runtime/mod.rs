@@ -27,7 +27,7 @@ pub use error::{DispatchError, Disposition, TrapKind, describe_handler_error};
 use host_api::StoreState;
 pub use host_api::{NoOrders, OrderSource, StaticOrders, sandbox_wasi_ctx};
 pub use manifest::{EventKind, HandlerManifest, HandlerSpec, Manifest};
-pub use registry::{LoadProblem, Registry};
+pub use registry::{LoadProblem, Registry, Route, SkipReason};
 pub use stats::{InvocationStats, StatsSnapshot};
 
 /// Rust types generated from `wit/`; the host's side of the contract.
@@ -247,6 +247,7 @@ impl Runtime {
         config_overlay: &std::collections::BTreeMap<String, String>,
     ) -> anyhow::Result<LoadedHandler> {
         manifest.spec.validate().map_err(anyhow::Error::msg)?;
+        validate_name(&manifest.name)?;
         if manifest.spec.memory_limit_bytes > self.config.max_memory_bytes {
             bail!(
                 "memory-limit-bytes {} is above the host's HANDLER_MAX_MEMORY_BYTES {}",
@@ -321,20 +322,18 @@ impl Runtime {
         orders: Arc<dyn OrderSource>,
     ) -> Result<Vec<wit::Action>, DispatchError> {
         let mut store = self.new_store(handler, event.meta().event_id.clone(), orders);
-
-        let outcome = async {
-            let bindings = handler.pre.instantiate_async(&mut store).await?;
-            match event {
-                Event::OrderCreated { meta, order } => {
-                    bindings.call_on_order_created(&mut store, meta, order).await
-                }
-                Event::StatusUpdated { meta, update } => {
-                    bindings.call_on_status_updated(&mut store, meta, update).await
-                }
+        let bindings = match handler.pre.instantiate_async(&mut store).await {
+            Ok(b) => b,
+            Err(e) => return Err(classify_instantiation(e, store.data())),
+        };
+        let outcome = match event {
+            Event::OrderCreated { meta, order } => {
+                bindings.call_on_order_created(&mut store, meta, order).await
             }
-        }
-        .await;
-
+            Event::StatusUpdated { meta, update } => {
+                bindings.call_on_status_updated(&mut store, meta, update).await
+            }
+        };
         match outcome {
             Ok(Ok(actions)) => Ok(actions),
             Ok(Err(e)) => Err(DispatchError::Handler(e)),
@@ -360,15 +359,20 @@ impl Runtime {
     ) -> Store<StoreState> {
         let mut store = Store::new(&self.engine, StoreState::new(handler, event_id, orders));
         store.limiter(|s| &mut s.limiter);
-        store.set_epoch_deadline(self.deadline_ticks(handler.manifest.spec.timeout_ms));
-        store.epoch_deadline_trap();
+        let tick = self.config.epoch_tick;
+        let timeout = std::time::Duration::from_millis(handler.manifest.spec.timeout_ms);
+        store.set_epoch_deadline(deadline_ticks(timeout, tick));
+        // The deadline counts the guest's own time only: time spent waiting in a host import
+        // (`get-order` waiting for a Postgres connection) is the host's, and is added back here.
+        store.epoch_deadline_callback(move |ctx| {
+            let guest_time = ctx.data().guest_time();
+            if guest_time >= timeout {
+                Ok(wasmtime::UpdateDeadline::Interrupt)
+            } else {
+                Ok(wasmtime::UpdateDeadline::Continue(deadline_ticks(timeout - guest_time, tick)))
+            }
+        });
         store
-    }
-
-    // +1: the current epoch may be about to tick, so `n` ticks can be as short as `n - 1`.
-    fn deadline_ticks(&self, timeout_ms: u64) -> u64 {
-        let tick = self.config.epoch_tick.as_millis().max(1) as u64;
-        timeout_ms.div_ceil(tick) + 1
     }
 
     pub fn engine(&self) -> &Engine {
@@ -376,6 +380,36 @@ impl Runtime {
     }
 }
 
+/// A handler's name is written to Postgres with everything it causes and used in metric labels
+/// and URLs: 1 to 64 ASCII letters, digits, `-`, `_` or `.`.
+pub fn validate_name(name: &str) -> anyhow::Result<()> {
+    let ok = (1..=64).contains(&name.len())
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+    anyhow::ensure!(ok, "invalid handler name {name:?}: use 1 to 64 ASCII letters, digits, '-', '_' or '.'");
+    Ok(())
+}
+
+/// Epoch ticks for `left`; +1 because the current epoch may be about to tick, so `n` ticks can be
+/// as short as `n - 1`.
+fn deadline_ticks(left: std::time::Duration, tick: std::time::Duration) -> u64 {
+    let tick = tick.as_millis().max(1) as u64;
+    (left.as_millis() as u64).div_ceil(tick) + 1
+}
+
+/// An instantiation that failed: no pool slot is the host's capacity, a trapping start function
+/// is the handler's.
+fn classify_instantiation(error: wasmtime::Error, state: &StoreState) -> DispatchError {
+    if error.downcast_ref::<wasmtime::PoolConcurrencyLimitError>().is_some()
+        || error.downcast_ref::<Trap>().is_none()
+    {
+        return DispatchError::Host(anyhow::anyhow!("instantiating: {:#}", anyhow::Error::from(error)));
+    }
+    classify(error, state)
+}
+
+/// A call that failed. Everything but a host import's own failure is the handler's doing: a trap,
+/// a limit, or a return value the component ABI rejects (bad UTF-8, a bad discriminant, a pointer
+/// out of bounds), which wasmtime reports as a plain error rather than a trap.
 fn classify(error: wasmtime::Error, state: &StoreState) -> DispatchError {
     if let Some(failure) = error.downcast_ref::<host_api::HostFailure>() {
         return DispatchError::Host(anyhow::anyhow!("{}", failure.0));
@@ -402,8 +436,7 @@ fn classify(error: wasmtime::Error, state: &StoreState) -> DispatchError {
             },
         },
         Some(_) => DispatchError::Trap { kind: TrapKind::Other, message: detail },
-        // Not a trap: instantiation could not get a pool slot, or similar host-side trouble.
-        None => DispatchError::Host(anyhow::anyhow!(detail)),
+        None => DispatchError::Trap { kind: TrapKind::InvalidValue, message: detail },
     }
 }
 

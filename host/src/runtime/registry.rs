@@ -17,6 +17,9 @@ pub struct LoadProblem {
     pub path: PathBuf,
     /// The handler the file was meant to be, when that is known.
     pub name: Option<String>,
+    /// The events it was meant to handle (its manifest entry's, or all for a bare file): the
+    /// dispatcher holds these events rather than completing them without it.
+    pub events: Vec<EventKind>,
     pub error: anyhow::Error,
 }
 
@@ -26,10 +29,46 @@ impl std::fmt::Display for LoadProblem {
     }
 }
 
-/// Loaded handlers by name.
+/// Loaded handlers by name, and what to do with an event no loaded handler subscribes to.
 #[derive(Debug, Default)]
 pub struct Registry {
     handlers: BTreeMap<String, Arc<LoadedHandler>>,
+    /// Event types some handler was configured or served for: without a subscriber, their events
+    /// wait for one.
+    expected: BTreeSet<EventKind>,
+    /// Event types whose last subscriber was unsubscribed through the admin API: a deliberate
+    /// skip.
+    unsubscribed: BTreeSet<EventKind>,
+}
+
+/// Where an event of one type goes.
+#[derive(Debug)]
+pub enum Route<'a> {
+    /// To these handlers, by name.
+    Handlers(Vec<&'a Arc<LoadedHandler>>),
+    /// Nowhere, and that is intended: the event is complete.
+    Skip(SkipReason),
+    /// Nowhere yet: the event must wait (uncompleted, its offset uncommitted) until a handler for
+    /// its type is loaded. Nothing loaded at all, or a type that had a handler lost it without
+    /// an explicit unsubscribe (the directory emptied, every file rejected).
+    Wait,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SkipReason {
+    /// Its handlers were unsubscribed through the admin API.
+    Unsubscribed,
+    /// Handlers are loaded, and none was ever configured for this type.
+    NotConfigured,
+}
+
+impl SkipReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SkipReason::Unsubscribed => "unsubscribed",
+            SkipReason::NotConfigured => "not_configured",
+        }
+    }
 }
 
 impl Registry {
@@ -58,6 +97,7 @@ impl Registry {
         let load = |registry: &mut Registry, problems: &mut Vec<LoadProblem>, entry: HandlerManifest| {
             let path = dir.join(&entry.file);
             let name = Some(entry.name.clone());
+            let events = entry.spec.events.clone();
             let loaded = if registry.get(&entry.name).is_some() {
                 Err(anyhow::anyhow!("handler `{}` is already loaded from the manifest", entry.name))
             } else {
@@ -67,7 +107,7 @@ impl Registry {
             };
             match loaded {
                 Ok(h) => registry.insert(h),
-                Err(error) => problems.push(LoadProblem { path, name, error }),
+                Err(error) => problems.push(LoadProblem { path, name, events, error }),
             }
         };
         for entry in manifest.handlers {
@@ -100,6 +140,7 @@ impl Registry {
                 None => problems.push(LoadProblem {
                     path,
                     name: None,
+                    events: Vec::new(),
                     error: anyhow::anyhow!("ignored: not a .wasm component and not {MANIFEST_FILE}"),
                 }),
             }
@@ -127,6 +168,31 @@ impl Registry {
     /// The handlers an event of `kind` goes to, by name.
     pub fn subscribers(&self, kind: EventKind) -> impl Iterator<Item = &Arc<LoadedHandler>> {
         self.iter().filter(move |h| h.subscribes_to(kind))
+    }
+
+    /// Sets what happens to events of types with no subscriber (see [`Route`]).
+    pub fn set_policy(&mut self, expected: BTreeSet<EventKind>, unsubscribed: BTreeSet<EventKind>) {
+        self.expected = expected;
+        self.unsubscribed = unsubscribed;
+    }
+
+    /// Where an event of `kind` goes.
+    pub fn route(&self, kind: EventKind) -> Route<'_> {
+        let handlers: Vec<_> = self.subscribers(kind).collect();
+        if !handlers.is_empty() {
+            Route::Handlers(handlers)
+        } else if self.unsubscribed.contains(&kind) {
+            Route::Skip(SkipReason::Unsubscribed)
+        } else if self.handlers.is_empty() || self.expected.contains(&kind) {
+            Route::Wait
+        } else {
+            Route::Skip(SkipReason::NotConfigured)
+        }
+    }
+
+    /// Event types whose events would wait right now.
+    pub fn waiting_kinds(&self) -> Vec<EventKind> {
+        EventKind::ALL.into_iter().filter(|k| matches!(self.route(*k), Route::Wait)).collect()
     }
 
     pub fn is_empty(&self) -> bool {

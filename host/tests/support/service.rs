@@ -206,6 +206,11 @@ pub struct Consumed {
     /// The value as JSON, or `Null` when it is not JSON (a dead-lettered garbage record).
     pub value: serde_json::Value,
     pub raw: Vec<u8>,
+    /// Exactly as on the wire: `None` for a missing key or value.
+    pub raw_key: Option<Vec<u8>>,
+    pub raw_value: Option<Vec<u8>>,
+    pub raw_headers: Vec<(String, Vec<u8>)>,
+    pub offset: i64,
 }
 
 /// Reads `topic` from the beginning until `want` records for which `keep` holds have arrived, or
@@ -252,6 +257,15 @@ pub async fn consume(
             headers,
             value: serde_json::from_slice(msg.payload().unwrap_or_default()).unwrap_or_default(),
             raw: msg.payload().unwrap_or_default().to_vec(),
+            raw_key: msg.key().map(<[u8]>::to_vec),
+            raw_value: msg.payload().map(<[u8]>::to_vec),
+            raw_headers: msg
+                .headers()
+                .map(|h| {
+                    h.iter().map(|h| (h.key.to_string(), h.value.unwrap_or_default().to_vec())).collect()
+                })
+                .unwrap_or_default(),
+            offset: msg.offset(),
         };
         if keep(&c) {
             got.push(c);
@@ -301,17 +315,95 @@ pub fn handlers_dir_configured(entries: &[(&str, &str, &[&str], &str)]) -> tempf
 
 /// Produces one record, as another service (or a redelivery) would.
 pub async fn produce(brokers: &str, topic: &str, key: &str, headers: &[(&str, &str)], value: &[u8]) {
-    use rdkafka::message::{Header, OwnedHeaders};
-    use rdkafka::producer::{FutureProducer, FutureRecord};
-    let producer: FutureProducer =
-        ClientConfig::new().set("bootstrap.servers", brokers).create().expect("test producer");
-    let headers = headers
-        .iter()
-        .fold(OwnedHeaders::new(), |h, (k, v)| h.insert(Header { key: k, value: Some(v.as_bytes()) }));
-    producer
-        .send(FutureRecord::to(topic).key(key).headers(headers).payload(value), Duration::from_secs(10))
-        .await
-        .expect("test record delivered");
+    let headers: Vec<(&str, &[u8])> = headers.iter().map(|(k, v)| (*k, v.as_bytes())).collect();
+    produce_raw(brokers, topic, Some(key.as_bytes()), &headers, Some(value)).await;
+}
+
+/// Produces one record byte for byte (a missing key or value stays missing); returns its
+/// partition and offset.
+pub async fn produce_raw(
+    brokers: &str,
+    topic: &str,
+    key: Option<&[u8]>,
+    headers: &[(&str, &[u8])],
+    value: Option<&[u8]>,
+) -> (i32, i64) {
+    RawProducer::new(brokers).send(topic, key, headers, value).await
+}
+
+/// A producer for many records, each sent byte for byte.
+pub struct RawProducer(rdkafka::producer::FutureProducer);
+
+impl RawProducer {
+    pub fn new(brokers: &str) -> RawProducer {
+        RawProducer(ClientConfig::new().set("bootstrap.servers", brokers).create().expect("test producer"))
+    }
+
+    /// Sends one record and waits for its delivery; returns its partition and offset.
+    pub async fn send(
+        &self,
+        topic: &str,
+        key: Option<&[u8]>,
+        headers: &[(&str, &[u8])],
+        value: Option<&[u8]>,
+    ) -> (i32, i64) {
+        use rdkafka::message::{Header, OwnedHeaders};
+        use rdkafka::producer::FutureRecord;
+        let headers = headers
+            .iter()
+            .fold(OwnedHeaders::new(), |h, (k, v)| h.insert(Header { key: k, value: Some(*v) }));
+        let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(topic).headers(headers);
+        if let Some(k) = key {
+            record = record.key(k);
+        }
+        if let Some(v) = value {
+            record = record.payload(v);
+        }
+        let d = self.0.send(record, Duration::from_secs(10)).await.expect("test record delivered");
+        (d.partition, d.offset)
+    }
+}
+
+/// Committed offsets of consumer group `group` and high watermarks, per partition of `topics`:
+/// `(topic, partition, committed, high)`; `committed` is -1 when nothing is committed.
+pub async fn group_progress(brokers: &str, group: &str, topics: &[&str]) -> Vec<(String, i32, i64, i64)> {
+    let (brokers, group) = (brokers.to_string(), group.to_string());
+    let topics: Vec<String> = topics.iter().map(|t| t.to_string()).collect();
+    tokio::task::spawn_blocking(move || {
+        let consumer: rdkafka::consumer::BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &brokers)
+            .set("group.id", &group)
+            .set("enable.auto.commit", "false")
+            .create()
+            .expect("progress consumer");
+        let timeout = Duration::from_secs(10);
+        let mut tpl = rdkafka::TopicPartitionList::new();
+        let mut highs = Vec::new();
+        for topic in &topics {
+            let metadata = consumer.fetch_metadata(Some(topic), timeout).expect("topic metadata");
+            for p in metadata.topics()[0].partitions() {
+                tpl.add_partition(topic, p.id());
+                highs.push((
+                    topic.clone(),
+                    p.id(),
+                    consumer.fetch_watermarks(topic, p.id(), timeout).expect("watermarks").1,
+                ));
+            }
+        }
+        let committed = consumer.committed_offsets(tpl, timeout).expect("committed offsets");
+        highs
+            .into_iter()
+            .map(|(topic, partition, high)| {
+                let c = committed
+                    .find_partition(&topic, partition)
+                    .and_then(|e| e.offset().to_raw())
+                    .unwrap_or(-1);
+                (topic, partition, c, high)
+            })
+            .collect()
+    })
+    .await
+    .unwrap()
 }
 
 /// Polls `check` until it returns `Some`, or fails naming `what` after `within`.
