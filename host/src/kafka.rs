@@ -205,9 +205,12 @@ impl ClientContext for DispatchContext {
 impl ConsumerContext for DispatchContext {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Revoke(tpl) = rebalance {
-            // Commit the completed prefix now: the next owner starts exactly there. Offsets are
-            // only ever stored for completed work, so nothing beyond it is committed.
-            if let Err(e) = consumer.commit_consumer_state(CommitMode::Sync) {
+            // Commit the completed prefix now, so the next owner starts there. Offsets are only
+            // ever stored for completed work, so nothing beyond it is committed. Asynchronous:
+            // this callback runs inside a poll on an async worker thread, and a synchronous commit
+            // against an unreachable coordinator blocked it for good. Should the commit be lost,
+            // the next owner redelivers a little more, which the idempotency records absorb.
+            if let Err(e) = consumer.commit_consumer_state(CommitMode::Async) {
                 tracing::debug!(error = %e, "commit on revoke (nothing stored yet is normal)");
             }
             let parts = tpl.elements().iter().map(|e| (e.topic().to_string(), e.partition())).collect();

@@ -78,6 +78,9 @@ impl Tracker {
     }
 }
 
+/// How long shutdown waits for the consumer's final commit and group leave.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
+
 struct Job {
     record: Incoming,
     _permit: OwnedSemaphorePermit,
@@ -157,7 +160,12 @@ pub async fn run(shared: Shared, consumer: Consumer, mut revoked: mpsc::Unbounde
         tasks.abort_all();
     }
     drop(tasks);
-    let _ = tokio::task::spawn_blocking(move || state.consumer.close()).await;
+    // Bounded: a final commit against an unreachable broker must not hold shutdown (and the
+    // relay drain behind it) forever; what was not committed is redelivered.
+    let close = tokio::task::spawn_blocking(move || state.consumer.close());
+    if tokio::time::timeout(CLOSE_TIMEOUT, close).await.is_err() {
+        tracing::warn!("the consumer did not close in time; uncommitted events will be redelivered");
+    }
 }
 
 /// A key lane that panicked leaves its key's events unfinished (their offsets are never stored,
