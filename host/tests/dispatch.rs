@@ -762,3 +762,73 @@ async fn fuzz_every_record_ends_applied_or_dead_lettered_byte_for_byte_and_nothi
     );
     t.host.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_timer_that_fails_for_its_data_is_retried_alone_and_the_timers_behind_it_fire() {
+    let t = TestHost::start().await;
+    let mut ids = Vec::new();
+    for who in ["bad", "good"] {
+        let (_, o) = t.post("/api/orders", &order_body(&format!("{who}@x.io"), &[("2", 1)])).await;
+        ids.push(uuid::Uuid::parse_str(o["id"].as_str().unwrap()).unwrap());
+    }
+    // Postgres refuses one timer's change for its values (an integrity violation), as it would a
+    // value it cannot hold; the other timer is claimed in the same batch, behind it.
+    sqlx::query(
+        "ALTER TABLE order_status_history ADD CONSTRAINT test_refuse CHECK (cause <> 'handler:bad@0')",
+    )
+    .execute(t.pool())
+    .await
+    .unwrap();
+    for (id, cause, due) in
+        [(ids[0], "handler:bad@0", "now() - interval '2 seconds'"), (ids[1], "handler:good@0", "now()")]
+    {
+        sqlx::query(&format!(
+            "INSERT INTO timers (order_id, to_status, due_at, cause, event_id, handler_version, consumed_topic)
+             VALUES ($1, 'processing', {due}, $2, 'e', 'v', 't')"
+        ))
+        .bind(id)
+        .bind(cause)
+        .execute(t.pool())
+        .await
+        .unwrap();
+    }
+    eventually("the timer behind the failing one to fire", Duration::from_secs(20), || async {
+        (status_of(&t, &ids[1].to_string()).await == "processing").then_some(())
+    })
+    .await;
+    let (attempts, error, parked, later): (i32, Option<String>, bool, bool) = sqlx::query_as(
+        "SELECT attempts, last_error, parked_at IS NOT NULL, due_at > now() FROM timers WHERE order_id = $1",
+    )
+    .bind(ids[0])
+    .fetch_one(t.pool())
+    .await
+    .unwrap();
+    assert!(attempts >= 1 && !parked && later, "retried alone, later: {attempts} {parked} {later}");
+    assert!(error.as_deref().unwrap_or_default().contains("23514"), "{error:?}");
+    assert_eq!(status_of(&t, &ids[0].to_string()).await, "pending");
+    t.host.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handler_returning_malformed_values_is_blamed_retried_and_dead_lettered() {
+    let dir = handlers_dir(&[("fixtures", "malformed", &["order-created"])]);
+    let extra = [("DISPATCH_MAX_ATTEMPTS", "2"), ("DISPATCH_RETRY_BASE_MS", "20")];
+    let t = TestHost::start_with(Some(dir.path()), 1, &extra).await;
+    let (_, bad) = t.post("/api/orders", &order_body("malformed@x.io", &[("7", 1)])).await;
+    let (_, good) = t.post("/api/orders", &order_body("fine@x.io", &[("7", 1)])).await;
+    let (bad, good) = (bad["id"].as_str().unwrap().to_string(), good["id"].as_str().unwrap().to_string());
+    let dead =
+        consume(t.broker.bootstrap_servers(), "order.dead-letter", 1, Duration::from_secs(30), |_| true)
+            .await;
+    assert_eq!(dead[0].key, bad);
+    assert_eq!(dead[0].headers["x-dlq-handler"], "malformed");
+    assert_eq!(dead[0].headers["x-dlq-class"], "trap");
+    assert_eq!(dead[0].headers["x-dlq-attempts"], "2", "the handler's fault spends its attempts");
+    assert!(dead[0].headers["x-dlq-error"].contains("invalid return value"), "{:?}", dead[0].headers);
+    eventually("the well-formed answer for the other order", Duration::from_secs(20), || async {
+        notifications(&t, &good).await.iter().any(|n| n["body"] == "well-formed").then_some(())
+    })
+    .await;
+    assert!(notifications(&t, &bad).await.is_empty());
+    t.host.shutdown().await.unwrap();
+}

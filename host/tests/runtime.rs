@@ -389,3 +389,34 @@ async fn an_exhausted_instance_pool_is_a_retried_host_failure_and_frees_up() {
         .await
         .expect("the slot is free again once the first invocation ended");
 }
+
+/// Answers `get-order` after a delay, as a Postgres pool under load would.
+struct SlowOrders(Duration);
+
+impl OrderSource for SlowOrders {
+    fn get_order<'a>(
+        &'a self,
+        _id: &'a str,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = anyhow::Result<Option<Order>>> + Send + 'a>> {
+        Box::pin(async move {
+            tokio::time::sleep(self.0).await;
+            Ok(None)
+        })
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn time_waiting_in_a_host_import_does_not_count_against_the_deadline() {
+    let rt = runtime();
+    // A 100 ms deadline, and a host import that takes four times that: the guest itself is quick.
+    let noop = load_fixture(&rt, "noop", 100, 16 << 20);
+    let event = order_created(OrderStatus::Pending);
+    let started = std::time::Instant::now();
+    let actions = rt.invoke(&noop, &event, Arc::new(SlowOrders(Duration::from_millis(400)))).await;
+    assert!(started.elapsed() >= Duration::from_millis(400));
+    let actions = actions.expect("the host's own slowness is not the guest's deadline");
+    assert_eq!(actions.len(), 1, "{actions:?}");
+    // The guest's own time still counts: an infinite loop is stopped as before.
+    let (err, _) = failing_fixture(&rt, "looper", 100, 16 << 20).await;
+    assert!(err.to_string().contains("deadline"), "{err}");
+}

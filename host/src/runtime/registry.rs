@@ -49,8 +49,9 @@ pub enum Route<'a> {
     /// Nowhere, and that is intended: the event is complete.
     Skip(SkipReason),
     /// Nowhere yet: the event must wait (uncompleted, its offset uncommitted) until a handler for
-    /// its type is loaded. Nothing loaded at all, or a type that had a handler lost it without
-    /// an explicit unsubscribe (the directory emptied, every file rejected).
+    /// its type is loaded. Nothing was ever configured (an empty directory at start), or a type
+    /// that had a handler lost it without an explicit unsubscribe (the directory emptied, every
+    /// file rejected).
     Wait,
 }
 
@@ -58,7 +59,7 @@ pub enum Route<'a> {
 pub enum SkipReason {
     /// Its handlers were unsubscribed through the admin API.
     Unsubscribed,
-    /// Handlers are loaded, and none was ever configured for this type.
+    /// Other handlers were configured, and none ever for this type.
     NotConfigured,
 }
 
@@ -183,11 +184,17 @@ impl Registry {
             Route::Handlers(handlers)
         } else if self.unsubscribed.contains(&kind) {
             Route::Skip(SkipReason::Unsubscribed)
-        } else if self.handlers.is_empty() || self.expected.contains(&kind) {
+        } else if self.expected.contains(&kind) || self.never_configured() {
             Route::Wait
         } else {
             Route::Skip(SkipReason::NotConfigured)
         }
+    }
+
+    /// No handler has been configured, served or unsubscribed yet (an empty, missing or unreadable
+    /// handlers directory at start): every event waits, whatever its type.
+    fn never_configured(&self) -> bool {
+        self.handlers.is_empty() && self.expected.is_empty() && self.unsubscribed.is_empty()
     }
 
     /// Event types whose events would wait right now.
@@ -197,5 +204,31 @@ impl Registry {
 
     pub fn is_empty(&self) -> bool {
         self.handlers.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy(expected: &[EventKind], unsubscribed: &[EventKind]) -> Registry {
+        let mut r = Registry::default();
+        r.set_policy(expected.iter().copied().collect(), unsubscribed.iter().copied().collect());
+        r
+    }
+
+    #[test]
+    fn without_a_subscriber_an_event_waits_unless_its_type_was_let_go_on_purpose() {
+        use EventKind::{OrderCreated as C, StatusUpdated as S};
+        let nothing_yet = policy(&[], &[]);
+        assert_eq!(nothing_yet.waiting_kinds(), [C, S], "an empty directory at start holds everything");
+        let lost = policy(&[C], &[]);
+        assert!(matches!(lost.route(C), Route::Wait), "a type that had a handler waits for it");
+        assert!(matches!(lost.route(S), Route::Skip(SkipReason::NotConfigured)));
+        let unsubscribed = policy(&[C, S], &[S]);
+        assert!(matches!(unsubscribed.route(S), Route::Skip(SkipReason::Unsubscribed)));
+        assert_eq!(unsubscribed.waiting_kinds(), [C]);
+        let all_let_go = policy(&[], &[C]);
+        assert!(all_let_go.waiting_kinds().is_empty(), "after a deliberate unsubscribe nothing waits");
     }
 }
