@@ -43,6 +43,29 @@ pub fn classify(e: &sqlx::Error) -> FailureClass {
     }
 }
 
+/// Whether `e` says Postgres cannot be reached or used right now (as opposed to a bug or bad
+/// values): connection errors, an exhausted or closed pool, a terminated backend (SQLSTATE 57P01
+/// when the server shuts down or an administrator cuts connections), too many connections,
+/// serialization failures and deadlocks. The API answers these with 503.
+pub fn is_unavailable(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed
+        | sqlx::Error::Protocol(_) => true,
+        // 08: connection exception; 40: transaction rollback (serialization, deadlock);
+        // 53: insufficient resources; 55: object not in prerequisite state (a database not
+        // accepting connections, a lock not available); 57: operator intervention (shutdown,
+        // cannot connect now).
+        sqlx::Error::Database(db) => {
+            matches!(db.code().as_deref().and_then(|c| c.get(..2)), Some("08" | "40" | "53" | "55" | "57"))
+        }
+        _ => false,
+    }
+}
+
 /// The SQLSTATE of a database error, for reasons people read.
 pub fn sqlstate(e: &sqlx::Error) -> Option<String> {
     e.as_database_error().and_then(|d| d.code()).map(|c| c.into_owned())

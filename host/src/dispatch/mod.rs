@@ -160,10 +160,17 @@ pub async fn run(shared: Shared, consumer: Consumer, mut revoked: mpsc::Unbounde
         tasks.abort_all();
     }
     drop(tasks);
-    // Bounded: a final commit against an unreachable broker must not hold shutdown (and the
-    // relay drain behind it) forever; what was not committed is redelivered.
-    let close = tokio::task::spawn_blocking(move || state.consumer.close());
-    if tokio::time::timeout(CLOSE_TIMEOUT, close).await.is_err() {
+    // Bounded, and on a thread of its own rather than the runtime's blocking pool: librdkafka's
+    // close can wait for good (a final commit against an unreachable broker, or a rebalance event
+    // met while the client is destroyed, whose protocol query is never answered), and a runtime
+    // waits for its blocking tasks when it is dropped. What was not committed is redelivered.
+    let (closed, closed_rx) = tokio::sync::oneshot::channel();
+    let closer = std::thread::Builder::new().name("consumer-close".into()).spawn(move || {
+        state.consumer.close();
+        drop(state);
+        let _ = closed.send(());
+    });
+    if closer.is_err() || tokio::time::timeout(CLOSE_TIMEOUT, closed_rx).await.is_err() {
         tracing::warn!("the consumer did not close in time; uncommitted events will be redelivered");
     }
 }

@@ -64,8 +64,8 @@ impl IntoResponse for ApiError {
 impl From<sqlx::Error> for ApiError {
     fn from(e: sqlx::Error) -> ApiError {
         match e {
-            // The pool is exhausted or Postgres is unreachable: a retry may succeed.
-            sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) => {
+            // Postgres is unreachable, restarting or out of connections: a retry may succeed.
+            e if crate::db::is_unavailable(&e) => {
                 tracing::warn!(error = %e, "database unavailable");
                 ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "database_unavailable", "database unavailable")
             }
