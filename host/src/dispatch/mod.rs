@@ -160,7 +160,7 @@ pub async fn run(shared: Shared, consumer: Consumer, mut revoked: mpsc::Unbounde
         tasks.abort_all();
     }
     drop(tasks);
-    // Bounded, and on a thread of its own rather than the runtime's blocking pool: librdkafka's
+    // Bounded, and on a thread of its own rather than the runtime's blocking pool: the Kafka client's
     // close can wait for good (a final commit against an unreachable broker, or a rebalance event
     // met while the client is destroyed, whose protocol query is never answered), and a runtime
     // waits for its blocking tasks when it is dropped. What was not committed is redelivered.
