@@ -832,3 +832,45 @@ async fn a_handler_returning_malformed_values_is_blamed_retried_and_dead_lettere
     assert!(notifications(&t, &bad).await.is_empty());
     t.host.shutdown().await.unwrap();
 }
+
+/// Handler logic that panics: a bug in the host's own code on a key lane.
+struct PanickingInvoker;
+
+impl host::runtime::Invoke for PanickingInvoker {
+    fn invoke<'a>(
+        &'a self,
+        _: &'a host::runtime::LoadedHandler,
+        _: &'a host::runtime::Event,
+        _: std::sync::Arc<dyn host::runtime::OrderSource>,
+    ) -> host::runtime::InvokeFuture<'a> {
+        Box::pin(async { panic!("a bug on the key lane") })
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_key_lane_is_a_death_that_fails_readiness_and_commits_nothing_behind_it() {
+    let dir = handlers_dir(&[("handlers", "notifier", SHIPPED)]);
+    let invoker: std::sync::Arc<dyn host::runtime::Invoke> = std::sync::Arc::new(PanickingInvoker);
+    let t = TestHost::start_invoking(Some(dir.path()), 1, &[], Some(invoker)).await;
+    let (_, o) = t.post("/api/orders", &order_body("panic@x.io", &[("1", 1)])).await;
+    assert!(o["id"].is_string(), "{o}");
+    tokio::time::timeout(Duration::from_secs(30), t.host.died()).await.expect("the lane's death is noticed");
+    let (code, ready) = t.get("/readyz").await;
+    assert_eq!(code, 503, "{ready}");
+    let failed = ready["failed_tasks"][0].as_str().unwrap_or_default();
+    assert!(failed.starts_with("dispatch key lane: a bug on the key lane"), "{ready}");
+    let text = t.http.get(t.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    assert_eq!(
+        metric(&text, r#"order_host_background_task_deaths_total{task="dispatch key lane"}"#),
+        Some(1.0)
+    );
+    let brokers = t.broker.bootstrap_servers().to_string();
+    tokio::time::timeout(Duration::from_secs(60), t.host.shutdown())
+        .await
+        .expect("a host with a dead task still shuts down")
+        .unwrap();
+    // The event the lane died on was never completed: the group has not committed past it, so
+    // the next host gets it again.
+    let progress = group_progress(&brokers, "order-processor", &["order.created"]).await;
+    assert!(progress.iter().all(|(_, _, committed, high)| committed < high), "{progress:?}");
+}

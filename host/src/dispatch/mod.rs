@@ -122,6 +122,11 @@ pub async fn run(shared: Shared, consumer: Consumer, mut revoked: mpsc::Unbounde
                     }
                     None
                 }
+                // A lane that ends (or panics) while no record arrives is reported at once.
+                Some(joined) = tasks.join_next() => {
+                    report_lane(&state.shared, joined);
+                    None
+                }
                 _ = shutdown.wait_for(|s| *s) => break 'consume,
             };
             match next {

@@ -108,6 +108,17 @@ impl TestHost {
         partitions: i32,
         extra: &[(&str, &str)],
     ) -> TestHost {
+        TestHost::start_invoking(handlers, partitions, extra, None).await
+    }
+
+    /// As [`TestHost::start_with`], with handler logic run by `invoker` when it is given (the
+    /// `runtime::Invoke` seam), for faults the real runtime cannot be made to show.
+    pub async fn start_invoking(
+        handlers: Option<&std::path::Path>,
+        partitions: i32,
+        extra: &[(&str, &str)],
+        invoker: Option<std::sync::Arc<dyn host::runtime::Invoke>>,
+    ) -> TestHost {
         let broker = EmbeddedBroker::start(&TOPICS, partitions).expect("embedded broker starts");
         let database_url = fresh_database().await;
         let dir = handlers.map(|d| d.display().to_string());
@@ -116,7 +127,7 @@ impl TestHost {
             vars.push(("HANDLERS_DIR", d));
         }
         let config = test_config(&database_url, broker.bootstrap_servers(), &vars);
-        let host = Host::start(&config).await.expect("host starts");
+        let host = Host::start_with(&config, invoker).await.expect("host starts");
         let base = format!("http://{}", host.addr);
         TestHost {
             host,
