@@ -53,14 +53,23 @@ fn read_toml(path: &Path) -> anyhow::Result<toml::Table> {
     toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))
 }
 
-/// Fails with the exact fix when the target is missing (rustup-managed toolchains only; others
-/// get cargo's own error).
+/// Installs the target when rustup manages the toolchain and lacks it, so set-up stays two
+/// commands. Without rustup, a missing target is reported with what to do.
 pub fn ensure_target(sh: &Shell) -> anyhow::Result<()> {
     let Ok(installed) = cmd!(sh, "rustup target list --installed").quiet().ignore_stderr().read() else {
+        let sysroot = cmd!(sh, "rustc --print sysroot").quiet().read().unwrap_or_default();
+        let lib = Path::new(sysroot.trim()).join("lib/rustlib").join(TARGET);
+        if !lib.is_dir() {
+            bail!(
+                "the {TARGET} target is not installed and rustup is not on PATH: install a Rust toolchain \
+                 with rustup (then `cargo xtask` adds the target itself), or add {TARGET} to this toolchain"
+            );
+        }
         return Ok(());
     };
     if !installed.lines().any(|l| l.trim() == TARGET) {
-        bail!("the {TARGET} target is not installed; add it with:\n\n    rustup target add {TARGET}\n");
+        println!("installing the {TARGET} target (once per toolchain)");
+        cmd!(sh, "rustup target add {TARGET}").run().context("rustup target add")?;
     }
     Ok(())
 }
