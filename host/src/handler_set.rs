@@ -5,13 +5,13 @@
 //! finishes on the versions it started with, and everything dispatched after a change sees the
 //! new set. Writers serialize on one lock, edit per-name slots, and publish a new snapshot.
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::SystemTime;
 
 use tokio::sync::watch;
 
-use crate::runtime::{EventKind, LoadProblem, LoadedHandler, Registry};
+use crate::runtime::{LoadProblem, LoadedHandler, Registry, RoutePolicy};
 
 /// Earlier versions kept per handler for rollback.
 const KEEP_PREVIOUS: usize = 5;
@@ -88,20 +88,12 @@ pub struct HandlerSet {
     generation: watch::Sender<u64>,
 }
 
-/// Which event types must not be completed without a handler, and which were deliberately left
-/// without one. Kept under the `slots` lock.
-#[derive(Debug, Default)]
-struct Policy {
-    /// Types some version served, or some rejected manifest entry was configured for.
-    expected: BTreeSet<EventKind>,
-    /// Types whose last subscriber was removed through the admin API.
-    unsubscribed: BTreeSet<EventKind>,
-}
-
 #[derive(Debug, Default)]
 struct Slots {
     by_name: BTreeMap<String, Slot>,
-    policy: Policy,
+    /// Kept across publishes under the `slots` lock: which types must wait for a handler, and
+    /// which were let go through the admin API.
+    policy: RoutePolicy,
 }
 
 impl Default for HandlerSet {
@@ -200,13 +192,8 @@ impl HandlerSet {
         let events =
             slot.current.as_ref().map(|v| v.handler.manifest.spec.events.clone()).unwrap_or_default();
         slot.replace(None);
-        let served: BTreeSet<EventKind> = slots
-            .by_name
-            .values()
-            .filter_map(|s| s.current.as_ref())
-            .flat_map(|v| v.handler.manifest.spec.events.iter().copied())
-            .collect();
-        slots.policy.unsubscribed.extend(events.into_iter().filter(|k| !served.contains(k)));
+        // `publish` takes back the types another serving handler still takes.
+        slots.policy.unsubscribed.extend(events);
         self.publish(&mut slots);
         Ok(())
     }
@@ -244,7 +231,7 @@ impl HandlerSet {
             }
             registry.insert_shared(v.handler.clone());
         }
-        registry.set_policy(slots.policy.expected.clone(), slots.policy.unsubscribed.clone());
+        registry.set_policy(slots.policy.clone());
         *self.published.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(registry);
         self.generation.send_modify(|g| *g += 1);
     }

@@ -121,26 +121,22 @@ impl Host {
             metrics: metrics.clone(),
             supervisor: supervisor.clone(),
         };
-        type Task = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
-        let spawn = |name: &'static str, task: Task| supervisor.spawn(name, shutdown_rx.clone(), task);
         let background = vec![
-            spawn(
+            supervisor.spawn(
                 "notification fan-out",
-                Box::pin(listen::run(pool.clone(), notices.clone(), shutdown_rx.clone())),
+                shutdown_rx.clone(),
+                listen::run(pool.clone(), notices.clone(), shutdown_rx.clone()),
             ),
-            spawn(
+            supervisor.spawn(
                 "timer scheduler",
-                Box::pin(timers::run(
-                    pool.clone(),
-                    config.topics.clone(),
-                    notices.timers(),
-                    shutdown_rx.clone(),
-                )),
+                shutdown_rx.clone(),
+                timers::run(pool.clone(), config.topics.clone(), notices.timers(), shutdown_rx.clone()),
             ),
-            spawn("dispatcher", Box::pin(dispatch::run(shared, consumer, revoked))),
-            spawn(
+            supervisor.spawn("dispatcher", shutdown_rx.clone(), dispatch::run(shared, consumer, revoked)),
+            supervisor.spawn(
                 "handler watcher",
-                Box::pin(handler_watch::run(
+                shutdown_rx.clone(),
+                handler_watch::run(
                     runtime.clone(),
                     handlers.clone(),
                     WatchConfig {
@@ -149,7 +145,7 @@ impl Host {
                         rescan: config.admin.rescan,
                     },
                     shutdown_rx.clone(),
-                )),
+                ),
             ),
         ];
 
@@ -215,18 +211,7 @@ impl Host {
     /// Stops accepting and fetching, lets in-flight requests and events finish (the dispatcher
     /// commits and leaves its group), then drains the relay and flushes the producer.
     pub async fn shutdown(self) -> anyhow::Result<()> {
-        let Host {
-            addr: _,
-            pool,
-            shutdown,
-            relay_shutdown,
-            server,
-            background,
-            relay,
-            producer,
-            supervisor: _,
-            embedded,
-        } = self;
+        let Host { pool, shutdown, relay_shutdown, server, background, relay, producer, embedded, .. } = self;
         let _ = shutdown.send(true);
         let served = server.await.context("joining the HTTP server")?;
         for task in background {

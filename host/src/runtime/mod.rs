@@ -27,7 +27,7 @@ pub use error::{DispatchError, Disposition, TrapKind, describe_handler_error};
 use host_api::StoreState;
 pub use host_api::{NoOrders, OrderSource, StaticOrders, sandbox_wasi_ctx};
 pub use manifest::{EventKind, HandlerManifest, HandlerSpec, Manifest};
-pub use registry::{LoadProblem, Registry, Route, SkipReason};
+pub use registry::{LoadProblem, Registry, Route, RoutePolicy, SkipReason};
 pub use stats::{InvocationStats, StatsSnapshot};
 
 /// Rust types generated from `wit/`; the host's side of the contract.

@@ -33,12 +33,18 @@ impl std::fmt::Display for LoadProblem {
 #[derive(Debug, Default)]
 pub struct Registry {
     handlers: BTreeMap<String, Arc<LoadedHandler>>,
+    policy: RoutePolicy,
+}
+
+/// What happens to events of a type no loaded handler subscribes to (see [`Route`]).
+#[derive(Debug, Default, Clone)]
+pub struct RoutePolicy {
     /// Event types some handler was configured or served for: without a subscriber, their events
     /// wait for one.
-    expected: BTreeSet<EventKind>,
+    pub expected: BTreeSet<EventKind>,
     /// Event types whose last subscriber was unsubscribed through the admin API: a deliberate
     /// skip.
-    unsubscribed: BTreeSet<EventKind>,
+    pub unsubscribed: BTreeSet<EventKind>,
 }
 
 /// Where an event of one type goes.
@@ -172,9 +178,8 @@ impl Registry {
     }
 
     /// Sets what happens to events of types with no subscriber (see [`Route`]).
-    pub fn set_policy(&mut self, expected: BTreeSet<EventKind>, unsubscribed: BTreeSet<EventKind>) {
-        self.expected = expected;
-        self.unsubscribed = unsubscribed;
+    pub fn set_policy(&mut self, policy: RoutePolicy) {
+        self.policy = policy;
     }
 
     /// Where an event of `kind` goes.
@@ -182,9 +187,9 @@ impl Registry {
         let handlers: Vec<_> = self.subscribers(kind).collect();
         if !handlers.is_empty() {
             Route::Handlers(handlers)
-        } else if self.unsubscribed.contains(&kind) {
+        } else if self.policy.unsubscribed.contains(&kind) {
             Route::Skip(SkipReason::Unsubscribed)
-        } else if self.expected.contains(&kind) || self.never_configured() {
+        } else if self.policy.expected.contains(&kind) || self.never_configured() {
             Route::Wait
         } else {
             Route::Skip(SkipReason::NotConfigured)
@@ -194,7 +199,7 @@ impl Registry {
     /// No handler has been configured, served or unsubscribed yet (an empty, missing or unreadable
     /// handlers directory at start): every event waits, whatever its type.
     fn never_configured(&self) -> bool {
-        self.handlers.is_empty() && self.expected.is_empty() && self.unsubscribed.is_empty()
+        self.handlers.is_empty() && self.policy.expected.is_empty() && self.policy.unsubscribed.is_empty()
     }
 
     /// Event types whose events would wait right now.
@@ -213,7 +218,10 @@ mod tests {
 
     fn policy(expected: &[EventKind], unsubscribed: &[EventKind]) -> Registry {
         let mut r = Registry::default();
-        r.set_policy(expected.iter().copied().collect(), unsubscribed.iter().copied().collect());
+        r.set_policy(RoutePolicy {
+            expected: expected.iter().copied().collect(),
+            unsubscribed: unsubscribed.iter().copied().collect(),
+        });
         r
     }
 
