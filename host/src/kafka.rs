@@ -143,6 +143,25 @@ impl Producer {
         Ok(Some(fatal))
     }
 
+    /// Fault injection for tests: raises a fatal error in the client through librdkafka's own test
+    /// hook (`rd_kafka_test_fatal_error`), the error an idempotent producer meets when a broker
+    /// lost acknowledged data, so the recovery path can be exercised without such a broker.
+    #[doc(hidden)]
+    pub fn inject_fatal_error(&self, reason: &str) {
+        use rdkafka::bindings as rd;
+        let reason = std::ffi::CString::new(reason.replace('\0', " ")).expect("no NUL bytes");
+        let producer = self.client();
+        // SAFETY: the client pointer is live while `producer` (a reference-counted handle) is, and
+        // librdkafka copies the reason before returning.
+        unsafe {
+            rd::rd_kafka_test_fatal_error(
+                producer.client().native_ptr(),
+                rd::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_OUT_OF_ORDER_SEQUENCE_NUMBER,
+                reason.as_ptr(),
+            );
+        }
+    }
+
     /// Waits for everything in flight to be delivered, for a clean shutdown.
     pub fn flush(&self, timeout: Duration) -> anyhow::Result<()> {
         self.client().flush(timeout).context("flushing the Kafka producer")

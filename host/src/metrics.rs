@@ -84,6 +84,26 @@ pub struct Metrics {
     events_skipped: Family<ReasonLabels, Counter>,
     task_deaths: Family<TaskLabels, Counter>,
     producer_replaced: Counter,
+    timer_passes: Family<PassLabels, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PassLabels {
+    found: TimerPass,
+}
+
+/// What one pass of the timer scheduler found.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum TimerPass {
+    /// It claimed due timers and fired them (or retried them later).
+    fired,
+    /// Due timers existed but every one was claimed by another replica.
+    held_elsewhere,
+    /// Nothing was due.
+    none_due,
+    /// Postgres failed; the scheduler backs off.
+    failed,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -132,6 +152,7 @@ impl Metrics {
             events_skipped: Family::default(),
             task_deaths: Family::default(),
             producer_replaced: Counter::default(),
+            timer_passes: Family::default(),
         };
         m.register()
     }
@@ -206,7 +227,16 @@ impl Metrics {
             "Kafka producers replaced after a fatal error",
             self.producer_replaced.clone(),
         );
+        r.register(
+            "timer_scheduler_passes",
+            "Timer scheduler passes by what they found (fired, held_elsewhere: due timers all claimed by another replica, none_due, failed)",
+            self.timer_passes.clone(),
+        );
         self
+    }
+
+    pub fn timer_pass(&self, found: TimerPass) {
+        self.timer_passes.get_or_create(&PassLabels { found }).inc();
     }
 
     /// An event is held, or no longer held, for want of a handler.

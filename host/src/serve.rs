@@ -130,7 +130,13 @@ impl Host {
             supervisor.spawn(
                 "timer scheduler",
                 shutdown_rx.clone(),
-                timers::run(pool.clone(), config.topics.clone(), notices.timers(), shutdown_rx.clone()),
+                timers::run(
+                    pool.clone(),
+                    config.topics.clone(),
+                    notices.timers(),
+                    metrics.clone(),
+                    shutdown_rx.clone(),
+                ),
             ),
             supervisor.spawn("dispatcher", shutdown_rx.clone(), dispatch::run(shared, consumer, revoked)),
             supervisor.spawn(
@@ -206,6 +212,12 @@ impl Host {
     /// Background tasks that died, as `task: reason`.
     pub fn deaths(&self) -> Vec<String> {
         self.supervisor.deaths()
+    }
+
+    /// Fault injection for tests: the producer hits a fatal error, as after a broker lost data.
+    #[doc(hidden)]
+    pub fn inject_producer_fatal_error(&self, reason: &str) {
+        self.producer.inject_fatal_error(reason)
     }
 
     /// Stops accepting and fetching, lets in-flight requests and events finish (the dispatcher

@@ -874,3 +874,138 @@ async fn a_panicking_key_lane_is_a_death_that_fails_readiness_and_commits_nothin
     let progress = group_progress(&brokers, "order-processor", &["order.created"]).await;
     assert!(progress.iter().all(|(_, _, committed, high)| committed < high), "{progress:?}");
 }
+
+/// A producer that hits a fatal error (what an idempotent producer meets after a broker lost data
+/// it had acknowledged) fails readiness at once; the relay's next publish fails, the relay replaces
+/// the producer, and the order's records go out through the new one: it ships.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_producer_with_a_fatal_error_fails_readiness_and_is_replaced_without_losing_a_record() {
+    let dir = handlers_dir(&[("handlers", "order-processor", SHIPPED)]);
+    let t = TestHost::start_with(Some(dir.path()), 3, &[("DEMO_MODE", "true")]).await;
+    assert_eq!(t.get("/readyz").await.0, 200);
+
+    t.host.inject_producer_fatal_error("test: the broker lost acknowledged records");
+    let (code, ready) = t.get("/readyz").await;
+    assert_eq!(code, 503, "{ready}");
+    assert!(ready["kafka"].as_str().unwrap_or_default().contains("fatal error"), "{ready}");
+
+    let (_, order) = t.post("/api/orders", &order_body("fatal@x.io", &[("7", 1)])).await;
+    let id = order["id"].as_str().unwrap().to_string();
+    eventually("the order to ship through the replaced producer", Duration::from_secs(60), || async {
+        (status_of(&t, &id).await == "shipped").then_some(())
+    })
+    .await;
+    let text = t.get_text("/metrics").await;
+    assert_eq!(metric(&text, "order_host_kafka_producer_replaced_total"), Some(1.0), "{text}");
+    assert_eq!(t.get("/readyz").await.0, 200, "ready again once replaced");
+    t.host.shutdown().await.unwrap();
+}
+
+/// Due timers claimed by another replica (here a transaction of the test's holds the row lock, as
+/// another scheduler's claim does) are left to it: the scheduler looks again every
+/// `HELD_ELSEWHERE_SLEEP` (200 ms) rather than spinning, and fires the timer once the holder lets it
+/// go unfired.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_due_timer_held_by_another_replica_is_waited_for_without_spinning() {
+    let t = TestHost::start().await;
+    let (_, o) = t.post("/api/orders", &order_body("held@x.io", &[("2", 1)])).await;
+    let id = uuid::Uuid::parse_str(o["id"].as_str().unwrap()).unwrap();
+    let (timer,): (i64,) = sqlx::query_as(
+        "INSERT INTO timers (order_id, to_status, due_at, cause, event_id, handler_version, consumed_topic)
+         VALUES ($1, 'processing', now() + interval '2 seconds', 'handler:held@0', 'e', 'v', 't') RETURNING id",
+    )
+    .bind(id)
+    .fetch_one(t.pool())
+    .await
+    .unwrap();
+    // Claimed before it is due, so the scheduler cannot fire it first.
+    let mut holder = t.pool().begin().await.unwrap();
+    sqlx::query("SELECT id FROM timers WHERE id = $1 FOR UPDATE")
+        .bind(timer)
+        .execute(&mut *holder)
+        .await
+        .unwrap();
+
+    let held = |text: &str| metric(text, "order_host_timer_scheduler_passes_total{found=\"held_elsewhere\"}");
+    let first = eventually("the scheduler to find the timer held", Duration::from_secs(20), || async {
+        held(&t.get_text("/metrics").await)
+    })
+    .await;
+    // A measuring window, not a wait for a condition: a spinning scheduler makes thousands of
+    // passes in it, one that sleeps 200 ms between looks about ten.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let passes = held(&t.get_text("/metrics").await).unwrap() - first;
+    assert!((1.0..=30.0).contains(&passes), "{passes} passes in 2 s while another replica held the timer");
+    assert_eq!(status_of(&t, &id.to_string()).await, "pending", "fired while held elsewhere");
+
+    holder.rollback().await.unwrap();
+    eventually("the released timer to fire", Duration::from_secs(20), || async {
+        (status_of(&t, &id.to_string()).await == "processing").then_some(())
+    })
+    .await;
+    t.host.shutdown().await.unwrap();
+}
+
+/// The dispatcher has a pool of its own: with every one of its connections stuck (each key lane
+/// waits on a lock the test holds on the idempotency table), orders are still taken, read and
+/// listed, each answered as usual rather than after a pool timeout; once the lock goes, every
+/// order ships.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_answers_while_every_dispatcher_connection_is_stuck() {
+    const DISPATCH_POOL: i64 = 3;
+    let dir = handlers_dir(&[("handlers", "order-processor", SHIPPED)]);
+    let size = DISPATCH_POOL.to_string();
+    let t = TestHost::start_with(
+        Some(dir.path()),
+        3,
+        &[("DEMO_MODE", "true"), ("DISPATCH_POOL_SIZE", &size), ("DATABASE_POOL_SIZE", "4")],
+    )
+    .await;
+    use sqlx::Connection;
+    let mut conn = sqlx::PgConnection::connect(&t.database_url).await.unwrap();
+    let mut holder = conn.begin().await.unwrap();
+    sqlx::query("LOCK TABLE processed_events IN ACCESS EXCLUSIVE MODE").execute(&mut *holder).await.unwrap();
+
+    let mut ids = Vec::new();
+    for i in 0..10 {
+        let (code, o) = t.post("/api/orders", &order_body(&format!("stuck{i}@x.io"), &[("3", 1)])).await;
+        assert_eq!(code, 201, "{o}");
+        ids.push(o["id"].as_str().unwrap().to_string());
+    }
+    // The test's own connections, so that what it observes does not depend on the host's pools.
+    let observer = sqlx::PgPool::connect(&t.database_url).await.unwrap();
+    let waiting = || async {
+        let (n,): (i64,) = sqlx::query_as(
+            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE '%processed_events%'",
+        )
+        .fetch_one(&observer)
+        .await
+        .unwrap();
+        n
+    };
+    eventually("every dispatcher connection to wait on the lock", Duration::from_secs(30), || async {
+        (waiting().await == DISPATCH_POOL).then_some(())
+    })
+    .await;
+
+    for (i, id) in ids.iter().enumerate() {
+        let (code, o) = t.post("/api/orders", &order_body(&format!("more{i}@x.io"), &[("3", 1)])).await;
+        assert_eq!(code, 201, "POST while the dispatcher is stuck: {o}");
+        let (code, got) = t.get(&format!("/api/orders/{id}")).await;
+        assert_eq!((code, got["status"].as_str()), (200, Some("pending")), "{got}");
+        let (code, list) = t.get("/api/orders?limit=5").await;
+        assert_eq!(code, 200, "{list}");
+    }
+    assert_eq!(waiting().await, DISPATCH_POOL, "the dispatcher stayed stuck throughout");
+
+    holder.rollback().await.unwrap();
+    let (_, all) = t.get("/api/orders?limit=100").await;
+    for o in all.as_array().unwrap() {
+        let id = o["id"].as_str().unwrap();
+        eventually("every order to ship once the lock is gone", Duration::from_secs(60), || async {
+            (status_of(&t, id).await == "shipped").then_some(())
+        })
+        .await;
+    }
+    t.host.shutdown().await.unwrap();
+}

@@ -263,3 +263,121 @@ async fn faults_one_after_another_lose_nothing_and_apply_nothing_twice() {
     assert_eq!(count("SELECT count(*) FROM processed_events WHERE outcome <> 'applied'").await, 0);
     drop(host);
 }
+
+/// On the real binary and tansu, two faults that belong to one handler or one record: a handler
+/// returning values the component ABI rejects is blamed, retried and dead-lettered for its own
+/// events only, while the shipped handlers ship every order; an outbox row that can never be
+/// delivered (2 MB, over the producer's limit) is parked and holds back only its own key. Every
+/// order ships with each transition once, and the host stays ready.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malformed_handler_and_a_poison_outbox_row_hold_back_nothing_else() {
+    const SHIPPED: &[&str] = &["order-created", "status-updated"];
+    let database_url = fresh_database().await;
+    let (_tansu, brokers) = start_tansu(&TOPICS).await;
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let http = reqwest::Client::new();
+    let dir = handlers_dir(&[
+        ("handlers", "order-processor", SHIPPED),
+        ("handlers", "notifier", SHIPPED),
+        ("fixtures", "malformed", &["order-created"]),
+    ]);
+    let logs = tempfile::tempdir().unwrap();
+    let env = [
+        ("HANDLERS_DIR", dir.path().to_str().unwrap()),
+        ("ADMIN_TOKEN", "secret"),
+        ("DISPATCH_MAX_ATTEMPTS", "2"),
+        ("DISPATCH_RETRY_BASE_MS", "20"),
+    ];
+    let _host = start_host_logging_json(&database_url, &brokers, port, &logs.path().join("host.log"), &env);
+    wait_ready(&http, &base).await;
+    let pool = sqlx::PgPool::connect(&database_url).await.unwrap();
+    let count = |sql: &'static str| {
+        let pool = pool.clone();
+        async move { sqlx::query_as::<_, (i64,)>(sql).fetch_one(&pool).await.unwrap().0 }
+    };
+
+    let insert = |key: &'static str, size: usize| {
+        let pool = pool.clone();
+        async move {
+            sqlx::query_as::<_, (i64,)>(
+                "INSERT INTO outbox (topic, key, payload) VALUES ('order.status-updated', $1, $2) RETURNING id",
+            )
+            .bind(key.as_bytes())
+            .bind(vec![b'x'; size])
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+            .0
+        }
+    };
+    let poison = insert("poison-key", 2_000_000).await;
+    let behind = insert("poison-key", 10).await;
+    sqlx::query("SELECT pg_notify('outbox', '')").execute(&pool).await.unwrap();
+
+    let mut ids = Vec::new();
+    for i in 0..12 {
+        let who = if i % 3 == 0 { "malformed" } else { "fine" };
+        let r = http
+            .post(format!("{base}/api/orders"))
+            .json(&order_body(&format!("{who}{i}@x.io"), &[("4", 1)]))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 201);
+        ids.push(r.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_string());
+    }
+    for id in &ids {
+        eventually("every order to ship", Duration::from_secs(90), || async {
+            let o: Value =
+                http.get(format!("{base}/api/orders/{id}")).send().await.ok()?.json().await.ok()?;
+            (o["status"] == "shipped").then_some(())
+        })
+        .await;
+    }
+
+    let dead = consume(&brokers, "order.dead-letter", 4, Duration::from_secs(60), |_| true).await;
+    let mut dead_keys: Vec<&str> = dead.iter().map(|d| d.key.as_str()).collect();
+    dead_keys.sort_unstable();
+    let mut malformed: Vec<&str> = ids.iter().step_by(3).map(String::as_str).collect();
+    malformed.sort_unstable();
+    assert_eq!(dead_keys, malformed, "exactly the malformed handler's answers are dead-lettered");
+    for d in &dead {
+        assert_eq!(
+            (d.headers["x-dlq-handler"].as_str(), d.headers["x-dlq-class"].as_str()),
+            ("malformed", "trap")
+        );
+    }
+    assert_eq!(count("SELECT count(*) FROM processed_events WHERE outcome <> 'applied'").await, 4);
+    assert_eq!(
+        count("SELECT count(*) FROM processed_events WHERE outcome <> 'applied' AND handler <> 'malformed'")
+            .await,
+        0
+    );
+    assert_eq!(
+        count("SELECT count(*) FROM order_status_history").await,
+        4 * ids.len() as i64,
+        "each step once"
+    );
+
+    let parked = eventually("the poison row to be parked", Duration::from_secs(60), || async {
+        let r = http.get(format!("{base}/admin/outbox/parked")).bearer_auth("secret").send().await.ok()?;
+        let parked: Value = r.json().await.ok()?;
+        (parked[0]["id"] == poison).then_some(parked)
+    })
+    .await;
+    assert_eq!(parked[0]["held_back"], 1, "{parked}");
+    let (published,): (bool,) = sqlx::query_as("SELECT published_at IS NOT NULL FROM outbox WHERE id = $1")
+        .bind(behind)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert!(!published, "a later row of the parked row's key never overtakes it");
+    assert_eq!(
+        count("SELECT count(*) FROM outbox WHERE published_at IS NULL").await,
+        2,
+        "only the poison key waits"
+    );
+    let ready = http.get(format!("{base}/readyz")).send().await.unwrap();
+    assert_eq!(ready.status(), 200, "a parked row is an operator's matter, not a restart's");
+}

@@ -14,55 +14,46 @@ use anyhow::Context;
 use sqlx::PgPool;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 
-/// Whether a Postgres failure may pass by itself or is a property of the data being written.
+/// What a Postgres failure says about the work that met it. The dispatcher retries
+/// `Unavailable` and `HostBug` and dead-letters (or parks) `BadValues`; the API answers them with
+/// 503, 500 and 400.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FailureClass {
-    /// Connection lost, pool exhausted, serialization failure, deadlock, shutdown, out of
-    /// resources: retry until Postgres recovers.
-    Transient,
+    /// Postgres cannot be reached or used right now: connection lost, pool exhausted or closed,
+    /// a terminated backend, too many connections, a serialization failure or deadlock. It passes
+    /// by itself; retry.
+    Unavailable,
     /// The same statement with the same values fails the same way every time (a data exception
-    /// such as a NUL byte in text or an out-of-range interval, an integrity violation): retrying
-    /// cannot help, so the work that carries these values is dead-lettered or parked.
-    Permanent,
+    /// such as a NUL byte in text or an out-of-range interval, an integrity violation, a value too
+    /// large for an index row): retrying cannot help.
+    BadValues,
+    /// Anything else (a syntax or undefined-object error): the host's own bug, independent of
+    /// the values. The dispatcher retries it rather than dead-lettering every event until a fix.
+    HostBug,
 }
 
-/// Classifies by SQLSTATE class. What is neither transient nor a data or integrity error (a
-/// syntax or undefined-object error, say) is the host's own bug, independent of the event: it is
-/// treated as transient, because dead-lettering it would dead-letter every event until a fix.
+/// Classifies by error kind and SQLSTATE class.
 pub fn classify(e: &sqlx::Error) -> FailureClass {
-    match e {
-        sqlx::Error::Database(db) => match db.code().as_deref().map(|c| c.get(..2).unwrap_or(c)) {
-            // 22: data exception; 23: integrity constraint violation; 54: program limit
-            // exceeded (a value too large for an index row, say).
-            Some("22" | "23" | "54") => FailureClass::Permanent,
-            _ => FailureClass::Transient,
-        },
-        // A value the driver could not encode for the wire is a property of the value.
-        sqlx::Error::Encode(_) => FailureClass::Permanent,
-        _ => FailureClass::Transient,
-    }
-}
-
-/// Whether `e` says Postgres cannot be reached or used right now (as opposed to a bug or bad
-/// values): connection errors, an exhausted or closed pool, a terminated backend (SQLSTATE 57P01
-/// when the server shuts down or an administrator cuts connections), too many connections,
-/// serialization failures and deadlocks. The API answers these with 503.
-pub fn is_unavailable(e: &sqlx::Error) -> bool {
     match e {
         sqlx::Error::Io(_)
         | sqlx::Error::Tls(_)
         | sqlx::Error::PoolTimedOut
         | sqlx::Error::PoolClosed
         | sqlx::Error::WorkerCrashed
-        | sqlx::Error::Protocol(_) => true,
-        // 08: connection exception; 40: transaction rollback (serialization, deadlock);
-        // 53: insufficient resources; 55: object not in prerequisite state (a database not
-        // accepting connections, a lock not available); 57: operator intervention (shutdown,
-        // cannot connect now).
-        sqlx::Error::Database(db) => {
-            matches!(db.code().as_deref().and_then(|c| c.get(..2)), Some("08" | "40" | "53" | "55" | "57"))
-        }
-        _ => false,
+        | sqlx::Error::Protocol(_) => FailureClass::Unavailable,
+        sqlx::Error::Database(db) => match db.code().as_deref().and_then(|c| c.get(..2)) {
+            // 08: connection exception; 40: transaction rollback (serialization, deadlock);
+            // 53: insufficient resources; 55: object not in prerequisite state (a database not
+            // accepting connections, a lock not available); 57: operator intervention (shutdown,
+            // cannot connect now).
+            Some("08" | "40" | "53" | "55" | "57") => FailureClass::Unavailable,
+            // 22: data exception; 23: integrity constraint violation; 54: program limit exceeded.
+            Some("22" | "23" | "54") => FailureClass::BadValues,
+            _ => FailureClass::HostBug,
+        },
+        // A value the driver could not encode for the wire is a property of the value.
+        sqlx::Error::Encode(_) => FailureClass::BadValues,
+        _ => FailureClass::HostBug,
     }
 }
 

@@ -229,14 +229,14 @@ fn failure_class(e: &DispatchError) -> &'static str {
     }
 }
 
-/// A Postgres failure while handling an event: transient ones are the host's and are retried;
-/// permanent ones (the values cannot be stored) end in a dead letter.
+/// A Postgres failure while handling an event: an unavailable Postgres or a host bug is the
+/// host's and is retried; values that cannot be stored end in a dead letter.
 fn db_failure(what: &str, e: sqlx::Error) -> Attempt {
     match db::classify(&e) {
-        FailureClass::Transient => {
+        FailureClass::Unavailable | FailureClass::HostBug => {
             Attempt::Failed(DispatchError::Host(anyhow::Error::new(e).context(what.to_string())))
         }
-        FailureClass::Permanent => Attempt::Final(
+        FailureClass::BadValues => Attempt::Final(
             "rejected-effects",
             format!("{what}: Postgres refused it: {e} (SQLSTATE {})", db::sqlstate(&e).unwrap_or_default()),
         ),
@@ -443,7 +443,7 @@ async fn dead_letter(ev: &InFlight<'_>, dl: DeadLetter<'_>) -> Done {
     };
     let mut failures = 0;
     loop {
-        let result: Result<(), sqlx::Error> = async {
+        let result: Result<bool, sqlx::Error> = async {
             let mut tx = shared.pool.begin().await?;
             let fresh = store::record_processed(
                 &mut tx,
@@ -458,11 +458,23 @@ async fn dead_letter(ev: &InFlight<'_>, dl: DeadLetter<'_>) -> Done {
             if fresh {
                 outbox::enqueue(&mut tx, &dlq).await?;
             }
-            tx.commit().await
+            tx.commit().await?;
+            Ok(fresh)
         }
         .await;
         match result {
-            Ok(()) => {
+            // A redelivery of an event already settled (applied or dead-lettered) for this
+            // handler: nothing was written, so nothing is counted as a new dead letter.
+            Ok(false) => {
+                shared.metrics.handler_event(dl.handler, Outcome::duplicate);
+                tracing::info!(
+                    handler = dl.handler,
+                    event_id = dl.event_id,
+                    "redelivery of a settled event; nothing to do"
+                );
+                return Done::Completed;
+            }
+            Ok(true) => {
                 shared.metrics.handler_event(dl.handler, Outcome::dead_lettered);
                 tracing::error!(handler = dl.handler, event_id = dl.event_id, attempts = dl.attempts, class = dl.class,
                     reason = %dl.reason, topic = %record.topic, partition = record.partition, offset = record.offset,

@@ -18,6 +18,7 @@ use crate::config::Topics;
 use crate::db::dispatch::{self as store, Timer};
 use crate::db::orders::{Cause, StoreError, change_status};
 use crate::db::{self, FailureClass};
+use crate::metrics::{Metrics, TimerPass};
 
 /// Timers fired per transaction.
 const BATCH: i64 = 200;
@@ -31,21 +32,29 @@ const MAX_ATTEMPTS: i32 = 5;
 
 /// Sleeps until the earliest timer is due or a new one is created, fires what is due, repeats;
 /// until `shutdown`.
-pub async fn run(pool: PgPool, topics: Topics, wake: Arc<Notify>, mut shutdown: watch::Receiver<bool>) {
+pub async fn run(
+    pool: PgPool,
+    topics: Topics,
+    wake: Arc<Notify>,
+    metrics: Arc<Metrics>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let mut backoff = Duration::from_millis(100);
     while !*shutdown.borrow() {
-        let sleep = match fire_due(&pool, &topics).await {
-            Ok(n) if n as i64 == BATCH => continue,
+        let (found, sleep) = match fire_due(&pool, &topics).await {
+            Ok(n) if n as i64 == BATCH => (TimerPass::fired, Duration::ZERO),
             Ok(fired) => {
                 backoff = Duration::from_millis(100);
+                let found = if fired > 0 { TimerPass::fired } else { TimerPass::none_due };
                 match store::millis_until_next_due(&pool).await {
-                    Ok(Some(ms)) if ms <= 0 && fired > 0 => continue,
-                    Ok(Some(ms)) if ms <= 0 => HELD_ELSEWHERE_SLEEP,
-                    Ok(Some(ms)) => Duration::from_millis(ms as u64).min(MAX_SLEEP),
-                    Ok(None) => MAX_SLEEP,
+                    Ok(Some(ms)) if ms <= 0 && fired > 0 => (found, Duration::ZERO),
+                    // Due, yet nothing was claimed: another replica holds them.
+                    Ok(Some(ms)) if ms <= 0 => (TimerPass::held_elsewhere, HELD_ELSEWHERE_SLEEP),
+                    Ok(Some(ms)) => (found, Duration::from_millis(ms as u64).min(MAX_SLEEP)),
+                    Ok(None) => (found, MAX_SLEEP),
                     Err(e) => {
                         tracing::warn!(error = %e, "reading the next timer failed");
-                        backoff
+                        (found, backoff)
                     }
                 }
             }
@@ -53,9 +62,13 @@ pub async fn run(pool: PgPool, topics: Topics, wake: Arc<Notify>, mut shutdown: 
                 tracing::warn!(error = %format!("{e:#}"), retry_in = ?backoff, "firing timers failed");
                 let now = backoff;
                 backoff = (backoff * 2).min(MAX_SLEEP);
-                now
+                (TimerPass::failed, now)
             }
         };
+        metrics.timer_pass(found);
+        if sleep.is_zero() {
+            continue;
+        }
         tokio::select! {
             _ = tokio::time::sleep(sleep) => {}
             _ = wake.notified() => {}
@@ -82,7 +95,7 @@ async fn fire_due(pool: &PgPool, topics: &Topics) -> anyhow::Result<usize> {
                 savepoint.commit().await?;
                 store::delete_timer(&mut tx, t.id).await?;
             }
-            Err(e) if db::classify(&e) == FailureClass::Transient => {
+            Err(e) if db::classify(&e) != FailureClass::BadValues => {
                 return Err(anyhow::Error::from(e).context(format!("firing timer {}", t.id)));
             }
             Err(e) => {

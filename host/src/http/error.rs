@@ -10,6 +10,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use utoipa::ToSchema;
 
+use crate::db::FailureClass;
 use crate::db::orders::StoreError;
 use crate::orders::Invalid;
 
@@ -63,14 +64,14 @@ impl IntoResponse for ApiError {
 
 impl From<sqlx::Error> for ApiError {
     fn from(e: sqlx::Error) -> ApiError {
-        match e {
+        match crate::db::classify(&e) {
             // Postgres is unreachable, restarting or out of connections: a retry may succeed.
-            e if crate::db::is_unavailable(&e) => {
+            FailureClass::Unavailable => {
                 tracing::warn!(error = %e, "database unavailable");
                 ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "database_unavailable", "database unavailable")
             }
             // A value Postgres cannot hold (a safety net behind validation): the client's input.
-            e if crate::db::classify(&e) == crate::db::FailureClass::Permanent => {
+            FailureClass::BadValues => {
                 tracing::info!(error = %e, "request refused by a database constraint");
                 ApiError::new(
                     StatusCode::BAD_REQUEST,
@@ -81,7 +82,7 @@ impl From<sqlx::Error> for ApiError {
                     ),
                 )
             }
-            e => ApiError::internal(e),
+            FailureClass::HostBug => ApiError::internal(e),
         }
     }
 }

@@ -151,6 +151,12 @@ impl TestHost {
         decode(r).await
     }
 
+    /// A GET answered with text (`/metrics`).
+    pub async fn get_text(&self, path: &str) -> String {
+        let r = self.http.get(self.url(path)).send().await.expect("GET is answered");
+        r.text().await.expect("a text body")
+    }
+
     pub async fn post(&self, path: &str, body: &serde_json::Value) -> (u16, serde_json::Value) {
         let r = self.http.post(self.url(path)).json(body).send().await.expect("POST is answered");
         decode(r).await
