@@ -12,7 +12,8 @@ use host::runtime::wit::OrderStatus;
 use host::runtime::{NoOrders, Registry, Runtime};
 use sdk::Handler;
 
-#[path = "../tests/support/mod.rs"]
+#[path = "../tests/it/support/mod.rs"]
+#[allow(dead_code)] // the benchmark uses a few of the tests' helpers
 mod support;
 
 fn invoke(c: &mut Criterion) {

@@ -10,7 +10,7 @@ use host::devdb::LocalPostgres;
 use host::runtime::{HandlerSpec, Origin, Runtime};
 use host::serve::Host;
 
-#[path = "../tests/support/mod.rs"]
+#[path = "../tests/it/support/mod.rs"]
 #[allow(dead_code)]
 mod support;
 

@@ -11,7 +11,7 @@ use crate::{build_handlers, project_root, wasm};
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Passed to `cargo test` of the host workspace (e.g. `--test deploy`, a name filter).
+    /// Passed to `cargo test` of the host workspace (e.g. `--test it deploy::`: one test binary, filtered by module).
     #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
     rest: Vec<String>,
 }

@@ -117,3 +117,24 @@ fn every_wit_item_is_documented() {
     }
     assert!(undocumented.is_empty(), "WIT items without a `///` doc: {undocumented:#?}");
 }
+
+/// Every integration test of the host is a module of the one binary `host/tests/it/`: each extra
+/// binary links wasmtime, librdkafka, sqlx and axum again, which on two cores is most of the
+/// edit-test loop.
+#[test]
+fn the_host_has_one_integration_test_binary() {
+    let tests = project_root().join("host/tests");
+    let mut binaries = Vec::new();
+    for entry in std::fs::read_dir(&tests).unwrap().flatten() {
+        let path = entry.path();
+        let is_binary = if path.is_dir() {
+            path.join("main.rs").is_file()
+        } else {
+            path.extension().is_some_and(|e| e == "rs")
+        };
+        if is_binary {
+            binaries.push(relative(&path));
+        }
+    }
+    assert_eq!(binaries, ["host/tests/it"], "a new test area is a module of host/tests/it/main.rs");
+}

@@ -1,8 +1,6 @@
 //! Shared by the integration tests: where the built components are, and the sample order the
 //! golden cases in `handlers/testdata/cases.json` are about (the same one `sdk::testing` builds).
 
-#![allow(dead_code)]
-
 pub mod logs;
 pub mod mirrord;
 pub mod process;

@@ -6,14 +6,12 @@
 //! Needs Node.js, `npm ci` in `tests/browser/` and Chromium (`/usr/bin/chromium`, or `CHROMIUM`);
 //! `cargo xtask test` and `.ci/run` provide them.
 
-mod support;
-
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
+use crate::support::service::*;
 use serde_json::Value;
-use support::service::*;
 
 /// Stages long enough that the tracking page is open before the order ships, so the bar is seen
 /// moving rather than arriving finished.
@@ -30,7 +28,7 @@ fn handlers_with_visible_stages() -> tempfile::TempDir {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_order_placed_in_the_storefront_is_tracked_live_to_shipped() {
-    let browser_dir = support::root().join("host/tests/browser");
+    let browser_dir = crate::support::root().join("host/tests/browser");
     assert!(
         browser_dir.join("node_modules/playwright-core").is_dir(),
         "playwright-core is not installed: run `npm ci --prefix host/tests/browser` (cargo xtask test does)"
@@ -43,7 +41,7 @@ async fn an_order_placed_in_the_storefront_is_tracked_live_to_shipped() {
 
     let dir = handlers_with_visible_stages();
     let t = TestHost::start_with(Some(dir.path()), 3, &[]).await;
-    let screenshot: PathBuf = support::root().join("target/browser/storefront-shipped.png");
+    let screenshot: PathBuf = crate::support::root().join("target/browser/storefront-shipped.png");
     std::fs::create_dir_all(screenshot.parent().unwrap()).unwrap();
     let _ = std::fs::remove_file(&screenshot);
 

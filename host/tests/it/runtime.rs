@@ -2,12 +2,11 @@
 //! they do natively, hostile guests are stopped by the right limit without harming the runtime,
 //! and malformed components are rejected with a message that says what is wrong.
 
-mod support;
-
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::support::*;
 use host::config::RuntimeConfig;
 use host::runtime::wit::{HandlerError, Order, OrderStatus};
 use host::runtime::{
@@ -15,7 +14,6 @@ use host::runtime::{
     TrapKind,
 };
 use serde::Deserialize;
-use support::*;
 
 #[derive(Debug, Deserialize)]
 struct Case {
@@ -301,7 +299,7 @@ fn compiled_components_come_from_the_cache_after_the_first_load_and_a_bad_entry_
         cache_dir: Some(cache.path().to_path_buf()),
         ..RuntimeConfig::default()
     };
-    let bytes = support::component("handlers", "notifier");
+    let bytes = crate::support::component("handlers", "notifier");
     let load = |rt: &Runtime| {
         let manifest = HandlerSpec::default().into_manifest("notifier", "notifier.wasm", None);
         rt.load(manifest, &bytes, &Default::default()).expect("notifier loads").origin

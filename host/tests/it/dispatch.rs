@@ -3,13 +3,11 @@
 //! flaky handlers are retried, poison events are dead-lettered without stalling their partition,
 //! and one order's events are applied in order.
 
-mod support;
-
 use std::time::Duration;
 
+use crate::support::logs;
+use crate::support::service::*;
 use serde_json::{Value, json};
-use support::logs;
-use support::service::*;
 
 const SHIPPED: &[&str] = &["order-created", "status-updated"];
 

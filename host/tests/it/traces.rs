@@ -3,30 +3,45 @@
 //! handler invocation, linked through the `traceparent` header the record carried through Kafka,
 //! and the status changes those handlers caused continuing the same trace.
 
-mod support;
-
 use std::collections::HashMap;
 use std::time::Duration;
 
+use crate::support::service::*;
 use opentelemetry::trace::SpanId;
 use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider, SpanData};
-use support::service::*;
 use tracing_subscriber::layer::SubscriberExt;
-use tracing_subscriber::util::SubscriberInitExt;
 
 fn attr(span: &SpanData, key: &str) -> Option<String> {
     span.attributes.iter().find(|kv| kv.key.as_str() == key).map(|kv| kv.value.to_string())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_orders_trace_runs_from_the_http_request_to_the_handler_invocations() {
+#[test]
+fn an_orders_trace_runs_from_the_http_request_to_the_handler_invocations() {
     let exporter = InMemorySpanExporter::default();
     let provider = SdkTracerProvider::builder().with_simple_exporter(exporter.clone()).build();
-    tracing_subscriber::registry()
+    let subscriber = tracing_subscriber::registry()
         .with(tracing_subscriber::EnvFilter::new("info"))
-        .with(host::telemetry::layer(&provider))
-        .init();
+        .with(host::telemetry::layer(&provider));
+    let dispatch = tracing::Dispatch::new(subscriber);
+    let _this_thread = tracing::dispatcher::set_default(&dispatch);
+    runtime_reporting_to(dispatch).block_on(trace_one_order(exporter, provider));
+}
 
+/// A runtime whose every thread reports to `dispatch`. Not the process-wide subscriber: the tests
+/// share one process, and that one belongs to `support::logs`.
+fn runtime_reporting_to(dispatch: tracing::Dispatch) -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .on_thread_start(move || {
+            // The thread lives no longer than the runtime, so its default is never restored.
+            std::mem::forget(tracing::dispatcher::set_default(&dispatch));
+        })
+        .build()
+        .expect("a runtime")
+}
+
+async fn trace_one_order(exporter: InMemorySpanExporter, provider: SdkTracerProvider) {
     const BOTH: &[&str] = &["order-created", "status-updated"];
     let dir = handlers_dir(&[("handlers", "order-processor", BOTH), ("handlers", "notifier", BOTH)]);
     let t = TestHost::start_with(Some(dir.path()), 3, &[("DEMO_MODE", "true")]).await;

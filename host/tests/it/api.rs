@@ -2,13 +2,11 @@
 //! happy path and bad inputs, the catalogue as the only source of prices, what lands on Kafka,
 //! stock that never oversells, and live status streams.
 
-mod support;
-
 use std::time::Duration;
 
+use crate::support::service::*;
 use futures_util::StreamExt;
 use serde_json::{Value, json};
-use support::service::*;
 
 #[tokio::test]
 async fn catalogue_reads_keep_metalmart_ids_and_fields() {

@@ -6,11 +6,11 @@
 //! The local host must handle exactly the developer's orders, the cluster host the rest, and every
 //! order must ship exactly once.
 
-mod support;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
+use crate::support::mirrord;
+use crate::support::service::*;
 use host::serve::Host;
 use rdkafka::ClientConfig;
 use rdkafka::Message;
@@ -19,8 +19,6 @@ use rdkafka::message::{Header, Headers, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use regex::Regex;
 use serde_json::Value;
-use support::mirrord;
-use support::service::*;
 
 /// The session's random id in the operator's topic names.
 const SESSION: &str = "a1b2c3";

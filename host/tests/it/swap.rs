@@ -3,16 +3,14 @@
 //! broken components and half-written files are refused while the old version keeps serving; the
 //! Kubernetes ConfigMap `..data` swap is picked up; and the admin API's auth.
 
-mod support;
-
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use crate::support::service::*;
+use crate::support::{component, logs, versioned};
 use serde_json::{Value, json};
-use support::service::*;
-use support::{component, logs, versioned};
 
 const TOKEN: &str = "s3cret-admin-token";
 

@@ -4,13 +4,11 @@
 //! status-updated records on the broker carry their headers. The binary logs JSON and exports its
 //! spans over OTLP/HTTP to a stand-in collector.
 
-mod support;
-
 use std::time::Duration;
 
+use crate::support::process::*;
+use crate::support::service::*;
 use serde_json::Value;
-use support::process::*;
-use support::service::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_host_binary_ships_an_order_through_a_separate_tansu_broker() {
@@ -192,7 +190,7 @@ async fn faults_one_after_another_lose_nothing_and_apply_nothing_twice() {
     assert_eq!(count("SELECT count(*) FROM processed_events").await, 0, "completed without a handler");
 
     // Handlers arrive: the held events go through.
-    let built = support::root().join("target/handlers");
+    let built = crate::support::root().join("target/handlers");
     for f in ["order-processor.wasm", "notifier.wasm"] {
         std::fs::copy(built.join(f), live.path().join(f)).unwrap();
     }

@@ -217,7 +217,6 @@ pub fn order_body(email: &str, lines: &[(&str, i64)]) -> serde_json::Value {
 #[derive(Debug, Clone)]
 pub struct Consumed {
     pub topic: String,
-    pub partition: i32,
     pub key: String,
     pub headers: BTreeMap<String, String>,
     /// The value as JSON, or `Null` when it is not JSON (a dead-lettered garbage record).
@@ -227,7 +226,6 @@ pub struct Consumed {
     pub raw_key: Option<Vec<u8>>,
     pub raw_value: Option<Vec<u8>>,
     pub raw_headers: Vec<(String, Vec<u8>)>,
-    pub offset: i64,
 }
 
 /// Reads `topic` from the beginning until `want` records for which `keep` holds have arrived, or
@@ -269,7 +267,6 @@ pub async fn consume(
             .unwrap_or_default();
         let c = Consumed {
             topic: msg.topic().to_string(),
-            partition: msg.partition(),
             key: String::from_utf8_lossy(msg.key().unwrap_or_default()).into_owned(),
             headers,
             value: serde_json::from_slice(msg.payload().unwrap_or_default()).unwrap_or_default(),
@@ -282,7 +279,6 @@ pub async fn consume(
                     h.iter().map(|h| (h.key.to_string(), h.value.unwrap_or_default().to_vec())).collect()
                 })
                 .unwrap_or_default(),
-            offset: msg.offset(),
         };
         if keep(&c) {
             got.push(c);

@@ -2,12 +2,10 @@
 //! flight, then started again: every order ships, no transition is recorded twice, nothing is
 //! lost. The broker runs in its own process (`order-host dev-broker`) so it outlives the host.
 
-mod support;
-
 use std::time::Duration;
 
-use support::process::*;
-use support::service::*;
+use crate::support::process::*;
+use crate::support::service::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_host_loses_nothing_and_applies_nothing_twice() {

@@ -1,8 +1,6 @@
 //! The `order-host check` command as a user runs it: lists what loaded, names what was rejected,
 //! and says so in its exit code.
 
-mod support;
-
 use std::process::Command;
 
 fn check(dir: &std::path::Path) -> (bool, String, String) {
@@ -21,7 +19,7 @@ fn check(dir: &std::path::Path) -> (bool, String, String) {
 
 #[test]
 fn check_lists_the_built_handlers() {
-    let (ok, stdout, stderr) = check(&support::root().join("target/handlers"));
+    let (ok, stdout, stderr) = check(&crate::support::root().join("target/handlers"));
     assert!(ok, "{stderr}");
     let names: Vec<&str> = stdout.lines().filter_map(|l| l.split_whitespace().next()).collect();
     assert_eq!(names, ["notifier", "order-processor"], "{stdout}");
@@ -31,7 +29,8 @@ fn check_lists_the_built_handlers() {
 #[test]
 fn check_fails_naming_a_rejected_file() {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("notifier.wasm"), support::component("handlers", "notifier")).unwrap();
+    std::fs::write(dir.path().join("notifier.wasm"), crate::support::component("handlers", "notifier"))
+        .unwrap();
     std::fs::write(dir.path().join("broken.wasm"), b"\0asm\x01\0\0\0").unwrap();
     let (ok, stdout, stderr) = check(dir.path());
     assert!(!ok, "a rejected file makes check fail");

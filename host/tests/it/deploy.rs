@@ -9,12 +9,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Mutex;
 
+use crate::support::{mirrord, root};
 use host::config::{Config, DispatchConfig};
 use host::relay::RelayConfig;
 use serde_json::{Value, json};
-use support::{mirrord, root};
-
-mod support;
 
 const OVERLAYS: [&str; 3] = ["k8s/base", "k8s/overlays/minikube", "k8s/overlays/gke"];
 const KUBERNETES_VERSION: &str = "1.32.0";
