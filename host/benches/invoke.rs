@@ -49,7 +49,7 @@ fn invoke(c: &mut Criterion) {
         })
     });
 
-    group.bench_function("WASI context build", |b| b.iter(|| host::runtime::sandbox_wasi_ctx()));
+    group.bench_function("WASI context build", |b| b.iter(host::runtime::sandbox_wasi_ctx));
 
     group.bench_function("instantiate order-processor (fresh Store + WASI, no call)", |b| {
         b.iter(|| tokio.block_on(rt.instantiate_only(&processor)).unwrap())

@@ -196,7 +196,7 @@ async fn run_throughput(pg: &LocalPostgres, root: &std::path::Path) -> anyhow::R
 
     let median = |mode: &str| {
         let mut runs: Vec<&Run> = results.iter().filter(|(m, _)| *m == mode).map(|(_, r)| r).collect();
-        runs.sort_by(|a, b| a.window.cmp(&b.window));
+        runs.sort_by_key(|r| r.window);
         runs[runs.len() / 2]
     };
     println!(

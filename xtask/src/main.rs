@@ -5,6 +5,7 @@ mod bench;
 mod build_handlers;
 mod deploy_handlers;
 mod dev;
+mod lint;
 mod loadgen;
 mod test;
 #[cfg(test)]
@@ -36,6 +37,8 @@ enum Command {
     /// The full test suite: build handlers and test fixtures, then test the workspace and the
     /// handlers natively.
     Test(test::Args),
+    /// Formatting and clippy (`-D warnings`) for the host and handler workspaces, as CI runs them.
+    Lint,
     /// Run the benchmarks (criterion) after building what they load.
     Bench(bench::Args),
     /// Build the handlers and render the `order-handlers` ConfigMap into target/k8s/, applying it
@@ -51,6 +54,7 @@ fn main() -> anyhow::Result<()> {
         Command::Dev(args) => dev::run(&sh, &args),
         Command::Test(args) => test::run(&sh, &args),
         Command::Loadgen(args) => loadgen::run(&args),
+        Command::Lint => lint::run(&sh),
         Command::Bench(args) => bench::run(&sh, &args),
         Command::DeployHandlers(args) => deploy_handlers::run(&sh, &args),
     }

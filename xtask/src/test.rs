@@ -7,7 +7,7 @@
 use anyhow::Context;
 use xshell::{Shell, cmd};
 
-use crate::{build_handlers, project_root, wasm};
+use crate::{build_handlers, lint, project_root, wasm};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -22,21 +22,27 @@ pub fn run(sh: &Shell, args: &Args) -> anyhow::Result<()> {
     let tansu = ensure_tansu(sh)?;
     let validator = ensure_kubernetes_validate(sh)?;
     ensure_browser_driver(sh)?;
-    let handlers = project_root().join("handlers/Cargo.toml");
-    // Its own directory: native builds of `sdk` from the handlers workspace and from the host's
-    // dev-dependencies can share a file name in one `target/debug/deps` and overwrite each other,
-    // leaving the host's benchmark linked against two "different" sdk crates.
-    let target_dir = project_root().join("target/handlers-native");
-    cmd!(sh, "cargo test --manifest-path {handlers} --workspace")
-        .env("CARGO_TARGET_DIR", target_dir)
-        .run()?;
     let rest = &args.rest;
+    // A filtered run is an edit-test loop; the whole suite (CI's run) holds the lint gates.
+    if rest.is_empty() {
+        lint::run(sh)?;
+    }
+    let handlers = project_root().join("handlers/Cargo.toml");
+    cmd!(sh, "cargo test --manifest-path {handlers} --workspace")
+        .env("CARGO_TARGET_DIR", HANDLERS_NATIVE_TARGET_DIR)
+        .run()?;
     cmd!(sh, "cargo test --workspace {rest...}")
         .env("TANSU_BIN", tansu)
         .env("KUBERNETES_VALIDATE", validator)
         .run()?;
     Ok(())
 }
+
+/// Native builds of the handlers workspace (its unit tests, clippy), relative to the repository
+/// root. Its own directory: native builds of `sdk` from the handlers workspace and from the host's
+/// dev-dependencies can share a file name in one `target/debug/deps` and overwrite each other,
+/// leaving the host's benchmark linked against two "different" sdk crates.
+pub const HANDLERS_NATIVE_TARGET_DIR: &str = "target/handlers-native";
 
 /// The tansu version the end-to-end tier is tested against.
 const TANSU_VERSION: &str = "0.6.0";

@@ -315,8 +315,11 @@ fn vendored_schemas_are_the_pinned_releases() {
     }
 }
 
-/// `(topic id, [(container, variable)] of nameSources, of groupIdSources)` from both generations.
-fn split_sources() -> Vec<(String, Vec<(String, String)>, Vec<(String, String)>)> {
+/// `(container, variable)` pairs a mirrord resource names as sources.
+type Sources = Vec<(String, String)>;
+
+/// `(topic id, nameSources, groupIdSources)` from both generations.
+fn split_sources() -> Vec<(String, Sources, Sources)> {
     let mut out = Vec::new();
     for object in read_yaml(MIRRORD_RESOURCES[0]) {
         if object["kind"] != "MirrordKafkaTopicsConsumer" {

@@ -27,7 +27,7 @@ pub fn configs() -> Vec<(String, String)> {
 /// `{{ get_env(name="VAR") }}` (a missing variable is an error there too).
 pub fn render(text: &str, key: &str, vars: &BTreeMap<&str, &str>) -> String {
     let get_env = regex::Regex::new(r#"\{\{\s*get_env\(name=\\?"([A-Z_]+)\\?"\)\s*\}\}"#).unwrap();
-    let text = get_env.replace_all(text, |c: &regex::Captures| {
+    let text = get_env.replace_all(text, |c: &regex::Captures<'_>| {
         vars.get(&c[1]).unwrap_or_else(|| panic!("the template needs {}", &c[1])).to_string()
     });
     let key_re = regex::Regex::new(r"\{\{\s*key\s*\}\}").unwrap();
