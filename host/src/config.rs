@@ -16,7 +16,7 @@ pub struct Config {
     /// `HTTP_ADDR`: where the API listens.
     pub http_addr: SocketAddr,
     /// `DATABASE_URL`: required to serve; `cargo xtask dev` supplies one.
-    pub database_url: Option<String>,
+    pub database_url: Option<DatabaseUrl>,
     pub kafka: KafkaConfig,
     /// Topics the host publishes to. Never derived from the consumed ones: mirrord renames those.
     pub topics: Topics,
@@ -33,6 +33,51 @@ pub struct Config {
     pub dispatch: DispatchConfig,
     pub admin: AdminConfig,
     pub pools: PoolConfig,
+}
+
+/// `DATABASE_URL`, which may hold a password: its `Debug` (and so `Config`'s, and any log of
+/// either) shows the URL with the password masked.
+#[derive(Clone, PartialEq, Eq)]
+pub struct DatabaseUrl(String);
+
+impl DatabaseUrl {
+    pub fn new(url: impl Into<String>) -> DatabaseUrl {
+        DatabaseUrl(url.into())
+    }
+
+    /// The URL itself, password included, for connecting.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// The URL with the password of its user info (`user:secret@`) or of a `password=`
+    /// parameter replaced by `***`.
+    pub fn redacted(&self) -> String {
+        let url = &self.0;
+        let mut out = match url.split_once("://") {
+            Some((scheme, rest)) => {
+                let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+                let user_info = rest[..authority_end].rfind('@').map(|at| (&rest[..at], &rest[at..]));
+                match user_info.and_then(|(info, host)| Some((info.split_once(':')?.0, host))) {
+                    Some((user, host)) => format!("{scheme}://{user}:***{host}"),
+                    None => url.clone(),
+                }
+            }
+            None => url.clone(),
+        };
+        if let Some(start) = out.find("password=") {
+            let value = start + "password=".len();
+            let end = out[value..].find(['&', ' ']).map_or(out.len(), |e| value + e);
+            out.replace_range(value..end, "***");
+        }
+        out
+    }
+}
+
+impl std::fmt::Debug for DatabaseUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("DatabaseUrl").field(&self.redacted()).finish()
+    }
 }
 
 /// Postgres connections, in two pools so that a dispatcher backlog (up to
@@ -163,7 +208,7 @@ impl Default for RuntimeConfig {
             pool_size: 64,
             max_memory_bytes: 64 << 20,
             epoch_tick: Duration::from_millis(5),
-            cache_dir: None,
+            cache_dir: Some(std::env::temp_dir().join("order-host-cache")),
         }
     }
 }
@@ -200,7 +245,7 @@ impl Config {
             http_addr: parse(&lookup, "HTTP_ADDR", SocketAddr::from(([0, 0, 0, 0], 8080)), |v| {
                 Ok(v.parse()?)
             })?,
-            database_url: lookup("DATABASE_URL").filter(|v| !v.trim().is_empty()),
+            database_url: lookup("DATABASE_URL").filter(|v| !v.trim().is_empty()).map(DatabaseUrl::new),
             kafka: KafkaConfig {
                 brokers: text("KAFKA_BROKERS", "localhost:9092"),
                 group_id: text("KAFKA_GROUP_ID", "order-processor"),
@@ -250,7 +295,7 @@ impl Config {
                 )?,
                 epoch_tick: parse(&lookup, "HANDLER_EPOCH_TICK_MS", defaults.epoch_tick, millis)?,
                 cache_dir: match lookup("HANDLER_CACHE_DIR") {
-                    None => Some(std::env::temp_dir().join("order-host-cache")),
+                    None => defaults.cache_dir.clone(),
                     Some(v) if v.trim().is_empty() => None,
                     Some(v) => Some(PathBuf::from(v.trim())),
                 },
@@ -321,6 +366,31 @@ mod tests {
         assert_eq!(c.handlers_dir, PathBuf::from("target/handlers"));
         assert!(!c.demo_mode);
         assert_eq!(c.runtime.pool_size, 64);
+        // One source of defaults: an empty environment gives exactly `RuntimeConfig::default()`.
+        let d = RuntimeConfig::default();
+        assert_eq!(
+            (c.runtime.pool_size, c.runtime.max_memory_bytes, c.runtime.epoch_tick, &c.runtime.cache_dir),
+            (d.pool_size, d.max_memory_bytes, d.epoch_tick, &d.cache_dir)
+        );
+    }
+
+    #[test]
+    fn debug_never_shows_the_database_password() {
+        for (url, shown) in [
+            ("postgres://app:s3cret@db:5432/orders", "postgres://app:***@db:5432/orders"),
+            ("postgres://app@db/orders", "postgres://app@db/orders"),
+            (
+                "postgres://db/orders?user=app&password=s3cret&sslmode=require",
+                "postgres://db/orders?user=app&password=***&sslmode=require",
+            ),
+            ("host=db user=app password=s3cret dbname=orders", "host=db user=app password=*** dbname=orders"),
+        ] {
+            let c = config(&[("DATABASE_URL", url)]).unwrap();
+            let debug = format!("{c:?}");
+            assert!(!debug.contains("s3cret"), "{debug}");
+            assert!(debug.contains(shown), "{shown} in {debug}");
+            assert_eq!(c.database_url.as_ref().map(DatabaseUrl::expose), Some(url));
+        }
     }
 
     #[test]

@@ -11,7 +11,7 @@ use sqlx::PgPool;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::config::{Config, EMBEDDED_BROKERS};
+use crate::config::{Config, DatabaseUrl, EMBEDDED_BROKERS};
 use crate::db;
 use crate::db::listen::{self, Notices};
 use crate::dispatch::{self, Shared, timers};
@@ -58,7 +58,7 @@ impl Host {
     /// given. Only the pipeline benchmark does that, for its native baseline; handlers are still
     /// loaded and routed from `HANDLERS_DIR` as usual.
     pub async fn start_with(config: &Config, invoker: Option<Arc<dyn Invoke>>) -> anyhow::Result<Host> {
-        let Some(url) = config.database_url.as_deref() else {
+        let Some(url) = config.database_url.as_ref().map(DatabaseUrl::expose) else {
             bail!("DATABASE_URL is not set (`cargo xtask dev` starts a local Postgres and sets it)");
         };
         let pool = db::connect(url, config.pools.api).await?;

@@ -370,7 +370,6 @@ pub struct Changed {
     pub order_id: Uuid,
     pub previous: Status,
     pub status: Status,
-    pub history_id: i64,
     pub at: DateTime<Utc>,
     pub source_topic: Option<String>,
 }
@@ -432,10 +431,10 @@ pub async fn change_status(
         }
     }
 
-    let (history_id,): (i64,) = sqlx::query_as(
+    sqlx::query(
         "INSERT INTO order_status_history
              (order_id, from_status, to_status, cause, event_id, handler_version, consumed_topic, at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING id",
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
     )
     .bind(order_id)
     .bind(from.as_str())
@@ -445,7 +444,7 @@ pub async fn change_status(
     .bind(&cause.handler_version)
     .bind(&cause.consumed_topic)
     .bind(at)
-    .fetch_one(&mut *conn)
+    .execute(&mut *conn)
     .await?;
 
     let payload = StatusUpdated {
@@ -467,7 +466,7 @@ pub async fn change_status(
         &payload,
     );
     outbox::enqueue(conn, &record).await?;
-    Ok(Changed { order_id, previous: from, status: to, history_id, at, source_topic })
+    Ok(Changed { order_id, previous: from, status: to, at, source_topic })
 }
 
 /// A status-history row (also the API's history entry).
