@@ -15,8 +15,8 @@ mod native;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use devpg::LocalPostgres;
 use host::config::Config;
-use host::devdb::LocalPostgres;
 use host::kafka::EmbeddedBroker;
 use host::runtime::Invoke;
 use host::serve::Host;

@@ -5,8 +5,8 @@
 
 use std::time::{Duration, Instant};
 
+use devpg::LocalPostgres;
 use host::config::{Config, RuntimeConfig};
-use host::devdb::LocalPostgres;
 use host::runtime::{HandlerSpec, Origin, Runtime};
 use host::serve::Host;
 

@@ -4,7 +4,6 @@
 
 pub mod config;
 pub mod db;
-pub mod devdb;
 pub mod dispatch;
 pub mod events;
 pub mod handler_set;

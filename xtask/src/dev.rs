@@ -6,7 +6,7 @@
 use std::process::Command;
 
 use anyhow::Context;
-use host::devdb::LocalPostgres;
+use devpg::LocalPostgres;
 use xshell::{Shell, cmd};
 
 use crate::{build_handlers, project_root};

@@ -7,8 +7,8 @@ use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
+use devpg::LocalPostgres;
 use host::config::Config;
-use host::devdb::LocalPostgres;
 use host::kafka::EmbeddedBroker;
 use host::serve::Host;
 use rdkafka::ClientConfig;
