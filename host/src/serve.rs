@@ -16,6 +16,7 @@ use crate::db;
 use crate::db::listen::{self, Notices};
 use crate::dispatch::{self, Shared, timers};
 use crate::handler_set::HandlerSet;
+use crate::handler_watch::{self, WatchConfig};
 use crate::http::admin::Admin;
 use crate::http::{self, AppState, Probes};
 use crate::kafka::{Consumer, EmbeddedBroker, Producer};
@@ -23,7 +24,6 @@ use crate::metrics::Metrics;
 use crate::relay::{self, RelayConfig};
 use crate::runtime::{Invoke, Runtime};
 use crate::supervise::Supervisor;
-use crate::watch::{self as handler_watch, WatchConfig};
 
 /// How long the producer retries one record before the relay sees it fail and backs off.
 const PRODUCE_TIMEOUT: Duration = Duration::from_secs(30);

@@ -70,7 +70,7 @@ fn each_boundary_crate_is_known_to_one_module() {
         // Benches, like tests, read the database to measure what happened.
         ("sqlx::query", &["host/src/db/", "host/benches/"][..]),
         ("axum", &["host/src/http/"][..]),
-        ("notify::", &["host/src/watch.rs"][..]),
+        ("notify::", &["host/src/handler_watch.rs"][..]),
         ("prometheus_client", &["host/src/metrics.rs"][..]),
         ("opentelemetry", &["host/src/telemetry.rs"][..]),
     ];

@@ -14,10 +14,25 @@ use crate::runtime::EventKind;
 pub struct Decoded {
     /// `ce_id`, the idempotency key; records without one get a stable id from their position.
     pub event_id: String,
-    pub kind: EventKind,
     pub order_id: Uuid,
-    /// For status-updated events: what changed, as the event says.
-    pub update: Option<Update>,
+    pub happened: Happened,
+}
+
+/// What the record says happened to the order.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Happened {
+    Created,
+    /// Its status changed, as the event says.
+    StatusUpdated(Update),
+}
+
+impl Decoded {
+    pub fn kind(&self) -> EventKind {
+        match self.happened {
+            Happened::Created => EventKind::OrderCreated,
+            Happened::StatusUpdated(_) => EventKind::StatusUpdated,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -66,16 +81,16 @@ pub fn decode(record: &Incoming, created_topic: &str, status_topic: &str) -> Res
     let status = |field: &str, v: Option<String>| -> Result<Status, String> {
         v.ok_or_else(|| format!("value has no {field}"))?.parse().map_err(|e| format!("{field}: {e}"))
     };
-    let update = match kind {
-        EventKind::OrderCreated => None,
-        EventKind::StatusUpdated => Some(Update {
+    let happened = match kind {
+        EventKind::OrderCreated => Happened::Created,
+        EventKind::StatusUpdated => Happened::StatusUpdated(Update {
             previous: status("previous_status", value.previous_status)?,
             current: status("status", value.status)?,
             changed_at: value.changed_at.unwrap_or_else(Utc::now),
             caused_by: value.caused_by.unwrap_or_default(),
         }),
     };
-    Ok(Decoded { event_id, kind, order_id, update })
+    Ok(Decoded { event_id, order_id, happened })
 }
 
 /// The longest `ce_id` used as an idempotency key. It is part of a btree primary key, whose
@@ -123,9 +138,9 @@ mod tests {
             "a",
             "b",
         );
-        assert_eq!(d.unwrap().kind, EventKind::OrderCreated);
+        assert_eq!(d.unwrap().kind(), EventKind::OrderCreated);
         let d = decode(&record("a", &[], &v), "a", "b").unwrap();
-        assert_eq!((d.kind, d.event_id.as_str()), (EventKind::OrderCreated, "kafka:a/1/7"));
+        assert_eq!((d.kind(), d.event_id.as_str()), (EventKind::OrderCreated, "kafka:a/1/7"));
         assert!(decode(&record("c", &[], &v), "a", "b").unwrap_err().contains("not a configured topic"));
     }
 
@@ -135,7 +150,7 @@ mod tests {
             r#"{{"order_id":"{ID}","previous_status":"pending","status":"processing","caused_by":"api"}}"#
         );
         let d = decode(&record("b", &[], &v), "a", "b").unwrap();
-        let u = d.update.unwrap();
+        let Happened::StatusUpdated(u) = d.happened else { panic!("not an update: {d:?}") };
         assert_eq!(
             (u.previous, u.current, u.caused_by.as_str()),
             (Status::Pending, Status::Processing, "api")

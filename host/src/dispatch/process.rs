@@ -13,14 +13,15 @@ use tracing::Instrument;
 use uuid::Uuid;
 
 use super::Shared;
-use super::decode::{Decoded, decode};
-use crate::db::dispatch::{self as store, NewNotification, NewTimer, Source};
+use super::decode::{Decoded, Happened, decode};
+use crate::db::effects::{self, LogPosition, NewNotification, NewTimer};
 use crate::db::orders::{self, Cause, Order, StoreError};
 use crate::db::{self, FailureClass, outbox};
 use crate::events::Record;
 use crate::kafka::Incoming;
 use crate::metrics::Outcome;
 use crate::orders::Status;
+use crate::runtime::event_at;
 use crate::runtime::wit::{self, Action};
 use crate::runtime::{DispatchError, Disposition, Event, LoadedHandler, OrderSource, Route};
 use crate::telemetry;
@@ -53,7 +54,7 @@ const MAX_DELAY_MS: u64 = 10 * 365 * 24 * 3600 * 1000;
 struct InFlight<'a> {
     shared: &'a Shared,
     record: &'a Incoming,
-    source: Source,
+    position: LogPosition,
 }
 
 /// Why and by whom a record is dead-lettered.
@@ -80,8 +81,9 @@ pub async fn handle(shared: &Shared, record: &Incoming) -> Done {
 }
 
 async fn handle_record(shared: &Shared, record: &Incoming) -> Done {
-    let source = Source { topic: record.topic.clone(), partition: record.partition, offset: record.offset };
-    let ev = InFlight { shared, record, source };
+    let position =
+        LogPosition { topic: record.topic.clone(), partition: record.partition, offset: record.offset };
+    let ev = InFlight { shared, record, position };
     shared.metrics.event_consumed(&record.topic);
     let decoded = match decode(record, &shared.kafka.created_topic, &shared.kafka.status_topic) {
         Ok(d) => d,
@@ -130,10 +132,10 @@ async fn route(shared: &Shared, ev: &Decoded) -> Routed {
     let mut waiting = false;
     let routed = loop {
         let registry = shared.handlers.current();
-        match registry.route(ev.kind) {
+        match registry.route(ev.kind()) {
             Route::Handlers(h) => break Routed::Handlers(h.into_iter().cloned().collect()),
             Route::Skip(reason) => {
-                tracing::info!(event_id = %ev.event_id, order_id = %ev.order_id, event_type = %ev.kind,
+                tracing::info!(event_id = %ev.event_id, order_id = %ev.order_id, event_type = %ev.kind(),
                     reason = reason.as_str(), "no handler for this event type; completed without one");
                 shared.metrics.event_skipped(reason.as_str());
                 break Routed::Skipped;
@@ -143,7 +145,7 @@ async fn route(shared: &Shared, ev: &Decoded) -> Routed {
         if !waiting {
             waiting = true;
             shared.metrics.waiting_for_handler(1);
-            tracing::warn!(event_id = %ev.event_id, order_id = %ev.order_id, event_type = %ev.kind,
+            tracing::warn!(event_id = %ev.event_id, order_id = %ev.order_id, event_type = %ev.kind(),
                 "no handler loaded for this event type; the event waits for one");
         }
         tokio::select! {
@@ -245,7 +247,7 @@ fn db_failure(what: &str, e: sqlx::Error) -> Attempt {
 
 async fn try_once(ev: &InFlight<'_>, decoded: &Decoded, h: &LoadedHandler, attempt: u32) -> Attempt {
     let shared = ev.shared;
-    match store::already_processed(&shared.pool, &h.name, &decoded.event_id).await {
+    match effects::already_processed(&shared.pool, &h.name, &decoded.event_id).await {
         Ok(true) => return Attempt::Duplicate,
         Ok(false) => {}
         Err(e) => return db_failure("checking the idempotency record", e),
@@ -291,12 +293,12 @@ fn wit_event(record: &Incoming, decoded: &Decoded, order: &Order, attempt: u32) 
         headers: record.headers.clone(),
         attempt,
     };
-    match &decoded.update {
-        None => Event::OrderCreated { meta, order: to_wit(order) },
-        Some(u) => Event::StatusUpdated {
+    match &decoded.happened {
+        Happened::Created => Event::OrderCreated { meta, order: order.into() },
+        Happened::StatusUpdated(u) => Event::StatusUpdated {
             meta,
             update: wit::StatusUpdate {
-                order: to_wit(order),
+                order: order.into(),
                 previous: u.previous.into(),
                 current: u.current.into(),
                 changed_at: u.changed_at.timestamp_millis().max(0) as u64,
@@ -338,13 +340,20 @@ async fn apply(
     actions: &[Action],
     attempt: u32,
 ) -> Result<(), (&'static str, sqlx::Error)> {
-    let (shared, source) = (ev.shared, &ev.source);
+    let (shared, position) = (ev.shared, &ev.position);
     let at = |what: &'static str| move |e: sqlx::Error| (what, e);
     let mut tx = shared.pool.begin().await.map_err(at("starting the apply transaction"))?;
-    let fresh =
-        store::record_processed(&mut tx, &h.name, &decoded.event_id, &h.version, "applied", attempt, source)
-            .await
-            .map_err(at("writing the idempotency record"))?;
+    let fresh = effects::record_processed(
+        &mut tx,
+        &h.name,
+        &decoded.event_id,
+        &h.version,
+        "applied",
+        attempt,
+        position,
+    )
+    .await
+    .map_err(at("writing the idempotency record"))?;
     if !fresh {
         // Another delivery of this event committed first.
         return Ok(());
@@ -364,13 +373,13 @@ async fn apply(
                             cause: &cause,
                             event_id: &decoded.event_id,
                             handler_version: &h.version,
-                            consumed_topic: &source.topic,
+                            consumed_topic: &position.topic,
                             traceparent: traceparent.as_deref(),
                         };
-                        store::schedule(&mut tx, &timer).await.map_err(at("scheduling a timer"))?;
+                        effects::schedule(&mut tx, &timer).await.map_err(at("scheduling a timer"))?;
                     }
                     None => {
-                        let why = Cause::handler(&cause, &decoded.event_id, &h.version, &source.topic);
+                        let why = Cause::handler(&cause, &decoded.event_id, &h.version, &position.topic);
                         match orders::change_status(&mut tx, order.id, to, &why, &shared.topics).await {
                             Ok(_) => {}
                             Err(StoreError::Db(e)) => return Err(("changing the status", e)),
@@ -391,22 +400,11 @@ async fn apply(
                     cause: &cause,
                     event_id: &decoded.event_id,
                 };
-                store::notify(&mut tx, &note).await.map_err(at("recording a notification"))?;
+                effects::notify(&mut tx, &note).await.map_err(at("recording a notification"))?;
             }
             Action::Log(l) => {
                 let (order_id, event_id) = (order.id, decoded.event_id.as_str());
-                match l.level {
-                    wit::LogLevel::Error => {
-                        tracing::error!(handler = %cause, %order_id, event_id, "{}", l.message)
-                    }
-                    wit::LogLevel::Warn => {
-                        tracing::warn!(handler = %cause, %order_id, event_id, "{}", l.message)
-                    }
-                    wit::LogLevel::Info => {
-                        tracing::info!(handler = %cause, %order_id, event_id, "{}", l.message)
-                    }
-                    _ => tracing::debug!(handler = %cause, %order_id, event_id, "{}", l.message),
-                }
+                event_at!(l.level, handler = %cause, %order_id, event_id, "{}", l.message);
             }
         }
     }
@@ -445,14 +443,14 @@ async fn dead_letter(ev: &InFlight<'_>, dl: DeadLetter<'_>) -> Done {
     loop {
         let result: Result<bool, sqlx::Error> = async {
             let mut tx = shared.pool.begin().await?;
-            let fresh = store::record_processed(
+            let fresh = effects::record_processed(
                 &mut tx,
                 dl.handler,
                 dl.event_id,
                 dl.version,
                 "dead-lettered",
                 dl.attempts,
-                &ev.source,
+                &ev.position,
             )
             .await?;
             if fresh {
@@ -519,62 +517,7 @@ impl OrderSource for DbOrders {
             let order = orders::get(&self.0, id)
                 .await
                 .map_err(|e| anyhow::Error::new(e).context("reading an order for a handler"))?;
-            Ok(order.as_ref().map(to_wit))
+            Ok(order.as_ref().map(wit::Order::from))
         })
-    }
-}
-
-fn to_wit(o: &Order) -> wit::Order {
-    wit::Order {
-        id: o.id.to_string(),
-        order_number: o.order_number.clone(),
-        customer_name: o.customer_name.clone(),
-        customer_email: o.customer_email.clone(),
-        shipping_address: wit::ShippingAddress {
-            line1: o.address.street.clone(),
-            line2: o.address.state.clone(),
-            city: o.address.city.clone(),
-            postal_code: o.address.zip_code.clone(),
-            country: o.address.country.clone(),
-        },
-        items: o
-            .items
-            .iter()
-            .map(|i| wit::LineItem {
-                product_id: i.product_id.clone(),
-                name: i.product_name.clone(),
-                quantity: i.quantity.max(0) as u32,
-                unit_price_cents: i.price_cents.max(0) as u64,
-            })
-            .collect(),
-        total_cents: o.total_cents.max(0) as u64,
-        status: o.status.into(),
-        created_at: o.created_at.timestamp_millis().max(0) as u64,
-    }
-}
-
-impl From<Status> for wit::OrderStatus {
-    fn from(s: Status) -> wit::OrderStatus {
-        match s {
-            Status::Pending => wit::OrderStatus::Pending,
-            Status::Processing => wit::OrderStatus::Processing,
-            Status::Confirmed => wit::OrderStatus::Confirmed,
-            Status::Shipped => wit::OrderStatus::Shipped,
-            Status::Delivered => wit::OrderStatus::Delivered,
-            Status::Cancelled => wit::OrderStatus::Cancelled,
-        }
-    }
-}
-
-impl From<wit::OrderStatus> for Status {
-    fn from(s: wit::OrderStatus) -> Status {
-        match s {
-            wit::OrderStatus::Pending => Status::Pending,
-            wit::OrderStatus::Processing => Status::Processing,
-            wit::OrderStatus::Confirmed => Status::Confirmed,
-            wit::OrderStatus::Shipped => Status::Shipped,
-            wit::OrderStatus::Delivered => Status::Delivered,
-            wit::OrderStatus::Cancelled => Status::Cancelled,
-        }
     }
 }

@@ -15,7 +15,7 @@ use tokio::sync::{Notify, watch};
 use tracing::Instrument;
 
 use crate::config::Topics;
-use crate::db::dispatch::{self as store, Timer};
+use crate::db::effects::{self, Timer};
 use crate::db::orders::{Cause, StoreError, change_status};
 use crate::db::{self, FailureClass};
 use crate::metrics::{Metrics, TimerPass};
@@ -46,7 +46,7 @@ pub async fn run(
             Ok(fired) => {
                 backoff = Duration::from_millis(100);
                 let found = if fired > 0 { TimerPass::fired } else { TimerPass::none_due };
-                match store::millis_until_next_due(&pool).await {
+                match effects::millis_until_next_due(&pool).await {
                     Ok(Some(ms)) if ms <= 0 && fired > 0 => (found, Duration::ZERO),
                     // Due, yet nothing was claimed: another replica holds them.
                     Ok(Some(ms)) if ms <= 0 => (TimerPass::held_elsewhere, HELD_ELSEWHERE_SLEEP),
@@ -82,7 +82,7 @@ pub async fn run(
 /// never applied. Returns how many timers were claimed.
 async fn fire_due(pool: &PgPool, topics: &Topics) -> anyhow::Result<usize> {
     let mut tx = pool.begin().await?;
-    let due = store::claim_due(&mut tx, BATCH).await?;
+    let due = effects::claim_due(&mut tx, BATCH).await?;
     for t in &due {
         // The change, and the record it publishes, continue the trace of whoever scheduled it.
         let span = tracing::info_span!("timer.fire", order_id = %t.order_id, to = %t.to_status);
@@ -93,7 +93,7 @@ async fn fire_due(pool: &PgPool, topics: &Topics) -> anyhow::Result<usize> {
         match fire_one(&mut savepoint, t, topics).instrument(span).await {
             Ok(()) => {
                 savepoint.commit().await?;
-                store::delete_timer(&mut tx, t.id).await?;
+                effects::delete_timer(&mut tx, t.id).await?;
             }
             Err(e) if db::classify(&e) != FailureClass::BadValues => {
                 return Err(anyhow::Error::from(e).context(format!("firing timer {}", t.id)));
@@ -111,7 +111,7 @@ async fn fire_due(pool: &PgPool, topics: &Topics) -> anyhow::Result<usize> {
                     None => tracing::error!(timer = t.id, order_id = %t.order_id, attempt, %error,
                         "timer failed too often; parked"),
                 }
-                store::timer_failed(&mut tx, t.id, &error, retry).await?;
+                effects::timer_failed(&mut tx, t.id, &error, retry).await?;
             }
         }
     }

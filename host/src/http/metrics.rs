@@ -18,7 +18,7 @@ use crate::metrics::{self, Metrics, Snapshot};
     responses((status = 200, description = "Prometheus / OpenMetrics text exposition", content_type = "application/openmetrics-text")))]
 pub async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
     let (outbox_backlog, outbox_parked) = db::outbox::backlog(&state.pool).await?;
-    let (timers_due, timers_scheduled, timers_parked) = db::dispatch::timer_counts(&state.pool).await?;
+    let (timers_due, timers_scheduled, timers_parked) = db::effects::timer_counts(&state.pool).await?;
     let handlers_loaded = (state.probes.handlers)().0 as i64;
     let text = state.metrics.encode(Snapshot {
         outbox_backlog,

@@ -10,8 +10,9 @@ use uuid::Uuid;
 
 use super::error::ApiJson;
 use super::{ApiError, AppState, ErrorBody};
-use crate::db::dispatch::Notification;
-use crate::db::orders::{self as store, Address, Cause, HistoryEntry, NewOrder, Order};
+use crate::db;
+use crate::db::effects::Notification;
+use crate::db::orders::{Address, Cause, HistoryEntry, NewOrder, Order};
 use crate::orders::{LineRequest, Status, cents_to_amount, validate_new_order};
 
 /// Topics with this prefix are mirrord's per-session copies: an order processed from one was
@@ -177,7 +178,7 @@ pub fn parse_order_id(raw: &str) -> Result<Uuid, ApiError> {
 
 /// The order a path id names, or 404.
 async fn load_order(state: &AppState, raw: &str) -> Result<Order, ApiError> {
-    store::get(&state.pool, parse_order_id(raw)?).await?.ok_or_else(|| ApiError::order_not_found(raw))
+    db::orders::get(&state.pool, parse_order_id(raw)?).await?.ok_or_else(|| ApiError::order_not_found(raw))
 }
 
 async fn create(state: &AppState, req: CreateOrderRequest, reserve: bool) -> Result<Order, ApiError> {
@@ -200,7 +201,7 @@ async fn create(state: &AppState, req: CreateOrderRequest, reserve: bool) -> Res
         },
         lines,
     };
-    let order = store::create(&state.pool, &new, reserve, &state.topics).await?;
+    let order = db::orders::create(&state.pool, &new, reserve, &state.topics).await?;
     tracing::info!(order_id = %order.id, order_number = %order.order_number, reserve, "order created");
     Ok(order)
 }
@@ -248,7 +249,7 @@ pub async fn list_orders(
     Query(q): Query<ListQuery>,
 ) -> Result<Json<Vec<OrderJson>>, ApiError> {
     let limit = q.limit.unwrap_or(100).clamp(1, 500);
-    let orders = store::list(&state.pool, q.email.as_deref().filter(|e| !e.is_empty()), limit).await?;
+    let orders = db::orders::list(&state.pool, q.email.as_deref().filter(|e| !e.is_empty()), limit).await?;
     Ok(Json(orders.into_iter().map(OrderJson::from).collect()))
 }
 
@@ -269,7 +270,7 @@ pub async fn track_order(
     State(state): State<AppState>,
     Path(token): Path<String>,
 ) -> Result<Json<OrderJson>, ApiError> {
-    store::by_tracking_token(&state.pool, &token)
+    db::orders::by_tracking_token(&state.pool, &token)
         .await?
         .map(|o| Json(o.into()))
         .ok_or_else(|| ApiError::not_found("tracking_token_not_found", "no order with this tracking token"))
@@ -309,7 +310,7 @@ pub async fn put_status(
         ApiError::new(StatusCode::BAD_REQUEST, "unknown_status", e.to_string())
     })?;
     let mut tx = state.pool.begin().await?;
-    let changed = store::change_status(&mut tx, uuid, to, &Cause::api(), &state.topics).await?;
+    let changed = db::orders::change_status(&mut tx, uuid, to, &Cause::api(), &state.topics).await?;
     tx.commit().await?;
     tracing::info!(order_id = %uuid, from = %changed.previous, to = %changed.status, "status changed by api");
     Ok(Json(StatusJson {
@@ -330,7 +331,7 @@ pub async fn order_history(
     Path(id): Path<String>,
 ) -> Result<Json<Vec<HistoryEntry>>, ApiError> {
     let uuid = parse_order_id(&id)?;
-    let rows = store::history(&state.pool, uuid).await?;
+    let rows = db::orders::history(&state.pool, uuid).await?;
     if rows.is_empty() {
         return Err(ApiError::order_not_found(&id));
     }
@@ -345,10 +346,10 @@ pub async fn order_notifications(
     Path(id): Path<String>,
 ) -> Result<Json<Vec<Notification>>, ApiError> {
     let uuid = parse_order_id(&id)?;
-    if store::current_status(&state.pool, uuid).await?.is_none() {
+    if db::orders::current_status(&state.pool, uuid).await?.is_none() {
         return Err(ApiError::order_not_found(&id));
     }
-    Ok(Json(crate::db::dispatch::notifications(&state.pool, uuid).await?))
+    Ok(Json(crate::db::effects::notifications(&state.pool, uuid).await?))
 }
 
 #[cfg(test)]

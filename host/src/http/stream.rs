@@ -21,8 +21,8 @@ use uuid::Uuid;
 
 use super::orders::parse_order_id;
 use super::{ApiError, AppState, ErrorBody};
+use crate::db;
 use crate::db::listen::Notice;
-use crate::db::orders as store;
 
 /// The `data` of each `status` event.
 #[derive(Serialize, ToSchema)]
@@ -39,7 +39,7 @@ fn event(id: i64, body: &StatusEventJson) -> Event {
     Event::default().event("status").id(id.to_string()).json_data(body).expect("status events serialise")
 }
 
-fn history_event(order_id: Uuid, h: store::HistoryEntry) -> (i64, Event) {
+fn history_event(order_id: Uuid, h: db::orders::HistoryEntry) -> (i64, Event) {
     let body = StatusEventJson {
         order_id,
         status: h.to_status,
@@ -63,8 +63,9 @@ pub async fn order_events(
     // Subscribe before reading, so a change committed in between is in the channel; the history
     // id filter drops it if the read already covered it.
     let notices = state.notices.subscribe_status();
-    let (status, last_id, at) =
-        store::current_status(&state.pool, order_id).await?.ok_or_else(|| ApiError::order_not_found(&id))?;
+    let (status, last_id, at) = db::orders::current_status(&state.pool, order_id)
+        .await?
+        .ok_or_else(|| ApiError::order_not_found(&id))?;
     let first = StatusEventJson {
         order_id,
         status: status.to_string(),
@@ -128,7 +129,7 @@ impl StreamState {
 
     /// Queues whatever history was committed after the last event sent.
     async fn catch_up(&mut self) {
-        match store::history_after(&self.state.pool, self.order_id, self.last_id).await {
+        match db::orders::history_after(&self.state.pool, self.order_id, self.last_id).await {
             Ok(rows) => {
                 for h in rows {
                     let (id, ev) = history_event(self.order_id, h);

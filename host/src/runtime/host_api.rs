@@ -169,15 +169,9 @@ impl wit::metalmart::orders::host::Host for StoreState {
 
     fn log(&mut self, level: LogLevel, message: String) {
         let (handler, version, event_id) = (&self.handler, &self.version, &self.event_id);
-        match level {
-            LogLevel::Trace => tracing::trace!(handler, version, event_id, "{message}"),
-            LogLevel::Debug => tracing::debug!(handler, version, event_id, "{message}"),
-            LogLevel::Info => tracing::info!(handler, version, event_id, "{message}"),
-            LogLevel::Warn => tracing::warn!(handler, version, event_id, "{message}"),
-            LogLevel::Error => {
-                tracing::error!(handler, version, event_id, "{message}");
-                self.last_error_log = Some(message);
-            }
+        super::event_at!(level, handler, version, event_id, "{message}");
+        if level == LogLevel::Error {
+            self.last_error_log = Some(message);
         }
     }
 

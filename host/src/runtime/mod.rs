@@ -6,6 +6,7 @@
 //! [`DispatchError`].
 
 mod cache;
+mod convert;
 mod error;
 mod host_api;
 pub mod manifest;
@@ -23,6 +24,7 @@ use wasmtime::{Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Stor
 
 use crate::config::RuntimeConfig;
 pub use cache::Origin;
+pub(crate) use convert::event_at;
 pub use error::{DispatchError, Disposition, TrapKind, describe_handler_error};
 use host_api::StoreState;
 pub use host_api::{NoOrders, OrderSource, StaticOrders, sandbox_wasi_ctx};
@@ -448,55 +450,4 @@ fn wasm_err<T>(result: wasmtime::Result<T>) -> anyhow::Result<T> {
 /// Hex sha256: a component's version.
 pub fn sha256_hex(bytes: &[u8]) -> String {
     Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
-}
-
-impl wit::Channel {
-    /// The lowercase name used in WIT, JSON and the database.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            wit::Channel::Email => "email",
-            wit::Channel::Sms => "sms",
-            wit::Channel::Push => "push",
-        }
-    }
-}
-
-impl wit::OrderStatus {
-    /// The lowercase name used in WIT, JSON and the database.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            wit::OrderStatus::Pending => "pending",
-            wit::OrderStatus::Processing => "processing",
-            wit::OrderStatus::Confirmed => "confirmed",
-            wit::OrderStatus::Shipped => "shipped",
-            wit::OrderStatus::Delivered => "delivered",
-            wit::OrderStatus::Cancelled => "cancelled",
-        }
-    }
-}
-
-/// One line per action, for logs; the SDK's `testing::describe` renders the same form, which is
-/// how the golden cases compare native and in-component answers.
-impl std::fmt::Display for wit::Action {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            wit::Action::SetStatus(s) => match s.delay_ms {
-                Some(ms) => write!(f, "set-status {} after {ms}ms", s.status.as_str()),
-                None => write!(f, "set-status {}", s.status.as_str()),
-            },
-            wit::Action::NotifyCustomer(n) => {
-                write!(f, "notify {} [{}] {}", n.channel.as_str(), n.subject, n.body)
-            }
-            wit::Action::Log(l) => {
-                let level = match l.level {
-                    wit::LogLevel::Trace => "trace",
-                    wit::LogLevel::Debug => "debug",
-                    wit::LogLevel::Info => "info",
-                    wit::LogLevel::Warn => "warn",
-                    wit::LogLevel::Error => "error",
-                };
-                write!(f, "log {level} {}", l.message)
-            }
-        }
-    }
 }

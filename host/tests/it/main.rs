@@ -1,6 +1,7 @@
 //! The host's integration tests, in one binary with a module per area. One binary because every
 //! area links wasmtime, librdkafka, sqlx and axum: on two cores, linking eleven test binaries
-//! was most of the edit-test loop. Filter by module: `cargo xtask test --test it dispatch::`.
+//! was most of the edit-test loop. Filter by module: `cargo xtask test --test it dispatch::`, or
+//! several: `cargo xtask test --test it -- dispatch:: runtime::`.
 //!
 //! Tests in one process share its globals: `support::logs` installs the one global `tracing`
 //! subscriber, and a test that needs a subscriber of its own (`tracing`) sets it on its own

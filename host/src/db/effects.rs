@@ -1,4 +1,5 @@
-//! The dispatcher's tables: idempotency records, durable timers and customer notifications.
+//! What handlers' effects write besides orders: idempotency records, durable timers and customer
+//! notifications.
 
 use chrono::{DateTime, Utc};
 use sqlx::{PgConnection, PgPool};
@@ -6,9 +7,9 @@ use uuid::Uuid;
 
 use crate::orders::Status;
 
-/// Where an event came from, recorded with its idempotency row.
+/// Where in the Kafka log an event was consumed, recorded with its idempotency row.
 #[derive(Debug, Clone)]
-pub struct Source {
+pub struct LogPosition {
     pub topic: String,
     pub partition: i32,
     pub offset: i64,
@@ -35,7 +36,7 @@ pub async fn record_processed(
     handler_version: &str,
     outcome: &str,
     attempts: u32,
-    source: &Source,
+    position: &LogPosition,
 ) -> sqlx::Result<bool> {
     let inserted = sqlx::query(
         "INSERT INTO processed_events
@@ -47,9 +48,9 @@ pub async fn record_processed(
     .bind(handler_version)
     .bind(outcome)
     .bind(attempts as i32)
-    .bind(&source.topic)
-    .bind(source.partition)
-    .bind(source.offset)
+    .bind(&position.topic)
+    .bind(position.partition)
+    .bind(position.offset)
     .execute(conn)
     .await?;
     Ok(inserted.rows_affected() == 1)
