@@ -63,131 +63,52 @@ impl Host {
         };
         let pool = db::connect(url, config.pools.api).await?;
         let dispatch_pool = db::pool(url, config.pools.dispatch).await?;
-
-        let embedded = if config.kafka.brokers == EMBEDDED_BROKERS {
-            let t = &config.topics;
-            let topics = [
-                &t.order_created,
-                &t.status_updated,
-                &t.dead_letter,
-                &config.kafka.created_topic,
-                &config.kafka.status_topic,
-            ];
-            let mut names: Vec<&str> = topics.iter().map(|s| s.as_str()).collect();
-            names.sort_unstable();
-            names.dedup();
-            let broker = EmbeddedBroker::start(&names, EMBEDDED_PARTITIONS)?;
-            tracing::warn!(
-                bootstrap = broker.bootstrap_servers(),
-                "KAFKA_BROKERS=embedded: using an in-memory development broker; nothing survives a restart"
-            );
-            Some(broker)
-        } else {
-            None
-        };
+        let embedded = start_embedded_broker(config)?;
         let brokers = embedded.as_ref().map_or(config.kafka.brokers.as_str(), |b| b.bootstrap_servers());
         let producer = Arc::new(Producer::new(brokers, PRODUCE_TIMEOUT)?);
-
         let (runtime, handlers) = load_handlers(config).await?;
 
         let (shutdown, shutdown_rx) = watch::channel(false);
         let (relay_shutdown, relay_shutdown_rx) = watch::channel(false);
-        let notices = Notices::new();
         let metrics = Arc::new(Metrics::new());
-        let supervisor = Supervisor::new(metrics.clone());
-        let relay = supervisor.spawn(
-            "outbox relay",
-            relay_shutdown_rx.clone(),
-            relay::run(
-                pool.clone(),
-                producer.clone(),
-                notices.outbox(),
-                RelayConfig::default(),
-                relay_shutdown_rx,
-                metrics.clone(),
-            ),
-        );
+        let parts = Parts {
+            pool: pool.clone(),
+            runtime,
+            handlers,
+            producer: producer.clone(),
+            notices: Notices::new(),
+            supervisor: Supervisor::new(metrics.clone()),
+            metrics,
+            shutdown: shutdown_rx.clone(),
+        };
+        let relay = parts.spawn_relay(relay_shutdown_rx);
         let k = &config.kafka;
         let (consumer, revoked) =
-            Consumer::new(brokers, &k.group_id, &[&k.created_topic, &k.status_topic], metrics.clone())?;
-        let shared = Shared {
+            Consumer::new(brokers, &k.group_id, &[&k.created_topic, &k.status_topic], parts.metrics.clone())?;
+        let dispatcher = Shared {
             pool: dispatch_pool,
-            invoker: invoker.unwrap_or_else(|| runtime.clone()),
-            handlers: handlers.clone(),
+            invoker: invoker.unwrap_or_else(|| parts.runtime.clone()),
+            handlers: parts.handlers.clone(),
             config: config.dispatch.clone(),
             kafka: config.kafka.clone(),
             topics: config.topics.clone(),
             shutdown: shutdown_rx.clone(),
-            metrics: metrics.clone(),
-            supervisor: supervisor.clone(),
+            metrics: parts.metrics.clone(),
+            supervisor: parts.supervisor.clone(),
         };
-        let background = vec![
-            supervisor.spawn(
-                "notification fan-out",
-                shutdown_rx.clone(),
-                listen::run(pool.clone(), notices.clone(), shutdown_rx.clone()),
-            ),
-            supervisor.spawn(
-                "timer scheduler",
-                shutdown_rx.clone(),
-                timers::run(
-                    pool.clone(),
-                    config.topics.clone(),
-                    notices.timers(),
-                    metrics.clone(),
-                    shutdown_rx.clone(),
-                ),
-            ),
-            supervisor.spawn("dispatcher", shutdown_rx.clone(), dispatch::run(shared, consumer, revoked)),
-            supervisor.spawn(
-                "handler watcher",
-                shutdown_rx.clone(),
-                handler_watch::run(
-                    runtime.clone(),
-                    handlers.clone(),
-                    WatchConfig {
-                        dir: config.handlers_dir.clone(),
-                        overlay: config.handler_config_overlay(),
-                        rescan: config.admin.rescan,
-                    },
-                    shutdown_rx.clone(),
-                ),
-            ),
-        ];
+        let mut background = parts.spawn_background(config);
+        background.push(parts.supervisor.spawn(
+            "dispatcher",
+            shutdown_rx.clone(),
+            dispatch::run(dispatcher, consumer, revoked),
+        ));
 
         let listener = tokio::net::TcpListener::bind(config.http_addr)
             .await
             .with_context(|| format!("binding HTTP_ADDR {}", config.http_addr))?;
         let addr = listener.local_addr()?;
-        let state = AppState {
-            pool: pool.clone(),
-            topics: Arc::new(config.topics.clone()),
-            notices,
-            probes: {
-                let handlers = handlers.clone();
-                Probes {
-                    kafka: producer.clone(),
-                    handlers: Arc::new(move || {
-                        let current = handlers.current();
-                        (current.iter().count(), current.waiting_kinds())
-                    }),
-                    supervisor: supervisor.clone(),
-                }
-            },
-            admin: config.admin.token.clone().map(|token| {
-                Arc::new(Admin {
-                    token,
-                    runtime,
-                    handlers,
-                    overlay: config.handler_config_overlay(),
-                    max_upload_bytes: config.admin.max_upload_bytes,
-                    uploads: tokio::sync::Semaphore::new(crate::http::admin::MAX_CONCURRENT_UPLOADS),
-                })
-            }),
-            shutdown: shutdown_rx.clone(),
-            metrics,
-        };
-        let server = tokio::spawn(http::serve(listener, state, shutdown_rx));
+        let supervisor = parts.supervisor.clone();
+        let server = tokio::spawn(http::serve(listener, parts.app_state(config), shutdown_rx));
         tracing::info!(%addr, "order-host listening");
         Ok(Host {
             addr,
@@ -237,6 +158,127 @@ impl Host {
         drop(embedded);
         served
     }
+}
+
+/// What start-up builds once and hands to every part it starts.
+struct Parts {
+    /// The API's pool, shared with the relay, the timers and the notification fan-out.
+    pool: PgPool,
+    runtime: Arc<Runtime>,
+    handlers: Arc<HandlerSet>,
+    producer: Arc<Producer>,
+    notices: Notices,
+    metrics: Arc<Metrics>,
+    supervisor: Arc<Supervisor>,
+    shutdown: watch::Receiver<bool>,
+}
+
+impl Parts {
+    /// The relay stops on its own signal, after everything that writes outbox rows has stopped.
+    fn spawn_relay(&self, relay_shutdown: watch::Receiver<bool>) -> JoinHandle<()> {
+        self.supervisor.spawn(
+            "outbox relay",
+            relay_shutdown.clone(),
+            relay::run(
+                self.pool.clone(),
+                self.producer.clone(),
+                self.notices.outbox(),
+                RelayConfig::default(),
+                relay_shutdown,
+                self.metrics.clone(),
+            ),
+        )
+    }
+
+    /// The notification fan-out, the timer scheduler and the handlers directory watcher.
+    fn spawn_background(&self, config: &Config) -> Vec<JoinHandle<()>> {
+        let shutdown = &self.shutdown;
+        vec![
+            self.supervisor.spawn(
+                "notification fan-out",
+                shutdown.clone(),
+                listen::run(self.pool.clone(), self.notices.clone(), shutdown.clone()),
+            ),
+            self.supervisor.spawn(
+                "timer scheduler",
+                shutdown.clone(),
+                timers::run(
+                    self.pool.clone(),
+                    config.topics.clone(),
+                    self.notices.timers(),
+                    self.metrics.clone(),
+                    shutdown.clone(),
+                ),
+            ),
+            self.supervisor.spawn(
+                "handler watcher",
+                shutdown.clone(),
+                handler_watch::run(
+                    self.runtime.clone(),
+                    self.handlers.clone(),
+                    WatchConfig {
+                        dir: config.handlers_dir.clone(),
+                        overlay: config.handler_config_overlay(),
+                        rescan: config.admin.rescan,
+                    },
+                    shutdown.clone(),
+                ),
+            ),
+        ]
+    }
+
+    /// What the HTTP handlers see; the admin API only when `ADMIN_TOKEN` is set.
+    fn app_state(self, config: &Config) -> AppState {
+        let handlers = self.handlers.clone();
+        let probes = Probes {
+            kafka: self.producer.clone(),
+            handlers: Arc::new(move || {
+                let current = handlers.current();
+                (current.iter().count(), current.waiting_kinds())
+            }),
+            supervisor: self.supervisor.clone(),
+        };
+        let admin = config.admin.token.clone().map(|token| {
+            Arc::new(Admin {
+                token,
+                runtime: self.runtime,
+                handlers: self.handlers,
+                overlay: config.handler_config_overlay(),
+                max_upload_bytes: config.admin.max_upload_bytes,
+                uploads: tokio::sync::Semaphore::new(crate::http::admin::MAX_CONCURRENT_UPLOADS),
+            })
+        });
+        AppState {
+            pool: self.pool,
+            topics: Arc::new(config.topics.clone()),
+            notices: self.notices,
+            probes,
+            admin,
+            shutdown: self.shutdown,
+            metrics: self.metrics,
+        }
+    }
+}
+
+/// With `KAFKA_BROKERS=embedded`, an in-memory broker holding every topic the host uses.
+fn start_embedded_broker(config: &Config) -> anyhow::Result<Option<EmbeddedBroker>> {
+    if config.kafka.brokers != EMBEDDED_BROKERS {
+        return Ok(None);
+    }
+    let (t, k) = (&config.topics, &config.kafka);
+    let mut names: Vec<&str> =
+        [&t.order_created, &t.status_updated, &t.dead_letter, &k.created_topic, &k.status_topic]
+            .iter()
+            .map(|s| s.as_str())
+            .collect();
+    names.sort_unstable();
+    names.dedup();
+    let broker = EmbeddedBroker::start(&names, EMBEDDED_PARTITIONS)?;
+    tracing::warn!(
+        bootstrap = broker.bootstrap_servers(),
+        "KAFKA_BROKERS=embedded: using an in-memory development broker; nothing survives a restart"
+    );
+    Ok(Some(broker))
 }
 
 /// The runtime and the initial handler set from `HANDLERS_DIR`. A missing directory means no

@@ -59,20 +59,44 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
 
 async fn run_async(args: &Args) -> anyhow::Result<()> {
     let base = args.base_url.trim_end_matches('/').to_string();
-    let mut headers = reqwest::header::HeaderMap::new();
-    for h in &args.headers {
+    let http = client(&args.headers)?;
+    let product_ids = product_ids(&http, &base).await?;
+    let start = Instant::now();
+    let results = send_open_loop(args, &http, &base, &product_ids).await;
+    let elapsed = start.elapsed();
+    let report = Report::of(&results);
+    report.print(results.len(), elapsed);
+    if args.follow && !report.accepted.is_empty() {
+        follow(&http, &base, &report.accepted, Duration::from_secs(args.follow_timeout)).await?;
+    }
+    anyhow::ensure!(
+        report.errors.is_empty(),
+        "{} of {} orders were not accepted",
+        results.len() - report.accepted.len(),
+        results.len()
+    );
+    Ok(())
+}
+
+/// An HTTP client sending `headers` (`name: value`) with every request.
+fn client(headers: &[String]) -> anyhow::Result<reqwest::Client> {
+    let mut map = reqwest::header::HeaderMap::new();
+    for h in headers {
         let (name, value) =
             h.split_once(':').with_context(|| format!("--header {h:?} is not `name: value`"))?;
-        headers.insert(
+        map.insert(
             reqwest::header::HeaderName::from_bytes(name.trim().as_bytes()).context("header name")?,
             value.trim().parse().context("header value")?,
         );
     }
-    let http = reqwest::Client::builder()
-        .default_headers(headers)
+    Ok(reqwest::Client::builder()
+        .default_headers(map)
         .timeout(Duration::from_secs(30))
         .pool_max_idle_per_host(256)
-        .build()?;
+        .build()?)
+}
+
+async fn product_ids(http: &reqwest::Client, base: &str) -> anyhow::Result<Vec<String>> {
     let products: Vec<Value> = http
         .get(format!("{base}/api/products"))
         .send()
@@ -81,10 +105,19 @@ async fn run_async(args: &Args) -> anyhow::Result<()> {
         .error_for_status()?
         .json()
         .await?;
-    let product_ids: Vec<String> =
-        products.iter().filter_map(|p| p["id"].as_str().map(str::to_string)).collect();
-    anyhow::ensure!(!product_ids.is_empty(), "{base}/api/products is empty");
+    let ids: Vec<String> = products.iter().filter_map(|p| p["id"].as_str().map(str::to_string)).collect();
+    anyhow::ensure!(!ids.is_empty(), "{base}/api/products is empty");
+    Ok(ids)
+}
 
+/// Sends `rate × duration` orders on a fixed schedule, each on its own task, and waits for every
+/// answer.
+async fn send_open_loop(
+    args: &Args,
+    http: &reqwest::Client,
+    base: &str,
+    product_ids: &[String],
+) -> Vec<Sent> {
     let total = (args.rate * args.duration as f64).round() as u64;
     let interval = Duration::from_secs_f64(1.0 / args.rate);
     println!("sending {total} orders to {base} at {}/s for {}s (open loop)", args.rate, args.duration);
@@ -99,27 +132,11 @@ async fn run_async(args: &Args) -> anyhow::Result<()> {
     for n in 0..total {
         // The schedule, not the previous answer, decides when the next order leaves.
         tokio::time::sleep_until((start + interval.mul_f64(n as f64)).into()).await;
-        let body = order(n, run_id, &args.email_user, &args.email_domain, &product_ids);
+        let body = order(n, run_id, &args.email_user, &args.email_domain, product_ids);
         let (http, url, results, progress) =
             (http.clone(), format!("{base}/api/orders"), results.clone(), bar.clone());
         tasks.spawn(async move {
-            let sent = Instant::now();
-            let outcome = match http.post(&url).json(&body).send().await {
-                Ok(r) if r.status().as_u16() == 201 => {
-                    let latency = sent.elapsed();
-                    match r.json::<Value>().await {
-                        Ok(v) => match v["id"].as_str() {
-                            Some(id) => Sent::Accepted { id: id.to_string(), latency },
-                            None => Sent::Failed { error: "201 without an order id".into() },
-                        },
-                        Err(e) => Sent::Failed { error: format!("unreadable 201 body: {e}") },
-                    }
-                }
-                Ok(r) => Sent::Refused { status: r.status().as_u16(), latency: sent.elapsed() },
-                Err(e) => {
-                    Sent::Failed { error: if e.is_timeout() { "timeout".into() } else { e.to_string() } }
-                }
-            };
+            let outcome = place(&http, &url, &body).await;
             let mut all = results.lock().await;
             all.push(outcome);
             let errors = all.iter().filter(|s| !matches!(s, Sent::Accepted { .. })).count();
@@ -129,48 +146,67 @@ async fn run_async(args: &Args) -> anyhow::Result<()> {
     }
     while tasks.join_next().await.is_some() {}
     bar.finish();
-    let elapsed = start.elapsed();
+    std::mem::take(&mut *results.lock().await)
+}
 
-    let results = std::mem::take(&mut *results.lock().await);
-    let mut accepted = Vec::new();
-    let mut latencies = Vec::new();
-    let mut errors: BTreeMap<String, usize> = BTreeMap::new();
-    for r in &results {
-        match r {
-            Sent::Accepted { id, latency } => {
-                accepted.push(id.clone());
-                latencies.push(*latency);
+/// One order: accepted (with its id), refused (a status), or failed (no answer).
+async fn place(http: &reqwest::Client, url: &str, body: &Value) -> Sent {
+    let sent = Instant::now();
+    match http.post(url).json(body).send().await {
+        Ok(r) if r.status().as_u16() == 201 => {
+            let latency = sent.elapsed();
+            match r.json::<Value>().await {
+                Ok(v) => match v["id"].as_str() {
+                    Some(id) => Sent::Accepted { id: id.to_string(), latency },
+                    None => Sent::Failed { error: "201 without an order id".into() },
+                },
+                Err(e) => Sent::Failed { error: format!("unreadable 201 body: {e}") },
             }
-            Sent::Refused { status, latency } => {
-                latencies.push(*latency);
-                *errors.entry(format!("HTTP {status}")).or_default() += 1;
-            }
-            Sent::Failed { error } => *errors.entry(error.clone()).or_default() += 1,
         }
+        Ok(r) => Sent::Refused { status: r.status().as_u16(), latency: sent.elapsed() },
+        Err(e) => Sent::Failed { error: if e.is_timeout() { "timeout".into() } else { e.to_string() } },
     }
-    println!(
-        "\nsent      {} in {:.1}s ({:.1}/s achieved)",
-        results.len(),
-        elapsed.as_secs_f64(),
-        results.len() as f64 / elapsed.as_secs_f64()
-    );
-    println!("accepted  {}", accepted.len());
-    println!("errors    {}", errors.values().sum::<usize>());
-    for (what, n) in &errors {
-        println!("  {n:>6}  {what}");
-    }
-    println!("HTTP latency  {}", percentiles(&mut latencies));
+}
 
-    if args.follow && !accepted.is_empty() {
-        follow(&http, &base, &accepted, Duration::from_secs(args.follow_timeout)).await?;
+/// What the answers add up to.
+struct Report {
+    accepted: Vec<String>,
+    latencies: Vec<Duration>,
+    errors: BTreeMap<String, usize>,
+}
+
+impl Report {
+    fn of(results: &[Sent]) -> Report {
+        let mut report = Report { accepted: Vec::new(), latencies: Vec::new(), errors: BTreeMap::new() };
+        for r in results {
+            match r {
+                Sent::Accepted { id, latency } => {
+                    report.accepted.push(id.clone());
+                    report.latencies.push(*latency);
+                }
+                Sent::Refused { status, latency } => {
+                    report.latencies.push(*latency);
+                    *report.errors.entry(format!("HTTP {status}")).or_default() += 1;
+                }
+                Sent::Failed { error } => *report.errors.entry(error.clone()).or_default() += 1,
+            }
+        }
+        report
     }
-    anyhow::ensure!(
-        errors.is_empty(),
-        "{} of {} orders were not accepted",
-        results.len() - accepted.len(),
-        results.len()
-    );
-    Ok(())
+
+    fn print(&self, sent: usize, elapsed: Duration) {
+        println!(
+            "\nsent      {sent} in {:.1}s ({:.1}/s achieved)",
+            elapsed.as_secs_f64(),
+            sent as f64 / elapsed.as_secs_f64()
+        );
+        println!("accepted  {}", self.accepted.len());
+        println!("errors    {}", self.errors.values().sum::<usize>());
+        for (what, n) in &self.errors {
+            println!("  {n:>6}  {what}");
+        }
+        println!("HTTP latency  {}", percentiles(&mut self.latencies.clone()));
+    }
 }
 
 /// Waits for every order to ship, then reports created→shipped from the history's timestamps.

@@ -10,7 +10,7 @@ use uuid::Uuid;
 
 use super::outbox;
 use crate::config::Topics;
-use crate::events::{self, OrderCreated, OrderCreatedItem, StatusUpdated};
+use crate::events::{self, OrderCreated, OrderCreatedItem, Record, StatusUpdated};
 use crate::orders::{LineRequest, Status, cents_to_amount};
 
 /// Outcomes a caller branches on; anything else is a database failure.
@@ -145,53 +145,83 @@ pub async fn create(
 ) -> Result<Order, StoreError> {
     let mut conn = pool.acquire().await?;
     let mut tx = conn.begin().await?;
+    let catalogue = priced_lines(&mut tx, new).await?;
+    if reserve {
+        reserve_stock(&mut tx, new, &catalogue).await?;
+    }
+    let order = insert_order(&mut tx, new, &catalogue, reserve).await?;
+    outbox::enqueue(&mut tx, &order_created_record(&order, topics)).await?;
+    tx.commit().await?;
+    Ok(order)
+}
 
+/// Name and price in cents by product id.
+type Catalogue = HashMap<String, (String, i64)>;
+
+/// Name and price in cents of each product the order names, from the catalogue (never from the
+/// client); an unknown product refuses the order.
+async fn priced_lines(conn: &mut PgConnection, new: &NewOrder) -> Result<Catalogue, StoreError> {
     let ids: Vec<&str> = new.lines.iter().map(|l| l.product_id.as_str()).collect();
-    let catalogue: HashMap<String, (String, i64)> = sqlx::query_as::<_, (String, String, i64)>(
+    let catalogue: Catalogue = sqlx::query_as::<_, (String, String, i64)>(
         "SELECT id, name, price_cents FROM products WHERE id = ANY($1)",
     )
     .bind(&ids)
-    .fetch_all(&mut *tx)
+    .fetch_all(&mut *conn)
     .await?
     .into_iter()
     .map(|(id, name, price)| (id, (name, price)))
     .collect();
-    if let Some(missing) = ids.iter().find(|id| !catalogue.contains_key(**id)) {
-        return Err(StoreError::UnknownProduct(missing.to_string()));
+    match ids.iter().find(|id| !catalogue.contains_key(**id)) {
+        Some(missing) => Err(StoreError::UnknownProduct(missing.to_string())),
+        None => Ok(catalogue),
     }
+}
 
-    if reserve {
-        // Locking inventory rows in product-id order means two checkouts never wait on each
-        // other in opposite orders, so they cannot deadlock.
-        let mut wanted: BTreeMap<&str, i64> = BTreeMap::new();
-        for line in &new.lines {
-            *wanted.entry(&line.product_id).or_default() += line.quantity;
-        }
-        for (product_id, quantity) in wanted {
-            let reserved = sqlx::query(
-                "UPDATE inventory SET reserved = reserved + $2, updated_at = now()
-                 WHERE product_id = $1 AND stock - reserved >= $2",
-            )
-            .bind(product_id)
-            .bind(quantity)
-            .execute(&mut *tx)
-            .await?;
-            if reserved.rows_affected() == 0 {
-                let available: Option<(i64,)> =
-                    sqlx::query_as("SELECT (stock - reserved)::bigint FROM inventory WHERE product_id = $1")
-                        .bind(product_id)
-                        .fetch_optional(&mut *tx)
-                        .await?;
-                return Err(StoreError::InsufficientStock {
-                    product_id: product_id.to_string(),
-                    name: catalogue[product_id].0.clone(),
-                    requested: quantity,
-                    available: available.map_or(0, |(a,)| a),
-                });
-            }
+/// Reserves every line's quantity, or refuses the order naming the first product short of stock.
+async fn reserve_stock(
+    conn: &mut PgConnection,
+    new: &NewOrder,
+    catalogue: &Catalogue,
+) -> Result<(), StoreError> {
+    // Locking inventory rows in product-id order means two checkouts never wait on each
+    // other in opposite orders, so they cannot deadlock.
+    let mut wanted: BTreeMap<&str, i64> = BTreeMap::new();
+    for line in &new.lines {
+        *wanted.entry(&line.product_id).or_default() += line.quantity;
+    }
+    for (product_id, quantity) in wanted {
+        let reserved = sqlx::query(
+            "UPDATE inventory SET reserved = reserved + $2, updated_at = now()
+             WHERE product_id = $1 AND stock - reserved >= $2",
+        )
+        .bind(product_id)
+        .bind(quantity)
+        .execute(&mut *conn)
+        .await?;
+        if reserved.rows_affected() == 0 {
+            let available: Option<(i64,)> =
+                sqlx::query_as("SELECT (stock - reserved)::bigint FROM inventory WHERE product_id = $1")
+                    .bind(product_id)
+                    .fetch_optional(&mut *conn)
+                    .await?;
+            return Err(StoreError::InsufficientStock {
+                product_id: product_id.to_string(),
+                name: catalogue[product_id].0.clone(),
+                requested: quantity,
+                available: available.map_or(0, |(a,)| a),
+            });
         }
     }
+    Ok(())
+}
 
+/// Writes the order, its items at catalogue prices and its first history row.
+async fn insert_order(
+    conn: &mut PgConnection,
+    new: &NewOrder,
+    catalogue: &Catalogue,
+    holds_stock: bool,
+) -> Result<Order, StoreError> {
     let total_cents: i64 = new.lines.iter().map(|l| catalogue[&l.product_id].1 * l.quantity).sum();
     let id = Uuid::new_v4();
     // 122 random bits from the OS generator: unguessable, and the only key to the tracking page.
@@ -213,10 +243,11 @@ pub async fn create(
     .bind(&a.zip_code)
     .bind(&a.country)
     .bind(total_cents)
-    .bind(reserve)
-    .fetch_one(&mut *tx)
+    .bind(holds_stock)
+    .fetch_one(&mut *conn)
     .await?;
 
+    let ids: Vec<&str> = new.lines.iter().map(|l| l.product_id.as_str()).collect();
     let names: Vec<&str> = new.lines.iter().map(|l| catalogue[&l.product_id].0.as_str()).collect();
     let quantities: Vec<i32> = new.lines.iter().map(|l| l.quantity as i32).collect();
     let prices: Vec<i64> = new.lines.iter().map(|l| catalogue[&l.product_id].1).collect();
@@ -230,7 +261,7 @@ pub async fn create(
     .bind(&names)
     .bind(&quantities)
     .bind(&prices)
-    .fetch_all(&mut *tx)
+    .fetch_all(&mut *conn)
     .await?;
 
     sqlx::query(
@@ -239,10 +270,13 @@ pub async fn create(
     )
     .bind(id)
     .bind(row.created_at)
-    .execute(&mut *tx)
+    .execute(&mut *conn)
     .await?;
+    Ok(row.into_order(items))
+}
 
-    let order = row.into_order(items);
+/// The `order.created` record announcing `order`, in MetalMart's JSON shape.
+fn order_created_record(order: &Order, topics: &Topics) -> Record {
     let payload = OrderCreated {
         order_id: order.id,
         order_number: order.order_number.clone(),
@@ -262,7 +296,7 @@ pub async fn create(
             })
             .collect(),
     };
-    let record = events::record(
+    events::record(
         &topics.order_created,
         events::TYPE_ORDER_CREATED,
         Uuid::new_v4(),
@@ -270,10 +304,7 @@ pub async fn create(
         order.id,
         &order.customer_email,
         &payload,
-    );
-    outbox::enqueue(&mut tx, &record).await?;
-    tx.commit().await?;
-    Ok(order)
+    )
 }
 
 async fn with_items(conn: &mut PgConnection, row: Option<OrderRow>) -> sqlx::Result<Option<Order>> {

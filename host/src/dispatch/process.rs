@@ -339,10 +339,8 @@ async fn apply(
     order: &Order,
     actions: &[Action],
     attempt: u32,
-) -> Result<(), (&'static str, sqlx::Error)> {
-    let (shared, position) = (ev.shared, &ev.position);
-    let at = |what: &'static str| move |e: sqlx::Error| (what, e);
-    let mut tx = shared.pool.begin().await.map_err(at("starting the apply transaction"))?;
+) -> Result<(), DbStep> {
+    let mut tx = ev.shared.pool.begin().await.map_err(at("starting the apply transaction"))?;
     let fresh = effects::record_processed(
         &mut tx,
         &h.name,
@@ -350,7 +348,7 @@ async fn apply(
         &h.version,
         "applied",
         attempt,
-        position,
+        &ev.position,
     )
     .await
     .map_err(at("writing the idempotency record"))?;
@@ -358,58 +356,89 @@ async fn apply(
         // Another delivery of this event committed first.
         return Ok(());
     }
-    let cause = h.cause();
-    let traceparent = telemetry::current_traceparent();
+    let applying =
+        Applying { ev, decoded, h, order, cause: h.cause(), traceparent: telemetry::current_traceparent() };
     for action in actions {
+        applying.one(&mut tx, action).await?;
+    }
+    tx.commit().await.map_err(at("committing the handler's actions"))?;
+    Ok(())
+}
+
+/// A failed database step while applying: what was being done, and the error.
+type DbStep = (&'static str, sqlx::Error);
+
+fn at(what: &'static str) -> impl Fn(sqlx::Error) -> DbStep {
+    move |e| (what, e)
+}
+
+/// One handler's answer to one event, being applied inside its transaction.
+struct Applying<'a> {
+    ev: &'a InFlight<'a>,
+    decoded: &'a Decoded,
+    h: &'a LoadedHandler,
+    order: &'a Order,
+    /// `handler:<name>@<version>`, recorded with every effect.
+    cause: String,
+    traceparent: Option<String>,
+}
+
+impl Applying<'_> {
+    async fn one(&self, tx: &mut sqlx::PgConnection, action: &Action) -> Result<(), DbStep> {
+        let (order, event_id) = (self.order, &self.decoded.event_id);
         match action {
-            Action::SetStatus(s) => {
-                let to: Status = s.status.into();
-                match s.delay_ms.filter(|ms| *ms > 0) {
-                    Some(delay_ms) => {
-                        let timer = NewTimer {
-                            order_id: order.id,
-                            to,
-                            delay_ms,
-                            cause: &cause,
-                            event_id: &decoded.event_id,
-                            handler_version: &h.version,
-                            consumed_topic: &position.topic,
-                            traceparent: traceparent.as_deref(),
-                        };
-                        effects::schedule(&mut tx, &timer).await.map_err(at("scheduling a timer"))?;
-                    }
-                    None => {
-                        let why = Cause::handler(&cause, &decoded.event_id, &h.version, &position.topic);
-                        match orders::change_status(&mut tx, order.id, to, &why, &shared.topics).await {
-                            Ok(_) => {}
-                            Err(StoreError::Db(e)) => return Err(("changing the status", e)),
-                            Err(e) => {
-                                tracing::warn!(handler = %cause, order_id = %order.id, event_id = %decoded.event_id,
-                                    error = %e, "status change refused by the state machine");
-                            }
-                        }
-                    }
-                }
-            }
+            Action::SetStatus(s) => match s.delay_ms.filter(|ms| *ms > 0) {
+                Some(delay_ms) => self.schedule(tx, s.status.into(), delay_ms).await,
+                None => self.change_status(tx, s.status.into()).await,
+            },
             Action::NotifyCustomer(n) => {
                 let note = NewNotification {
                     order_id: order.id,
                     channel: n.channel.as_str(),
                     subject: &n.subject,
                     body: &n.body,
-                    cause: &cause,
-                    event_id: &decoded.event_id,
+                    cause: &self.cause,
+                    event_id,
                 };
-                effects::notify(&mut tx, &note).await.map_err(at("recording a notification"))?;
+                // `false` would mean the order is gone; it was read for this very event.
+                effects::notify(tx, &note).await.map(|_| ()).map_err(at("recording a notification"))
             }
             Action::Log(l) => {
-                let (order_id, event_id) = (order.id, decoded.event_id.as_str());
-                event_at!(l.level, handler = %cause, %order_id, event_id, "{}", l.message);
+                let order_id = order.id;
+                event_at!(l.level, handler = %self.cause, %order_id, event_id, "{}", l.message);
+                Ok(())
             }
         }
     }
-    tx.commit().await.map_err(at("committing the handler's actions"))?;
-    Ok(())
+
+    async fn schedule(&self, tx: &mut sqlx::PgConnection, to: Status, delay_ms: u64) -> Result<(), DbStep> {
+        let timer = NewTimer {
+            order_id: self.order.id,
+            to,
+            delay_ms,
+            cause: &self.cause,
+            event_id: &self.decoded.event_id,
+            handler_version: &self.h.version,
+            consumed_topic: &self.ev.position.topic,
+            traceparent: self.traceparent.as_deref(),
+        };
+        effects::schedule(tx, &timer).await.map_err(at("scheduling a timer"))
+    }
+
+    /// A change the state machine refuses is logged and skipped; the other actions still apply.
+    async fn change_status(&self, tx: &mut sqlx::PgConnection, to: Status) -> Result<(), DbStep> {
+        let (h, event_id) = (self.h, &self.decoded.event_id);
+        let why = Cause::handler(&self.cause, event_id, &h.version, &self.ev.position.topic);
+        match orders::change_status(tx, self.order.id, to, &why, &self.ev.shared.topics).await {
+            Ok(_) => Ok(()),
+            Err(StoreError::Db(e)) => Err(("changing the status", e)),
+            Err(e) => {
+                tracing::warn!(handler = %self.cause, order_id = %self.order.id, %event_id, error = %e,
+                    "status change refused by the state machine");
+                Ok(())
+            }
+        }
+    }
 }
 
 /// Publishes the original record (key, value and headers, byte for byte) to the dead-letter topic

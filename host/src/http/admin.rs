@@ -224,46 +224,9 @@ pub async fn put_handler(
     };
     let Query(params) =
         params.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", e.body_text()))?;
-    if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
-        return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_name",
-            format!("handler name {name:?} must be letters, digits, `-` or `_`"),
-        ));
-    }
-    let bytes = axum::body::to_bytes(body, admin.max_upload_bytes).await.map_err(|_| {
-        ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "payload_too_large",
-            format!("a component may be at most {} bytes (HANDLER_UPLOAD_MAX_BYTES)", admin.max_upload_bytes),
-        )
-    })?;
-    if bytes.is_empty() {
-        return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_component",
-            "the body is empty: send the component bytes",
-        ));
-    }
-    let mut spec =
-        admin.handlers.current_of(&name).map_or_else(HandlerSpec::default, |h| h.manifest.spec.clone());
-    if let Some(events) = &params.events {
-        spec.events = events
-            .split(',')
-            .map(|e| {
-                let e = e.trim();
-                EventKind::ALL.into_iter().find(|k| k.to_string() == e).ok_or_else(|| {
-                    ApiError::new(
-                        StatusCode::BAD_REQUEST,
-                        "invalid_query",
-                        format!("unknown event {e:?}: expected order-created or status-updated"),
-                    )
-                })
-            })
-            .collect::<Result<_, _>>()?;
-    }
-    spec.timeout_ms = params.timeout_ms.unwrap_or(spec.timeout_ms);
-    spec.memory_limit_bytes = params.memory_limit_bytes.unwrap_or(spec.memory_limit_bytes);
+    check_upload_name(&name)?;
+    let bytes = read_component(body, admin.max_upload_bytes).await?;
+    let spec = upload_spec(admin, &name, &params)?;
     let manifest = spec.into_manifest(&name, &format!("{name}.wasm (uploaded)"), None);
     let (runtime, overlay) = (admin.runtime.clone(), admin.overlay.clone());
     let loaded: anyhow::Result<LoadedHandler> =
@@ -275,6 +238,58 @@ pub async fn put_handler(
     let handler = admin.handlers.install(handler, Source::Upload);
     tracing::info!(handler = %handler.cause(), "handler uploaded and swapped in");
     Ok(Json(view_of(&admin.handlers, &name)).into_response())
+}
+
+fn check_upload_name(name: &str) -> Result<(), ApiError> {
+    if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_name",
+            format!("handler name {name:?} must be letters, digits, `-` or `_`"),
+        ));
+    }
+    Ok(())
+}
+
+/// The component's bytes: at most `max` of them, and not none.
+async fn read_component(body: Body, max: usize) -> Result<axum::body::Bytes, ApiError> {
+    let bytes = axum::body::to_bytes(body, max).await.map_err(|_| {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!("a component may be at most {max} bytes (HANDLER_UPLOAD_MAX_BYTES)"),
+        )
+    })?;
+    if bytes.is_empty() {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_component",
+            "the body is empty: send the component bytes",
+        ));
+    }
+    Ok(bytes)
+}
+
+/// The serving version's spec (or the defaults for a new name), with the query's overrides.
+fn upload_spec(admin: &Admin, name: &str, params: &UploadParams) -> Result<HandlerSpec, ApiError> {
+    let mut spec =
+        admin.handlers.current_of(name).map_or_else(HandlerSpec::default, |h| h.manifest.spec.clone());
+    if let Some(events) = &params.events {
+        spec.events = events.split(',').map(|e| parse_event(e.trim())).collect::<Result<_, _>>()?;
+    }
+    spec.timeout_ms = params.timeout_ms.unwrap_or(spec.timeout_ms);
+    spec.memory_limit_bytes = params.memory_limit_bytes.unwrap_or(spec.memory_limit_bytes);
+    Ok(spec)
+}
+
+fn parse_event(e: &str) -> Result<EventKind, ApiError> {
+    EventKind::ALL.into_iter().find(|k| k.to_string() == e).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_query",
+            format!("unknown event {e:?}: expected order-created or status-updated"),
+        )
+    })
 }
 
 /// Outbox records the relay gave up on (the broker refused them for good, too often), oldest

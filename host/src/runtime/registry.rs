@@ -86,73 +86,26 @@ impl Registry {
         dir: &Path,
         config_overlay: &BTreeMap<String, String>,
     ) -> anyhow::Result<(Registry, Vec<LoadProblem>)> {
-        let manifest_path = dir.join(MANIFEST_FILE);
-        let manifest = match std::fs::read_to_string(&manifest_path) {
-            Ok(text) => {
-                Manifest::parse(&text).with_context(|| format!("reading {}", manifest_path.display()))?
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Manifest::default(),
-            Err(e) => {
-                return Err(e).with_context(|| format!("reading {}", manifest_path.display()));
-            }
-        };
-
-        let mut registry = Registry::default();
-        let mut problems = Vec::new();
+        let manifest = read_manifest(dir)?;
+        let mut loading =
+            Loading { runtime, dir, config_overlay, registry: Registry::default(), problems: Vec::new() };
         let mut claimed = BTreeSet::new();
-        // One path for manifest entries and bare files; a duplicate name is refused before compiling.
-        let load = |registry: &mut Registry, problems: &mut Vec<LoadProblem>, entry: HandlerManifest| {
-            let path = dir.join(&entry.file);
-            let name = Some(entry.name.clone());
-            let events = entry.spec.events.clone();
-            let loaded = if registry.get(&entry.name).is_some() {
-                Err(anyhow::anyhow!("handler `{}` is already loaded from the manifest", entry.name))
-            } else {
-                std::fs::read(&path)
-                    .with_context(|| format!("reading the component of handler `{}`", entry.name))
-                    .and_then(|bytes| runtime.load(entry, &bytes, config_overlay))
-            };
-            match loaded {
-                Ok(h) => registry.insert(h),
-                Err(error) => problems.push(LoadProblem { path, name, events, error }),
-            }
-        };
         for entry in manifest.handlers {
             claimed.insert(entry.file.clone());
-            load(&mut registry, &mut problems, entry);
+            loading.load(entry);
         }
-
-        let mut files: Vec<_> = std::fs::read_dir(dir)
-            .with_context(|| format!("listing {}", dir.display()))?
-            .filter_map(|e| e.ok())
-            .map(|e| e.file_name().to_string_lossy().into_owned())
-            .collect();
-        files.sort();
-        for file in files {
-            // Dot files include the `..data` and `..<timestamp>` entries of a Kubernetes ConfigMap
-            // volume; the files themselves appear as symlinks at the top level.
-            if file.starts_with('.') || file == MANIFEST_FILE || claimed.contains(&file) {
-                continue;
-            }
-            let path = dir.join(&file);
-            if path.is_dir() {
-                continue;
-            }
+        for file in unclaimed_files(dir, &claimed)? {
             match file.strip_suffix(".wasm") {
-                Some(name) => load(
-                    &mut registry,
-                    &mut problems,
-                    HandlerSpec::default().into_manifest(name, &file, None),
-                ),
-                None => problems.push(LoadProblem {
-                    path,
+                Some(name) => loading.load(HandlerSpec::default().into_manifest(name, &file, None)),
+                None => loading.problems.push(LoadProblem {
+                    path: dir.join(&file),
                     name: None,
                     events: Vec::new(),
                     error: anyhow::anyhow!("ignored: not a .wasm component and not {MANIFEST_FILE}"),
                 }),
             }
         }
-        Ok((registry, problems))
+        Ok((loading.registry, loading.problems))
     }
 
     pub fn insert(&mut self, handler: LoadedHandler) {
@@ -209,6 +162,61 @@ impl Registry {
 
     pub fn is_empty(&self) -> bool {
         self.handlers.is_empty()
+    }
+}
+
+/// The directory's `handlers.toml`; none at all is an empty manifest.
+fn read_manifest(dir: &Path) -> anyhow::Result<Manifest> {
+    let path = dir.join(MANIFEST_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => Manifest::parse(&text).with_context(|| format!("reading {}", path.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Manifest::default()),
+        Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+    }
+}
+
+/// Files of `dir` no manifest entry names, sorted; not the manifest, directories or dot files.
+fn unclaimed_files(dir: &Path, claimed: &BTreeSet<String>) -> anyhow::Result<Vec<String>> {
+    let mut files: Vec<String> = std::fs::read_dir(dir)
+        .with_context(|| format!("listing {}", dir.display()))?
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        // Dot files include the `..data` and `..<timestamp>` entries of a Kubernetes ConfigMap
+        // volume; the files themselves appear as symlinks at the top level.
+        .filter(|f| !f.starts_with('.') && f != MANIFEST_FILE && !claimed.contains(f))
+        .filter(|f| !dir.join(f).is_dir())
+        .collect();
+    files.sort();
+    Ok(files)
+}
+
+/// One directory being loaded: each entry becomes a handler or a problem, never a failure of the
+/// others.
+struct Loading<'a> {
+    runtime: &'a Runtime,
+    dir: &'a Path,
+    config_overlay: &'a BTreeMap<String, String>,
+    registry: Registry,
+    problems: Vec<LoadProblem>,
+}
+
+impl Loading<'_> {
+    /// One path for manifest entries and bare files; a duplicate name is refused before compiling.
+    fn load(&mut self, entry: HandlerManifest) {
+        let path = self.dir.join(&entry.file);
+        let name = Some(entry.name.clone());
+        let events = entry.spec.events.clone();
+        let loaded = if self.registry.get(&entry.name).is_some() {
+            Err(anyhow::anyhow!("handler `{}` is already loaded from the manifest", entry.name))
+        } else {
+            std::fs::read(&path)
+                .with_context(|| format!("reading the component of handler `{}`", entry.name))
+                .and_then(|bytes| self.runtime.load(entry, &bytes, self.config_overlay))
+        };
+        match loaded {
+            Ok(h) => self.registry.insert(h),
+            Err(error) => self.problems.push(LoadProblem { path, name, events, error }),
+        }
     }
 }
 
