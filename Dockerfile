@@ -10,8 +10,8 @@ RUN rustup target add wasm32-wasip2
 WORKDIR /src
 COPY . .
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
-    cargo xtask build-handlers \
- && cargo build --release --locked -p host --bin order-host \
+    cargo build --release --locked -p host --bin order-host \
+ && cargo xtask build-handlers --checker target/release/order-host \
  && mkdir -p /out \
  && cp target/release/order-host /out/ \
  && cp -r target/handlers /out/handlers

@@ -1,15 +1,15 @@
-//! `cargo xtask build-handlers [--debug] [NAME…]`: builds the handler components, checks each one
-//! against the world with the host's own runtime, and writes them with `handlers.toml` into
-//! `target/handlers/`. Unchanged components are not checked again.
+//! `cargo xtask build-handlers [--debug] [--checker BIN] [NAME…]`: builds the handler components,
+//! checks the changed ones against the world with the host's own loader (`order-host check` on a
+//! staging directory, so a component that does not fit never reaches `target/handlers/`, which a
+//! running host may be watching), and writes them with `handlers.toml` into `target/handlers/`.
+//! Unchanged components are not checked again. xtask does not link the host: the check runs the
+//! `order-host` binary, the very code that will load the components.
 
-use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
-use host::config::RuntimeConfig;
-use host::runtime::manifest::MANIFEST_FILE;
-use host::runtime::{HandlerSpec, Manifest, Runtime, sha256_hex};
-use xshell::Shell;
+use handler_manifest::{HandlerManifest, HandlerSpec, MANIFEST_FILE, Manifest, sha256_hex};
+use xshell::{Shell, cmd};
 
 use crate::{project_root, wasm};
 
@@ -18,6 +18,10 @@ pub struct Args {
     /// Build without optimisations (faster to build, larger and slower components).
     #[arg(long)]
     debug: bool,
+    /// The `order-host` binary that checks changed components (default: builds
+    /// target/debug/order-host). The Dockerfile passes the release binary it has just built.
+    #[arg(long)]
+    checker: Option<PathBuf>,
     /// Only these handlers (default: every crate in handlers/ with [package.metadata.handler]).
     names: Vec<String>,
 }
@@ -45,8 +49,7 @@ pub fn run(sh: &Shell, args: &Args) -> anyhow::Result<()> {
         Err(_) => Manifest::default(),
     };
 
-    // Created only if something changed: compiling the checks is the slow part.
-    let mut runtime: Option<Runtime> = None;
+    let mut changed: Vec<(HandlerManifest, Vec<u8>)> = Vec::new();
     for (member, wasm_path) in selected.iter().zip(&built) {
         let spec: HandlerSpec =
             member.metadata.clone().expect("filtered above").try_into().with_context(|| {
@@ -60,17 +63,6 @@ pub fn run(sh: &Shell, args: &Args) -> anyhow::Result<()> {
 
         let unchanged = manifest.handlers.iter().any(|h| h == &entry)
             && std::fs::read(out_dir.join(&file)).is_ok_and(|existing| sha256_hex(&existing) == sha);
-        if !unchanged {
-            let rt = match &mut runtime {
-                Some(rt) => rt,
-                None => runtime.insert(Runtime::new(&RuntimeConfig::default())?),
-            };
-            rt.load(entry.clone(), &bytes, &BTreeMap::new())
-                .with_context(|| format!("{} does not fit the world", wasm_path.display()))?;
-            write_atomically(&out_dir.join(&file), &bytes)?;
-        }
-        manifest.handlers.retain(|h| h.name != entry.name);
-        manifest.handlers.push(entry);
         println!(
             "{:<18} {:>8} bytes  sha256 {}{}",
             member.name,
@@ -78,11 +70,51 @@ pub fn run(sh: &Shell, args: &Args) -> anyhow::Result<()> {
             sha,
             if unchanged { "  (unchanged)" } else { "" }
         );
+        manifest.handlers.retain(|h| h.name != entry.name);
+        manifest.handlers.push(entry.clone());
+        if !unchanged {
+            changed.push((entry, bytes));
+        }
+    }
+    if !changed.is_empty() {
+        check_with_host(sh, &changed, args.checker.as_deref())?;
+        for (entry, bytes) in &changed {
+            write_atomically(&out_dir.join(&entry.file), bytes)?;
+        }
     }
     manifest.handlers.sort_by(|a, b| a.name.cmp(&b.name));
     write_atomically(&manifest_path, manifest.to_toml().as_bytes())?;
     println!("wrote {}", manifest_path.strip_prefix(&root).unwrap_or(&manifest_path).display());
     Ok(())
+}
+
+/// Loads `changed` from a staging directory with `order-host check`, which compiles each one and
+/// checks it against the world exactly as a serving host would, and fails on any rejection.
+fn check_with_host(
+    sh: &Shell,
+    changed: &[(HandlerManifest, Vec<u8>)],
+    checker: Option<&Path>,
+) -> anyhow::Result<()> {
+    let root = project_root();
+    let staging = root.join("target/handlers-staging");
+    let _ = std::fs::remove_dir_all(&staging);
+    std::fs::create_dir_all(&staging).with_context(|| format!("creating {}", staging.display()))?;
+    for (entry, bytes) in changed {
+        std::fs::write(staging.join(&entry.file), bytes)?;
+    }
+    let staged = Manifest { handlers: changed.iter().map(|(entry, _)| entry.clone()).collect() };
+    std::fs::write(staging.join(MANIFEST_FILE), staged.to_toml())?;
+    let checker = match checker {
+        Some(bin) => bin.to_path_buf(),
+        None => {
+            cmd!(sh, "cargo build --quiet -p host --bin order-host").run().context("building order-host")?;
+            root.join("target/debug/order-host")
+        }
+    };
+    cmd!(sh, "{checker} check")
+        .env("HANDLERS_DIR", &staging)
+        .run()
+        .context("`order-host check` refused a component (its reason is above): it does not fit the world")
 }
 
 /// Write-then-rename, so a watcher of `HANDLERS_DIR` never sees a half-written file. The temporary

@@ -8,7 +8,7 @@ use crate::project_root;
 fn rust_files() -> Vec<PathBuf> {
     let root = project_root();
     let mut out = Vec::new();
-    for dir in ["host", "xtask", "devpg", "handlers", "fixtures"] {
+    for dir in ["host", "xtask", "devpg", "manifest", "handlers", "fixtures"] {
         walk(&root.join(dir), &mut out);
     }
     out.retain(|p| p.extension().is_some_and(|e| e == "rs"));

@@ -9,7 +9,6 @@ mod cache;
 mod convert;
 mod error;
 mod host_api;
-pub mod manifest;
 mod registry;
 mod stats;
 
@@ -18,7 +17,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::SystemTime;
 
 use anyhow::{Context, bail};
-use sha2::{Digest, Sha256};
 use wasmtime::component::{Component, HasSelf, Linker};
 use wasmtime::{Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, Trap};
 
@@ -26,6 +24,9 @@ use crate::config::RuntimeConfig;
 pub use cache::Origin;
 pub(crate) use convert::event_at;
 pub use error::{DispatchError, Disposition, TrapKind, describe_handler_error};
+/// `handlers.toml`, in a crate of its own so that xtask reads and writes it without the runtime.
+pub use handler_manifest as manifest;
+pub use handler_manifest::sha256_hex;
 use host_api::StoreState;
 pub use host_api::{NoOrders, OrderSource, StaticOrders, sandbox_wasi_ctx};
 pub use manifest::{EventKind, HandlerManifest, HandlerSpec, Manifest};
@@ -445,9 +446,4 @@ fn classify(error: wasmtime::Error, state: &StoreState) -> DispatchError {
 /// wasmtime has its own error type; the host's plumbing speaks anyhow.
 fn wasm_err<T>(result: wasmtime::Result<T>) -> anyhow::Result<T> {
     result.map_err(anyhow::Error::from)
-}
-
-/// Hex sha256: a component's version.
-pub fn sha256_hex(bytes: &[u8]) -> String {
-    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
 }

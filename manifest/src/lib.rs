@@ -156,6 +156,12 @@ fn default_memory_limit() -> u64 {
     16 << 20
 }
 
+/// Hex sha256: a component's version, and what a manifest entry pins its file to.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
