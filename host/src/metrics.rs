@@ -85,6 +85,19 @@ pub struct Metrics {
     task_deaths: Family<TaskLabels, Counter>,
     producer_replaced: Counter,
     timer_passes: Family<PassLabels, Counter>,
+    dead_letters_open: Family<DeadLetterLabels, Gauge>,
+    redrives: Family<RedriveLabels, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DeadLetterLabels {
+    handler: String,
+    class: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RedriveLabels {
+    outcome: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -117,7 +130,7 @@ struct TaskLabels {
 }
 
 /// What `/metrics` reads at scrape time rather than counting as it happens.
-#[derive(Debug, Default, Clone, Copy)]
+#[derive(Debug, Default, Clone)]
 pub struct Snapshot {
     pub outbox_backlog: i64,
     pub outbox_parked: i64,
@@ -125,6 +138,8 @@ pub struct Snapshot {
     pub timers_scheduled: i64,
     pub timers_parked: i64,
     pub handlers_loaded: i64,
+    /// Open dead letters as `(handler, class, count)`.
+    pub dead_letters_open: Vec<(String, String, i64)>,
 }
 
 impl Default for Metrics {
@@ -153,6 +168,8 @@ impl Metrics {
             task_deaths: Family::default(),
             producer_replaced: Counter::default(),
             timer_passes: Family::default(),
+            dead_letters_open: Family::default(),
+            redrives: Family::default(),
         };
         m.register()
     }
@@ -232,7 +249,21 @@ impl Metrics {
             "Timer scheduler passes by what they found (fired, held_elsewhere: due timers all claimed by another replica, none_due, failed)",
             self.timer_passes.clone(),
         );
+        r.register(
+            "dead_letters_open",
+            "Open dead letters (not redriven or discarded) by handler and class, read from Postgres at scrape time",
+            self.dead_letters_open.clone(),
+        );
+        r.register(
+            "dead_letter_redrives",
+            "Dead-letter redrives by outcome (applied, failed: stays open, refused: not run, error: the host could not run it)",
+            self.redrives.clone(),
+        );
         self
+    }
+
+    pub fn redrive(&self, outcome: &'static str) {
+        self.redrives.get_or_create(&RedriveLabels { outcome }).inc();
     }
 
     pub fn timer_pass(&self, found: TimerPass) {
@@ -289,6 +320,12 @@ impl Metrics {
         self.timers_scheduled.set(snapshot.timers_scheduled);
         self.timers_parked.set(snapshot.timers_parked);
         self.handlers_loaded.set(snapshot.handlers_loaded);
+        // Handler and class names come from the table, a bounded set; a pair with none open
+        // disappears rather than lingering at its last value.
+        self.dead_letters_open.clear();
+        for (handler, class, count) in snapshot.dead_letters_open {
+            self.dead_letters_open.get_or_create(&DeadLetterLabels { handler, class }).set(count);
+        }
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry)
             .expect("writing to a String cannot fail");

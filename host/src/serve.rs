@@ -14,6 +14,7 @@ use tokio::task::JoinHandle;
 use crate::config::{Config, DatabaseUrl, EMBEDDED_BROKERS};
 use crate::db;
 use crate::db::listen::{self, Notices};
+use crate::dispatch::redrive::Redriver;
 use crate::dispatch::{self, Shared, timers};
 use crate::handler_set::HandlerSet;
 use crate::handler_watch::{self, WatchConfig};
@@ -71,11 +72,13 @@ impl Host {
         let (shutdown, shutdown_rx) = watch::channel(false);
         let (relay_shutdown, relay_shutdown_rx) = watch::channel(false);
         let metrics = Arc::new(Metrics::new());
+        let invoker = invoker.unwrap_or_else(|| runtime.clone());
         let parts = Parts {
             pool: pool.clone(),
             runtime,
             handlers,
             producer: producer.clone(),
+            invoker,
             notices: Notices::new(),
             supervisor: Supervisor::new(metrics.clone()),
             metrics,
@@ -87,7 +90,7 @@ impl Host {
             Consumer::new(brokers, &k.group_id, &[&k.created_topic, &k.status_topic], parts.metrics.clone())?;
         let dispatcher = Shared {
             pool: dispatch_pool,
-            invoker: invoker.unwrap_or_else(|| parts.runtime.clone()),
+            invoker: parts.invoker.clone(),
             handlers: parts.handlers.clone(),
             config: config.dispatch.clone(),
             kafka: config.kafka.clone(),
@@ -167,6 +170,8 @@ struct Parts {
     runtime: Arc<Runtime>,
     handlers: Arc<HandlerSet>,
     producer: Arc<Producer>,
+    /// Runs handler logic for the dispatcher and for redrives.
+    invoker: Arc<dyn Invoke>,
     notices: Notices,
     metrics: Arc<Metrics>,
     supervisor: Arc<Supervisor>,
@@ -242,10 +247,18 @@ impl Parts {
             Arc::new(Admin {
                 token,
                 runtime: self.runtime,
-                handlers: self.handlers,
+                handlers: self.handlers.clone(),
                 overlay: config.handler_config_overlay(),
                 max_upload_bytes: config.admin.max_upload_bytes,
                 uploads: tokio::sync::Semaphore::new(crate::http::admin::MAX_CONCURRENT_UPLOADS),
+                redriver: Redriver {
+                    pool: self.pool.clone(),
+                    invoker: self.invoker,
+                    handlers: self.handlers.clone(),
+                    kafka: config.kafka.clone(),
+                    topics: config.topics.clone(),
+                    metrics: self.metrics.clone(),
+                },
             })
         });
         AppState {

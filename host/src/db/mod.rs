@@ -3,6 +3,7 @@
 //! commit together (an order and its outbox row, a handler's actions and its idempotency record).
 
 pub mod catalog;
+pub mod dead_letters;
 pub mod effects;
 pub mod listen;
 pub mod orders;

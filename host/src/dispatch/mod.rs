@@ -9,6 +9,7 @@
 
 pub mod decode;
 mod process;
+pub mod redrive;
 pub mod timers;
 
 use std::collections::{BTreeSet, HashMap, VecDeque};

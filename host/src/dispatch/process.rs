@@ -14,6 +14,8 @@ use uuid::Uuid;
 
 use super::Shared;
 use super::decode::{Decoded, Happened, decode};
+use crate::config::Topics;
+use crate::db::dead_letters::{self, NewDeadLetter};
 use crate::db::effects::{self, LogPosition, NewNotification, NewTimer};
 use crate::db::orders::{self, Cause, Order, StoreError};
 use crate::db::{self, FailureClass, outbox};
@@ -62,6 +64,8 @@ struct DeadLetter<'a> {
     handler: &'a str,
     version: &'a str,
     event_id: &'a str,
+    /// When the record decoded far enough to name its order.
+    order_id: Option<Uuid>,
     /// Handler-caused attempts.
     attempts: u32,
     /// `x-dlq-class`: undecodable, handler-error, trap, rejected-effects, missing-order.
@@ -94,6 +98,7 @@ async fn handle_record(shared: &Shared, record: &Incoming) -> Done {
                 handler: DISPATCHER,
                 version: env!("CARGO_PKG_VERSION"),
                 event_id: &event_id,
+                order_id: None,
                 attempts: 1,
                 class: "undecodable",
                 reason,
@@ -215,6 +220,7 @@ async fn handle_for(ev: &InFlight<'_>, decoded: &Decoded, h: &LoadedHandler) -> 
         handler: &h.name,
         version: &h.version,
         event_id: &decoded.event_id,
+        order_id: Some(decoded.order_id),
         attempts: attempt,
         class,
         reason,
@@ -223,7 +229,7 @@ async fn handle_for(ev: &InFlight<'_>, decoded: &Decoded, h: &LoadedHandler) -> 
 }
 
 /// `x-dlq-class` of a handler failure.
-fn failure_class(e: &DispatchError) -> &'static str {
+pub(super) fn failure_class(e: &DispatchError) -> &'static str {
     match e {
         DispatchError::Handler(_) => "handler-error",
         DispatchError::Trap { .. } => "trap",
@@ -283,7 +289,7 @@ async fn try_once(ev: &InFlight<'_>, decoded: &Decoded, h: &LoadedHandler, attem
 }
 
 /// The event as the guest sees it.
-fn wit_event(record: &Incoming, decoded: &Decoded, order: &Order, attempt: u32) -> Event {
+pub(super) fn wit_event(record: &Incoming, decoded: &Decoded, order: &Order, attempt: u32) -> Event {
     let meta = wit::EventMeta {
         event_id: decoded.event_id.clone(),
         topic: record.topic.clone(),
@@ -310,7 +316,7 @@ fn wit_event(record: &Incoming, decoded: &Decoded, order: &Order, attempt: u32) 
 
 /// Refuses actions the host could never carry out, before anything is written: the handler's
 /// fault, dead-lettered with the reason.
-fn check_actions(actions: &[Action]) -> Result<(), String> {
+pub(super) fn check_actions(actions: &[Action]) -> Result<(), String> {
     for action in actions {
         match action {
             Action::SetStatus(s) if s.delay_ms.is_some_and(|ms| ms > MAX_DELAY_MS) => {
@@ -356,8 +362,7 @@ async fn apply(
         // Another delivery of this event committed first.
         return Ok(());
     }
-    let applying =
-        Applying { ev, decoded, h, order, cause: h.cause(), traceparent: telemetry::current_traceparent() };
+    let mut applying = Applying::new(&ev.shared.topics, &ev.position, decoded, h, order);
     for action in actions {
         applying.one(&mut tx, action).await?;
     }
@@ -366,25 +371,47 @@ async fn apply(
 }
 
 /// A failed database step while applying: what was being done, and the error.
-type DbStep = (&'static str, sqlx::Error);
+pub(super) type DbStep = (&'static str, sqlx::Error);
 
-fn at(what: &'static str) -> impl Fn(sqlx::Error) -> DbStep {
+pub(super) fn at(what: &'static str) -> impl Fn(sqlx::Error) -> DbStep {
     move |e| (what, e)
 }
 
 /// One handler's answer to one event, being applied inside its transaction.
-struct Applying<'a> {
-    ev: &'a InFlight<'a>,
+pub(super) struct Applying<'a> {
+    topics: &'a Topics,
+    position: &'a LogPosition,
     decoded: &'a Decoded,
     h: &'a LoadedHandler,
     order: &'a Order,
     /// `handler:<name>@<version>`, recorded with every effect.
     cause: String,
     traceparent: Option<String>,
+    /// Status changes the state machine refused (logged and skipped; a redrive fails on them).
+    pub(super) refused: Vec<String>,
 }
 
-impl Applying<'_> {
-    async fn one(&self, tx: &mut sqlx::PgConnection, action: &Action) -> Result<(), DbStep> {
+impl<'a> Applying<'a> {
+    pub(super) fn new(
+        topics: &'a Topics,
+        position: &'a LogPosition,
+        decoded: &'a Decoded,
+        h: &'a LoadedHandler,
+        order: &'a Order,
+    ) -> Applying<'a> {
+        Applying {
+            topics,
+            position,
+            decoded,
+            h,
+            order,
+            cause: h.cause(),
+            traceparent: telemetry::current_traceparent(),
+            refused: Vec::new(),
+        }
+    }
+
+    pub(super) async fn one(&mut self, tx: &mut sqlx::PgConnection, action: &Action) -> Result<(), DbStep> {
         let (order, event_id) = (self.order, &self.decoded.event_id);
         match action {
             Action::SetStatus(s) => match s.delay_ms.filter(|ms| *ms > 0) {
@@ -419,22 +446,23 @@ impl Applying<'_> {
             cause: &self.cause,
             event_id: &self.decoded.event_id,
             handler_version: &self.h.version,
-            consumed_topic: &self.ev.position.topic,
+            consumed_topic: &self.position.topic,
             traceparent: self.traceparent.as_deref(),
         };
         effects::schedule(tx, &timer).await.map_err(at("scheduling a timer"))
     }
 
     /// A change the state machine refuses is logged and skipped; the other actions still apply.
-    async fn change_status(&self, tx: &mut sqlx::PgConnection, to: Status) -> Result<(), DbStep> {
+    async fn change_status(&mut self, tx: &mut sqlx::PgConnection, to: Status) -> Result<(), DbStep> {
         let (h, event_id) = (self.h, &self.decoded.event_id);
-        let why = Cause::handler(&self.cause, event_id, &h.version, &self.ev.position.topic);
-        match orders::change_status(tx, self.order.id, to, &why, &self.ev.shared.topics).await {
+        let why = Cause::handler(&self.cause, event_id, &h.version, &self.position.topic);
+        match orders::change_status(tx, self.order.id, to, &why, self.topics).await {
             Ok(_) => Ok(()),
             Err(StoreError::Db(e)) => Err(("changing the status", e)),
             Err(e) => {
                 tracing::warn!(handler = %self.cause, order_id = %self.order.id, %event_id, error = %e,
                     "status change refused by the state machine");
+                self.refused.push(e.to_string());
                 Ok(())
             }
         }
@@ -484,6 +512,18 @@ async fn dead_letter(ev: &InFlight<'_>, dl: DeadLetter<'_>) -> Done {
             .await?;
             if fresh {
                 outbox::enqueue(&mut tx, &dlq).await?;
+                let row = NewDeadLetter {
+                    handler: dl.handler,
+                    handler_version: dl.version,
+                    event_id: dl.event_id,
+                    order_id: dl.order_id,
+                    class: dl.class,
+                    reason: &dl.reason,
+                    attempts: dl.attempts,
+                    position: &ev.position,
+                    record,
+                };
+                dead_letters::insert(&mut tx, &row).await?;
             }
             tx.commit().await?;
             Ok(fresh)
@@ -534,7 +574,7 @@ async fn backoff(shared: &Shared, attempt: u32) -> Waited {
 }
 
 /// `host.get-order`, answered from Postgres.
-struct DbOrders(PgPool);
+pub(super) struct DbOrders(pub(super) PgPool);
 
 impl OrderSource for DbOrders {
     fn get_order<'a>(

@@ -35,6 +35,8 @@ pub struct Admin {
     /// Uploads being received or compiled at once; more are refused with 429 before their body
     /// is read, so memory stays bounded by `MAX_CONCURRENT_UPLOADS × HANDLER_UPLOAD_MAX_BYTES`.
     pub uploads: tokio::sync::Semaphore,
+    /// Runs dead letters again through their handlers' serving versions.
+    pub redriver: crate::dispatch::redrive::Redriver,
 }
 
 /// Concurrent uploads: compiling is CPU-bound and a deploy uploads a handful of components.

@@ -20,6 +20,7 @@ pub async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError
     let (outbox_backlog, outbox_parked) = db::outbox::backlog(&state.pool).await?;
     let (timers_due, timers_scheduled, timers_parked) = db::effects::timer_counts(&state.pool).await?;
     let handlers_loaded = (state.probes.handlers)().0 as i64;
+    let dead_letters_open = db::dead_letters::open_counts(&state.pool).await?;
     let text = state.metrics.encode(Snapshot {
         outbox_backlog,
         outbox_parked,
@@ -27,6 +28,7 @@ pub async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError
         timers_scheduled,
         timers_parked,
         handlers_loaded,
+        dead_letters_open,
     });
     Ok(([(CONTENT_TYPE, metrics::CONTENT_TYPE)], text).into_response())
 }

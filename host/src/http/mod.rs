@@ -5,6 +5,7 @@
 
 pub mod admin;
 mod catalog;
+mod dead_letters;
 mod error;
 mod health;
 mod metrics;
@@ -68,6 +69,12 @@ pub fn router_and_spec(state: AppState) -> (Router, utoipa::openapi::OpenApi) {
         .routes(routes!(admin::put_handler, admin::delete_handler))
         .routes(routes!(admin::rollback_handler))
         .routes(routes!(admin::parked_outbox))
+        .routes(routes!(dead_letters::list))
+        .routes(routes!(dead_letters::get))
+        .routes(routes!(dead_letters::redrive))
+        .routes(routes!(dead_letters::discard))
+        .routes(routes!(dead_letters::redrive_bulk))
+        .routes(routes!(dead_letters::discard_bulk))
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), admin::authorize));
     let (router, spec) = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(catalog::list_products))

@@ -584,6 +584,12 @@ async fn the_openapi_document_matches_the_routes() {
         ("DELETE", "/admin/handlers/{name}"),
         ("POST", "/admin/handlers/{name}/rollback"),
         ("GET", "/admin/outbox/parked"),
+        ("GET", "/admin/dead-letters"),
+        ("GET", "/admin/dead-letters/{id}"),
+        ("POST", "/admin/dead-letters/{id}/redrive"),
+        ("POST", "/admin/dead-letters/{id}/discard"),
+        ("POST", "/admin/dead-letters/redrive"),
+        ("POST", "/admin/dead-letters/discard"),
     ]
     .iter()
     .map(|(m, p)| (m.to_string(), p.to_string()))

@@ -13,6 +13,7 @@ mod api;
 mod browser;
 mod cli;
 mod crash;
+mod dead_letters;
 mod deploy;
 mod dispatch;
 mod e2e;
