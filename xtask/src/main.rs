@@ -3,6 +3,7 @@
 
 mod bench;
 mod build_handlers;
+mod dead_letters;
 mod deploy_handlers;
 mod dev;
 mod lint;
@@ -39,6 +40,8 @@ enum Command {
     Test(test::Args),
     /// Formatting and clippy (`-D warnings`) for the host and handler workspaces, as CI runs them.
     Lint,
+    /// Dead letters through the admin API: list, show, redrive, discard (one, or in bulk by filter).
+    DeadLetters(dead_letters::Args),
     /// Run the benchmarks (criterion) after building what they load.
     Bench(bench::Args),
     /// Build the handlers and render the `order-handlers` ConfigMap into target/k8s/, applying it
@@ -55,6 +58,7 @@ fn main() -> anyhow::Result<()> {
         Command::Test(args) => test::run(&sh, &args),
         Command::Loadgen(args) => loadgen::run(&args),
         Command::Lint => lint::run(&sh),
+        Command::DeadLetters(args) => dead_letters::run(&args),
         Command::Bench(args) => bench::run(&sh, &args),
         Command::DeployHandlers(args) => deploy_handlers::run(&sh, &args),
     }

@@ -5,6 +5,7 @@
 
 pub mod admin;
 mod catalog;
+mod console;
 mod dead_letters;
 mod error;
 mod health;
@@ -93,6 +94,9 @@ pub fn router_and_spec(state: AppState) -> (Router, utoipa::openapi::OpenApi) {
         .routes(routes!(health::healthz))
         .routes(routes!(health::readyz))
         .routes(routes!(metrics::metrics))
+        .routes(routes!(console::index))
+        .routes(routes!(console::script))
+        .routes(routes!(console::style))
         .routes(routes!(storefront::index))
         .routes(routes!(storefront::script))
         .routes(routes!(storefront::style))

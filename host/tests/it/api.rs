@@ -590,6 +590,9 @@ async fn the_openapi_document_matches_the_routes() {
         ("POST", "/admin/dead-letters/{id}/discard"),
         ("POST", "/admin/dead-letters/redrive"),
         ("POST", "/admin/dead-letters/discard"),
+        ("GET", "/admin/"),
+        ("GET", "/admin/console.js"),
+        ("GET", "/admin/console.css"),
     ]
     .iter()
     .map(|(m, p)| (m.to_string(), p.to_string()))

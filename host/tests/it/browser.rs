@@ -97,3 +97,73 @@ async fn an_order_placed_in_the_storefront_is_tracked_live_to_shipped() {
     })
     .await;
 }
+
+/// The operator console in a real browser: a poison order's dead letter is listed, inspected and,
+/// once the fixed handler version is uploaded, redriven from the page; the order then ships.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_letter_is_inspected_and_redriven_from_the_console() {
+    const TOKEN: &str = "console-token";
+    let browser_dir = crate::support::root().join("host/tests/browser");
+    let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
+    let t = TestHost::start_with(
+        None,
+        3,
+        &[("ADMIN_TOKEN", TOKEN), ("DEMO_MODE", "true"), ("DISPATCH_MAX_ATTEMPTS", "1")],
+    )
+    .await;
+    let upload = |fixture: (&'static str, &'static str), events: &'static str| {
+        let t = &t;
+        async move {
+            let r = t
+                .http
+                .put(t.url(&format!("/admin/handlers/order-processor?events={events}")))
+                .bearer_auth(TOKEN)
+                .header("content-type", "application/wasm")
+                .body(crate::support::component(fixture.0, fixture.1))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+        }
+    };
+    upload(("fixtures", "poison"), "order-created").await;
+    let (_, order) = t.post("/api/orders", &order_body("poison-console@x.io", &[("2", 1)])).await;
+    let id = order["id"].as_str().unwrap().to_string();
+    eventually("the poison order's dead letter", Duration::from_secs(30), || async {
+        (t.count("dead_letters WHERE state = 'open'").await == 1).then_some(())
+    })
+    .await;
+    upload(("handlers", "order-processor"), "order-created,status-updated").await;
+
+    let (base, order_id) = (t.base.clone(), id.clone());
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new("node")
+            .arg(browser_dir.join("console.mjs"))
+            .args([&base, TOKEN, &order_id])
+            .env("CHROMIUM", &chromium)
+            .output()
+            .expect("node runs (Node.js is needed for the browser test)")
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "the browser run failed:\n{stderr}\n{stdout}");
+    let seen: Value = serde_json::from_str(stdout.lines().last().unwrap_or_default())
+        .unwrap_or_else(|e| panic!("no result line from the browser run ({e}):\n{stdout}\n{stderr}"));
+    assert_eq!(seen["refused"], "That token was refused.", "{seen}");
+    assert_eq!(seen["urlHasToken"], false, "the token never goes into the URL");
+    assert_eq!(seen["handlerVersion"].as_str().map(str::len), Some(12), "{seen}");
+    assert!(seen["reason"].as_str().unwrap_or_default().contains("cannot digest"), "{seen}");
+    assert_eq!(seen["recordOrder"], id.as_str(), "{seen}");
+    assert_eq!(
+        (seen["outcome"].as_str(), seen["redriveDisabled"].as_bool()),
+        (Some("applied"), Some(true)),
+        "{seen}"
+    );
+    eventually("the redriven order to ship", Duration::from_secs(30), || async {
+        (t.get(&format!("/api/orders/{id}")).await.1["status"] == "shipped").then_some(())
+    })
+    .await;
+    t.host.shutdown().await.unwrap();
+}

@@ -297,3 +297,73 @@ async fn discard_is_final_and_bad_requests_change_nothing() {
     assert_eq!(r.status(), 404);
     off.host.shutdown().await.unwrap();
 }
+
+/// `cargo xtask dead-letters` against a live host: list (table and JSON), show, discard and
+/// redrive, and its refusals. Runs the xtask binary that `cargo xtask test` has just built.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_xtask_cli_lists_shows_discards_and_redrives() {
+    let xtask = crate::support::root().join("target/debug/xtask");
+    assert!(xtask.is_file(), "run the tests through `cargo xtask test`, which builds {}", xtask.display());
+    let (t, _dir) = host(&[]).await;
+    upload(&t, "order-processor", crate::support::component("fixtures", "poison"), "order-created").await;
+    let first = post_order(&t, "poison-cli1@x.io").await;
+    let second = post_order(&t, "poison-cli2@x.io").await;
+    let letters = open_letters(&t, "order-processor", 2).await;
+    let id_of = |order: &str| {
+        letters.iter().find(|l| l["order_id"] == order).unwrap()["id"].as_i64().unwrap().to_string()
+    };
+    let (one, two) = (id_of(&first), id_of(&second));
+    let cli = |args: Vec<String>| {
+        let (xtask, base) = (xtask.clone(), t.base.clone());
+        async move {
+            let out = tokio::task::spawn_blocking(move || {
+                std::process::Command::new(xtask)
+                    .arg("dead-letters")
+                    .args(&args)
+                    .args(["--base-url", &base, "--token", TOKEN])
+                    .env_remove("ADMIN_TOKEN")
+                    .output()
+                    .expect("xtask runs")
+            })
+            .await
+            .unwrap();
+            let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+            (out.status.success(), text(&out.stdout), text(&out.stderr))
+        }
+    };
+    let args = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+
+    let (ok, out, err) = cli(args(&["list", "--json"])).await;
+    assert!(ok, "{err}");
+    let page: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(page["items"].as_array().map(Vec::len), Some(2), "{page}");
+    let (ok, out, _) = cli(args(&["list"])).await;
+    assert!(ok && out.contains(&one) && out.contains(&second) && out.contains("handler-error"), "{out}");
+    let (ok, out, _) = cli(args(&["show", &one])).await;
+    assert!(ok && out.contains(&first) && out.contains("cannot digest"), "{out}");
+
+    let (ok, out, err) = cli(args(&["discard", &one, "--reason", "a test order"])).await;
+    assert!(ok && out.contains("discarded"), "{out} {err}");
+    upload(
+        &t,
+        "order-processor",
+        crate::support::component("handlers", "order-processor"),
+        "order-created,status-updated",
+    )
+    .await;
+    let (ok, out, err) = cli(args(&["redrive", &two])).await;
+    assert!(ok && out.contains("applied"), "{out} {err}");
+    eventually("the redriven order to ship", Duration::from_secs(30), || async {
+        (status_of(&t, &second).await == "shipped").then_some(())
+    })
+    .await;
+    assert_eq!(status_of(&t, &first).await, "pending", "the discarded one was never applied");
+
+    let (ok, _, err) = cli(args(&["redrive"])).await;
+    assert!(!ok && err.contains("no id and no filter"), "{err}");
+    let (ok, _, err) = cli(args(&["redrive", &one])).await;
+    assert!(!ok && err.contains("not_open"), "{err}");
+    let (ok, _, err) = cli(args(&["show", "999999"])).await;
+    assert!(!ok && err.contains("dead_letter_not_found"), "{err}");
+    t.host.shutdown().await.unwrap();
+}
