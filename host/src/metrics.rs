@@ -13,7 +13,7 @@ use prometheus_client::registry::Registry;
 
 /// What became of one event for one handler.
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
-#[allow(non_camel_case_types)]
+#[allow(non_camel_case_types)] // the variant names are the label values Prometheus shows
 pub enum Outcome {
     /// Its actions were committed.
     applied,
@@ -107,7 +107,7 @@ struct PassLabels {
 
 /// What one pass of the timer scheduler found.
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
-#[allow(non_camel_case_types)]
+#[allow(non_camel_case_types)] // the variant names are the label values Prometheus shows
 pub enum TimerPass {
     /// It claimed due timers and fired them (or retried them later).
     fired,
