@@ -31,8 +31,9 @@ const IMAGES: [(&str, &[u8]); 10] = [
     ("tshirt-works.svg", asset!("images/tshirt-works.svg")),
 ];
 
-/// Revalidated on every load: the files are tiny and change with the binary.
-fn asset(content_type: &'static str, body: &'static [u8]) -> Response {
+/// An embedded file, revalidated on every load: the files are tiny and change with the binary.
+/// The console's files are served the same way.
+pub(super) fn asset(content_type: &'static str, body: &'static [u8]) -> Response {
     ([(CONTENT_TYPE, content_type), (CACHE_CONTROL, "no-cache")], body).into_response()
 }
 

@@ -3,7 +3,7 @@
 // uploaded the fixed handler version. Usage: node console.mjs BASE_URL TOKEN ORDER_ID. Prints one
 // JSON line with what it saw; exits non-zero (with the reason on stderr) when any step fails.
 // Run by host/tests/it/browser.rs.
-import { chromium } from "playwright-core";
+import { launch } from "./launch.mjs";
 
 const [base, token, orderId] = process.argv.slice(2);
 if (!base || !token || !orderId) {
@@ -11,11 +11,7 @@ if (!base || !token || !orderId) {
   process.exit(2);
 }
 
-const browser = await chromium.launch({
-  executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
-  args: ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-    "--disable-sync", "--no-first-run", "--disable-quic"],
-});
+const browser = await launch();
 try {
   const page = await browser.newPage({ viewport: { width: 1200, height: 900 } });
   page.setDefaultTimeout(20_000);

@@ -2,7 +2,7 @@
 // follow the tracking link and watch the status bar move live to `shipped`, then screenshot it.
 // Usage: node storefront.mjs BASE_URL SCREENSHOT_PATH. Prints one JSON line with what it saw;
 // exits non-zero (with the reason on stderr) when any step fails. Run by host/tests/browser.rs.
-import { chromium } from "playwright-core";
+import { launch } from "./launch.mjs";
 
 const [base, screenshot] = process.argv.slice(2);
 if (!base || !screenshot) {
@@ -10,12 +10,7 @@ if (!base || !screenshot) {
   process.exit(2);
 }
 
-const browser = await chromium.launch({
-  executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
-  // The machine's network is closed: without these, Chromium keeps trying to reach Google.
-  args: ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-    "--disable-sync", "--no-first-run", "--disable-quic"],
-});
+const browser = await launch();
 try {
   const page = await browser.newPage({ viewport: { width: 1100, height: 900 } });
   page.setDefaultTimeout(20_000);

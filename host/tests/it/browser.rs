@@ -28,41 +28,13 @@ fn handlers_with_visible_stages() -> tempfile::TempDir {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_order_placed_in_the_storefront_is_tracked_live_to_shipped() {
-    let browser_dir = crate::support::root().join("host/tests/browser");
-    assert!(
-        browser_dir.join("node_modules/playwright-core").is_dir(),
-        "playwright-core is not installed: run `npm ci --prefix host/tests/browser` (cargo xtask test does)"
-    );
-    let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
-    assert!(
-        std::path::Path::new(&chromium).exists(),
-        "no Chromium at {chromium}: install Debian's `chromium` package (.ci/run does) or set CHROMIUM"
-    );
-
     let dir = handlers_with_visible_stages();
     let t = TestHost::start_with(Some(dir.path()), 3, &[]).await;
     let screenshot: PathBuf = crate::support::root().join("target/browser/storefront-shipped.png");
     std::fs::create_dir_all(screenshot.parent().unwrap()).unwrap();
     let _ = std::fs::remove_file(&screenshot);
 
-    let base = t.base.clone();
-    let shot = screenshot.clone();
-    let out = tokio::task::spawn_blocking(move || {
-        Command::new("node")
-            .arg(browser_dir.join("storefront.mjs"))
-            .arg(&base)
-            .arg(&shot)
-            .env("CHROMIUM", &chromium)
-            .output()
-            .expect("node runs (Node.js is needed for the browser test)")
-    })
-    .await
-    .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "the browser run failed:\n{stderr}\n{stdout}");
-    let seen: Value = serde_json::from_str(stdout.lines().last().unwrap_or_default())
-        .unwrap_or_else(|e| panic!("no result line from the browser run ({e}):\n{stdout}\n{stderr}"));
+    let seen = drive("storefront.mjs", vec![t.base.clone(), screenshot.display().to_string()]).await;
 
     // The bar moved while the page was open, forwards only, and ended at shipped.
     let steps = ["pending", "processing", "confirmed", "shipped"];
@@ -103,8 +75,6 @@ async fn an_order_placed_in_the_storefront_is_tracked_live_to_shipped() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_letter_is_inspected_and_redriven_from_the_console() {
     const TOKEN: &str = "console-token";
-    let browser_dir = crate::support::root().join("host/tests/browser");
-    let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
     let t = TestHost::start_with(
         None,
         3,
@@ -135,22 +105,7 @@ async fn a_dead_letter_is_inspected_and_redriven_from_the_console() {
     .await;
     upload(("handlers", "order-processor"), "order-created,status-updated").await;
 
-    let (base, order_id) = (t.base.clone(), id.clone());
-    let out = tokio::task::spawn_blocking(move || {
-        Command::new("node")
-            .arg(browser_dir.join("console.mjs"))
-            .args([&base, TOKEN, &order_id])
-            .env("CHROMIUM", &chromium)
-            .output()
-            .expect("node runs (Node.js is needed for the browser test)")
-    })
-    .await
-    .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "the browser run failed:\n{stderr}\n{stdout}");
-    let seen: Value = serde_json::from_str(stdout.lines().last().unwrap_or_default())
-        .unwrap_or_else(|e| panic!("no result line from the browser run ({e}):\n{stdout}\n{stderr}"));
+    let seen = drive("console.mjs", vec![t.base.clone(), TOKEN.to_string(), id.clone()]).await;
     assert_eq!(seen["refused"], "That token was refused.", "{seen}");
     assert_eq!(seen["urlHasToken"], false, "the token never goes into the URL");
     assert_eq!(seen["handlerVersion"].as_str().map(str::len), Some(12), "{seen}");
@@ -166,4 +121,34 @@ async fn a_dead_letter_is_inspected_and_redriven_from_the_console() {
     })
     .await;
     t.host.shutdown().await.unwrap();
+}
+
+/// Runs `script` (in `host/tests/browser/`) with playwright-core and headless Chromium, and
+/// returns the JSON line it prints last; fails with its output when it fails.
+async fn drive(script: &'static str, args: Vec<String>) -> Value {
+    let browser_dir = crate::support::root().join("host/tests/browser");
+    assert!(
+        browser_dir.join("node_modules/playwright-core").is_dir(),
+        "playwright-core is not installed: run `npm ci --prefix host/tests/browser` (cargo xtask test does)"
+    );
+    let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
+    assert!(
+        std::path::Path::new(&chromium).exists(),
+        "no Chromium at {chromium}: install Debian's `chromium` package (.ci/run does) or set CHROMIUM"
+    );
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new("node")
+            .arg(browser_dir.join(script))
+            .args(&args)
+            .env("CHROMIUM", &chromium)
+            .output()
+            .expect("node runs (Node.js is needed for the browser test)")
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "the browser run of {script} failed:\n{stderr}\n{stdout}");
+    serde_json::from_str(stdout.lines().last().unwrap_or_default())
+        .unwrap_or_else(|e| panic!("no result line from {script} ({e}):\n{stdout}\n{stderr}"))
 }

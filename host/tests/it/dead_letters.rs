@@ -45,6 +45,17 @@ async fn upload(t: &TestHost, name: &str, bytes: Vec<u8>, events: &str) {
     assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
 }
 
+/// The poison fixture serves as a broken order-processor: it fails `poison…` orders.
+async fn break_order_processor(t: &TestHost) {
+    upload(t, "order-processor", crate::support::component("fixtures", "poison"), "order-created").await;
+}
+
+/// The real order-processor serves again.
+async fn fix_order_processor(t: &TestHost) {
+    let real = crate::support::component("handlers", "order-processor");
+    upload(t, "order-processor", real, "order-created,status-updated").await;
+}
+
 /// The open dead letters of `handler`, once there are `n` of them.
 async fn open_letters(t: &TestHost, handler: &str, n: usize) -> Vec<Value> {
     eventually(&format!("{n} open dead letters of {handler}"), Duration::from_secs(30), || async {
@@ -72,7 +83,7 @@ async fn post_order(t: &TestHost, email: &str) -> String {
 async fn a_redrive_after_the_fix_ships_the_order_once_and_a_second_changes_nothing() {
     // The poison fixture serves as a broken order-processor: it fails `poison…` orders.
     let (t, _dir) = host(&[]).await;
-    upload(&t, "order-processor", crate::support::component("fixtures", "poison"), "order-created").await;
+    break_order_processor(&t).await;
     let id = post_order(&t, "poison@x.io").await;
     let letters = open_letters(&t, "order-processor", 1).await;
     let letter = letters[0]["id"].as_i64().unwrap();
@@ -96,13 +107,7 @@ async fn a_redrive_after_the_fix_ships_the_order_once_and_a_second_changes_nothi
     assert_eq!(again["dead_letter"]["state"], "open");
     assert_eq!(again["dead_letter"]["failures"].as_array().map(Vec::len), Some(1), "{again}");
 
-    upload(
-        &t,
-        "order-processor",
-        crate::support::component("handlers", "order-processor"),
-        "order-created,status-updated",
-    )
-    .await;
+    fix_order_processor(&t).await;
     let (code, done) =
         call(&t, reqwest::Method::POST, &format!("/admin/dead-letters/{letter}/redrive"), None).await;
     assert_eq!((code, done["outcome"].as_str()), (200, Some("applied")), "{done}");
@@ -132,16 +137,10 @@ async fn a_redrive_after_the_fix_ships_the_order_once_and_a_second_changes_nothi
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_redrives_of_one_dead_letter_apply_once() {
     let (t, _dir) = host(&[]).await;
-    upload(&t, "order-processor", crate::support::component("fixtures", "poison"), "order-created").await;
+    break_order_processor(&t).await;
     let id = post_order(&t, "poison-race@x.io").await;
     let letter = open_letters(&t, "order-processor", 1).await[0]["id"].as_i64().unwrap();
-    upload(
-        &t,
-        "order-processor",
-        crate::support::component("handlers", "order-processor"),
-        "order-created,status-updated",
-    )
-    .await;
+    fix_order_processor(&t).await;
 
     let path = format!("/admin/dead-letters/{letter}/redrive");
     let (a, b) = tokio::join!(
@@ -163,7 +162,7 @@ async fn concurrent_redrives_of_one_dead_letter_apply_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_redrive_of_an_order_that_moved_on_fails_and_stays_open() {
     let (t, _dir) = host(&[]).await;
-    upload(&t, "order-processor", crate::support::component("fixtures", "poison"), "order-created").await;
+    break_order_processor(&t).await;
     let id = post_order(&t, "poison-late@x.io").await;
     let letter = open_letters(&t, "order-processor", 1).await[0]["id"].as_i64().unwrap();
     let (code, moved) = t.put(&format!("/api/orders/{id}/status"), &json!({"status": "cancelled"})).await;
@@ -232,7 +231,7 @@ async fn one_orders_dead_letters_redrive_in_consumed_order_in_bulk() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn discard_is_final_and_bad_requests_change_nothing() {
     let (t, _dir) = host(&[]).await;
-    upload(&t, "order-processor", crate::support::component("fixtures", "poison"), "order-created").await;
+    break_order_processor(&t).await;
     post_order(&t, "poison-discard@x.io").await;
     let letter = open_letters(&t, "order-processor", 1).await[0]["id"].as_i64().unwrap();
     let base = format!("/admin/dead-letters/{letter}");
@@ -305,7 +304,7 @@ async fn the_xtask_cli_lists_shows_discards_and_redrives() {
     let xtask = crate::support::root().join("target/debug/xtask");
     assert!(xtask.is_file(), "run the tests through `cargo xtask test`, which builds {}", xtask.display());
     let (t, _dir) = host(&[]).await;
-    upload(&t, "order-processor", crate::support::component("fixtures", "poison"), "order-created").await;
+    break_order_processor(&t).await;
     let first = post_order(&t, "poison-cli1@x.io").await;
     let second = post_order(&t, "poison-cli2@x.io").await;
     let letters = open_letters(&t, "order-processor", 2).await;
@@ -344,13 +343,7 @@ async fn the_xtask_cli_lists_shows_discards_and_redrives() {
 
     let (ok, out, err) = cli(args(&["discard", &one, "--reason", "a test order"])).await;
     assert!(ok && out.contains("discarded"), "{out} {err}");
-    upload(
-        &t,
-        "order-processor",
-        crate::support::component("handlers", "order-processor"),
-        "order-created,status-updated",
-    )
-    .await;
+    fix_order_processor(&t).await;
     let (ok, out, err) = cli(args(&["redrive", &two])).await;
     assert!(ok && out.contains("applied"), "{out} {err}");
     eventually("the redriven order to ship", Duration::from_secs(30), || async {
