@@ -11,6 +11,7 @@ pub struct Product {
     pub price_cents: i64,
     pub image_url: String,
     pub category: String,
+    pub created_at: chrono::DateTime<chrono::Utc>,
 }
 
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -20,7 +21,7 @@ pub struct Stock {
     pub reserved: i32,
 }
 
-const PRODUCT_COLUMNS: &str = "id, name, description, price_cents, image_url, category";
+const PRODUCT_COLUMNS: &str = "id, name, description, price_cents, image_url, category, created_at";
 
 /// Products filtered by an optional case-insensitive search over name and description and an
 /// optional exact category, in catalogue order (numeric ids first, as MetalMart lists them).

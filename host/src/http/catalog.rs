@@ -19,6 +19,7 @@ pub struct ProductJson {
     pub price: f64,
     pub image_url: String,
     pub category: String,
+    pub created_at: chrono::DateTime<chrono::Utc>,
 }
 
 impl From<catalog::Product> for ProductJson {
@@ -30,6 +31,7 @@ impl From<catalog::Product> for ProductJson {
             price: cents_to_amount(p.price_cents),
             image_url: p.image_url,
             category: p.category,
+            created_at: p.created_at,
         }
     }
 }

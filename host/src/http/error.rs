@@ -21,9 +21,11 @@ pub struct ApiError {
     pub message: String,
 }
 
-/// Error response body.
+/// Error response body. `message` repeats `error.message` at the top level, where MetalMart's own
+/// frontend reads it (it shows "Checkout failed" without one); our clients read `error`.
 #[derive(Serialize, ToSchema)]
 pub struct ErrorBody {
+    pub message: String,
     pub error: ErrorDetail,
 }
 
@@ -57,7 +59,10 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = ErrorBody { error: ErrorDetail { code: self.code.to_string(), message: self.message } };
+        let body = ErrorBody {
+            message: self.message.clone(),
+            error: ErrorDetail { code: self.code.to_string(), message: self.message },
+        };
         (self.status, Json(body)).into_response()
     }
 }

@@ -17,17 +17,21 @@ macro_rules! asset {
 const HTML: &str = "text/html; charset=utf-8";
 const SVG: &str = "image/svg+xml";
 
-/// Every image the catalogue refers to.
-const IMAGES: [(&str, &[u8]); 10] = [
+/// Every image the catalogue refers to, three of them also under the names MetalMart's own
+/// frontend ships them as (`…1.svg`), which the catalogue uses since migration 0006.
+const IMAGES: [(&str, &[u8]); 13] = [
     ("beanie.svg", asset!("images/beanie.svg")),
     ("cap.svg", asset!("images/cap.svg")),
     ("hoodie-logo.svg", asset!("images/hoodie-logo.svg")),
     ("hoodie-zip.svg", asset!("images/hoodie-zip.svg")),
+    ("hoodie-zip1.svg", asset!("images/hoodie-zip.svg")),
     ("mug.svg", asset!("images/mug.svg")),
     ("polo.svg", asset!("images/polo.svg")),
+    ("polo1.svg", asset!("images/polo.svg")),
     ("socks.svg", asset!("images/socks.svg")),
     ("stickers.svg", asset!("images/stickers.svg")),
     ("tshirt-classic.svg", asset!("images/tshirt-classic.svg")),
+    ("tshirt-classic1.svg", asset!("images/tshirt-classic.svg")),
     ("tshirt-works.svg", asset!("images/tshirt-works.svg")),
 ];
 
@@ -71,10 +75,13 @@ mod tests {
 
     #[test]
     fn every_catalogue_image_is_embedded() {
-        let migration = include_str!("../../migrations/0001_orders.sql");
-        let named: Vec<&str> =
-            migration.split("'/images/").skip(1).map(|rest| rest.split('\'').next().unwrap()).collect();
-        assert_eq!(named.len(), 10, "{named:?}");
+        let seeded = include_str!("../../migrations/0001_orders.sql");
+        let renamed = include_str!("../../migrations/0006_metalmart_images.sql");
+        let names = |sql: &'static str| -> Vec<&'static str> {
+            sql.split("'/images/").skip(1).map(|rest| rest.split('\'').next().unwrap()).collect()
+        };
+        assert_eq!(names(seeded).len(), 10);
+        let named: Vec<&str> = names(seeded).into_iter().chain(names(renamed)).collect();
         for name in named {
             assert!(IMAGES.iter().any(|(n, _)| *n == name), "{name} is in the catalogue but not embedded");
         }

@@ -17,7 +17,13 @@ async fn catalogue_reads_keep_metalmart_ids_and_fields() {
     assert_eq!(ids, ["1", "2", "3", "4", "5", "6", "7", "8", "9", "10"]);
     let mut keys: Vec<&String> = products[0].as_object().unwrap().keys().collect();
     keys.sort();
-    assert_eq!(keys, ["category", "description", "id", "image_url", "name", "price"]);
+    assert_eq!(keys, ["category", "created_at", "description", "id", "image_url", "name", "price"]);
+    // The three images MetalMart's own frontend ships under other names are named as it names them.
+    let images: Vec<&str> =
+        products.as_array().unwrap().iter().map(|p| p["image_url"].as_str().unwrap()).collect();
+    for name in ["/images/tshirt-classic1.svg", "/images/polo1.svg", "/images/hoodie-zip1.svg"] {
+        assert!(images.contains(&name), "{images:?}");
+    }
 
     let (code, mug) = t.get("/api/products/5").await;
     assert_eq!(code, 200);
@@ -48,6 +54,8 @@ async fn catalogue_reads_keep_metalmart_ids_and_fields() {
         let (code, body) = t.get(path).await;
         assert_eq!(code, 404, "{path}");
         assert_eq!(body["error"]["code"], "product_not_found", "{path}");
+        // MetalMart's frontend reads a top-level `message`.
+        assert_eq!(body["message"], body["error"]["message"], "{path}: {body}");
     }
     let (code, body) = t.get("/api/products/search").await;
     assert_eq!(code, 400);
@@ -685,6 +693,10 @@ async fn expect_client_error(
     assert!(
         json["error"]["code"].is_string() && json["error"]["message"].is_string(),
         "{method} {path}: {json}"
+    );
+    assert_eq!(
+        json["message"], json["error"]["message"],
+        "{method} {path}: MetalMart reads a top-level message"
     );
     (status, json)
 }
