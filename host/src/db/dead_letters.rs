@@ -95,7 +95,7 @@ pub struct DeadLetter {
     pub event_id: String,
     pub order_id: Option<Uuid>,
     /// `x-dlq-class`: undecodable, handler-error, trap, rejected-effects, missing-order,
-    /// invalid-action.
+    /// invalid-action, refused-transition.
     pub class: String,
     pub reason: String,
     /// Handler-caused attempts before it was dead-lettered.

@@ -68,7 +68,8 @@ struct DeadLetter<'a> {
     order_id: Option<Uuid>,
     /// Handler-caused attempts.
     attempts: u32,
-    /// `x-dlq-class`: undecodable, handler-error, trap, rejected-effects, missing-order.
+    /// `x-dlq-class`: undecodable, handler-error, trap, rejected-effects, missing-order,
+    /// invalid-action, refused-transition.
     class: &'static str,
     reason: String,
 }
@@ -284,7 +285,8 @@ async fn try_once(ev: &InFlight<'_>, decoded: &Decoded, h: &LoadedHandler, attem
     let apply_span = tracing::info_span!("db.apply", handler = %h.name, actions = actions.len());
     match apply(ev, decoded, h, &order, &actions, attempt).instrument(apply_span).await {
         Ok(()) => Attempt::Done,
-        Err((what, e)) => db_failure(what, e),
+        Err(Unapplied::Db((what, e))) => db_failure(what, e),
+        Err(Unapplied::Refused(reason)) => Attempt::Final("refused-transition", reason),
     }
 }
 
@@ -335,9 +337,10 @@ pub(super) fn check_actions(actions: &[Action]) -> Result<(), String> {
     Ok(())
 }
 
-/// Applies a handler's actions and its idempotency record in one transaction. An action the
-/// state machine refuses is logged and skipped, never applied; the others still are. A database
-/// failure says what was being done.
+/// Applies a handler's actions and its idempotency record in one transaction, all or nothing: when
+/// the state machine refuses a status change, the whole answer is rolled back and the event is
+/// dead-lettered for this handler with the reason (as the WIT promises), where an operator can
+/// redrive or discard it. A database failure says what was being done.
 async fn apply(
     ev: &InFlight<'_>,
     decoded: &Decoded,
@@ -345,7 +348,7 @@ async fn apply(
     order: &Order,
     actions: &[Action],
     attempt: u32,
-) -> Result<(), DbStep> {
+) -> Result<(), Unapplied> {
     let mut tx = ev.shared.pool.begin().await.map_err(at("starting the apply transaction"))?;
     let fresh = effects::record_processed(
         &mut tx,
@@ -366,8 +369,25 @@ async fn apply(
     for action in actions {
         applying.one(&mut tx, action).await?;
     }
+    if !applying.refused.is_empty() {
+        // Dropping the transaction rolls back every other action of this answer.
+        return Err(Unapplied::Refused(applying.refused.join("; ")));
+    }
     tx.commit().await.map_err(at("committing the handler's actions"))?;
     Ok(())
+}
+
+/// Why a handler's answer was not applied.
+enum Unapplied {
+    Db(DbStep),
+    /// The state machine refused a status change; nothing of the answer was applied.
+    Refused(String),
+}
+
+impl From<DbStep> for Unapplied {
+    fn from(step: DbStep) -> Unapplied {
+        Unapplied::Db(step)
+    }
 }
 
 /// A failed database step while applying: what was being done, and the error.
@@ -387,7 +407,7 @@ pub(super) struct Applying<'a> {
     /// `handler:<name>@<version>`, recorded with every effect.
     cause: String,
     traceparent: Option<String>,
-    /// Status changes the state machine refused (logged and skipped; a redrive fails on them).
+    /// Status changes the state machine refused: the caller rolls the whole answer back.
     pub(super) refused: Vec<String>,
 }
 
@@ -452,7 +472,7 @@ impl<'a> Applying<'a> {
         effects::schedule(tx, &timer).await.map_err(at("scheduling a timer"))
     }
 
-    /// A change the state machine refuses is logged and skipped; the other actions still apply.
+    /// A change the state machine refuses is logged and recorded in `refused`.
     async fn change_status(&mut self, tx: &mut sqlx::PgConnection, to: Status) -> Result<(), DbStep> {
         let (h, event_id) = (self.h, &self.decoded.event_id);
         let why = Cause::handler(&self.cause, event_id, &h.version, &self.position.topic);

@@ -4,9 +4,9 @@
 //! redrive of the same one, from two operators, a retried request or two replicas, is refused at
 //! once rather than holding a connection while it waits), so it applies once. A redrive that fails
 //! again leaves it open with the failure appended, in the same transaction, its effects rolled
-//! back to a savepoint. Unlike a first delivery, an immediate status change the state machine
-//! refuses fails the redrive: the order has moved on, and an operator should see that rather than
-//! a silent skip. (A delayed change is a timer, refused and logged when it fires, as always.)
+//! back to a savepoint. As on a first delivery, an immediate status change the state machine
+//! refuses (the order moved on) fails the whole answer. (A delayed change is a timer, refused and
+//! logged when it fires, as always.)
 
 use std::sync::Arc;
 

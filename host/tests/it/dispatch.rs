@@ -1007,3 +1007,38 @@ async fn the_api_answers_while_every_dispatcher_connection_is_stuck() {
     }
     t.host.shutdown().await.unwrap();
 }
+
+/// One handler's answer is all or nothing, as the WIT says: when the state machine refuses its
+/// immediate status change (the order moved on), its notification is not applied either, and the
+/// event is dead-lettered for it with the reason, ready to be redriven or discarded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_status_change_rolls_back_the_whole_answer_and_is_dead_lettered() {
+    // Started without handlers, so the created event waits while the order is cancelled.
+    let live = tempfile::tempdir().unwrap();
+    let t = TestHost::start_with(Some(live.path()), 3, &[("HANDLERS_RESCAN_SECS", "1")]).await;
+    let (_, o) = t.post("/api/orders", &order_body("moved-on@x.io", &[("1", 1)])).await;
+    let id = o["id"].as_str().unwrap().to_string();
+    eventually("the created event to wait for a handler", Duration::from_secs(20), || async {
+        (waiting_for_handler(&t).await == Some(1.0)).then_some(())
+    })
+    .await;
+    let (code, cancelled) = t.put(&format!("/api/orders/{id}/status"), &json!({"status": "cancelled"})).await;
+    assert_eq!(code, 200, "{cancelled}");
+
+    // The mover moves every new order to processing at once and notifies the customer.
+    let mover = handlers_dir(&[("fixtures", "mover", &["order-created"])]);
+    fill_dir(mover.path(), live.path());
+    let dead =
+        consume(t.broker.bootstrap_servers(), "order.dead-letter", 1, Duration::from_secs(30), |_| true)
+            .await;
+    assert_eq!(dead[0].key, id);
+    assert_eq!(
+        (dead[0].headers["x-dlq-handler"].as_str(), dead[0].headers["x-dlq-class"].as_str()),
+        ("mover", "refused-transition")
+    );
+    assert!(dead[0].headers["x-dlq-error"].contains("cancelled"), "{:?}", dead[0].headers);
+    assert!(notifications(&t, &id).await.is_empty(), "the answer's other action was rolled back");
+    assert_eq!(status_of(&t, &id).await, "cancelled");
+    assert_eq!(t.count("dead_letters WHERE class = 'refused-transition' AND state = 'open'").await, 1);
+    t.host.shutdown().await.unwrap();
+}
