@@ -39,7 +39,7 @@ fn run_as() -> anyhow::Result<Option<(u32, u32)>> {
 }
 
 /// Finds a PostgreSQL server binary on PATH or in Debian's versioned directories.
-pub fn pg_binary(name: &str) -> anyhow::Result<PathBuf> {
+fn pg_binary(name: &str) -> anyhow::Result<PathBuf> {
     let on_path = std::env::var_os("PATH")
         .into_iter()
         .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
@@ -157,10 +157,6 @@ impl LocalPostgres {
     /// A `DATABASE_URL` for database `db` on this cluster.
     pub fn url(&self, db: &str) -> String {
         format!("postgres://postgres@localhost/{db}?host={}", self.data_dir.display())
-    }
-
-    pub fn data_dir(&self) -> &Path {
-        &self.data_dir
     }
 }
 

@@ -7,7 +7,6 @@ use sqlx::{PgConnection, PgPool, QueryBuilder};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use super::effects::LogPosition;
 use super::outbox::printable;
 use crate::kafka::Incoming;
 
@@ -20,7 +19,7 @@ pub struct NewDeadLetter<'a> {
     pub class: &'a str,
     pub reason: &'a str,
     pub attempts: u32,
-    pub position: &'a LogPosition,
+    /// The record as consumed, with its position in the log.
     pub record: &'a Incoming,
 }
 
@@ -47,9 +46,9 @@ pub async fn insert(conn: &mut PgConnection, d: &NewDeadLetter<'_>) -> sqlx::Res
     .bind(d.class)
     .bind(storable(d.reason))
     .bind(d.attempts as i32)
-    .bind(&d.position.topic)
-    .bind(d.position.partition)
-    .bind(d.position.offset)
+    .bind(&d.record.topic)
+    .bind(d.record.partition)
+    .bind(d.record.offset)
     .bind(&d.record.key)
     .bind(&d.record.payload)
     .bind(names)
@@ -303,6 +302,28 @@ pub async fn resolve(conn: &mut PgConnection, id: i64, state: State, resolution:
     Ok(done.rows_affected() == 1)
 }
 
+/// Closes every open one of `ids` as `state` with `resolution`; returns those it closed, in id
+/// order (one statement for a bulk discard).
+pub async fn resolve_all(
+    pool: &PgPool,
+    ids: &[i64],
+    state: State,
+    resolution: &str,
+) -> sqlx::Result<Vec<i64>> {
+    let rows: Vec<(i64,)> = sqlx::query_as(
+        "UPDATE dead_letters SET state = $2, resolution = $3, resolved_at = now()
+         WHERE id = ANY($1) AND state = 'open' RETURNING id",
+    )
+    .bind(ids)
+    .bind(state.as_str())
+    .bind(storable(resolution))
+    .fetch_all(pool)
+    .await?;
+    let mut closed: Vec<i64> = rows.into_iter().map(|(id,)| id).collect();
+    closed.sort_unstable();
+    Ok(closed)
+}
+
 /// Appends a failed redrive, inside the redrive's transaction; the dead letter stays open.
 pub async fn add_failure(
     conn: &mut PgConnection,
@@ -323,33 +344,4 @@ pub async fn add_failure(
     .execute(conn)
     .await?;
     Ok(())
-}
-
-/// The handler's idempotency record for the event turns from dead-lettered to applied, inside the
-/// transaction that applies the redrive's effects. `false` if it was not dead-lettered.
-pub async fn mark_applied(
-    conn: &mut PgConnection,
-    handler: &str,
-    event_id: &str,
-    handler_version: &str,
-) -> sqlx::Result<bool> {
-    let done = sqlx::query(
-        "UPDATE processed_events SET outcome = 'applied', handler_version = $3
-         WHERE handler = $1 AND event_id = $2 AND outcome = 'dead-lettered'",
-    )
-    .bind(handler)
-    .bind(event_id)
-    .bind(handler_version)
-    .execute(conn)
-    .await?;
-    Ok(done.rows_affected() == 1)
-}
-
-/// Open dead letters by handler and class, for the gauge read at scrape time.
-pub async fn open_counts(pool: &PgPool) -> sqlx::Result<Vec<(String, String, i64)>> {
-    sqlx::query_as(
-        "SELECT handler, class, count(*) FROM dead_letters WHERE state = 'open' GROUP BY handler, class",
-    )
-    .fetch_all(pool)
-    .await
 }

@@ -15,6 +15,32 @@ pub struct LogPosition {
     pub offset: i64,
 }
 
+impl From<&crate::kafka::Incoming> for LogPosition {
+    fn from(record: &crate::kafka::Incoming) -> LogPosition {
+        LogPosition { topic: record.topic.clone(), partition: record.partition, offset: record.offset }
+    }
+}
+
+/// The handler's idempotency record for the event turns from dead-lettered to applied, inside the
+/// transaction that applies the redrive's effects. `false` if it was not dead-lettered.
+pub async fn mark_applied(
+    conn: &mut PgConnection,
+    handler: &str,
+    event_id: &str,
+    handler_version: &str,
+) -> sqlx::Result<bool> {
+    let done = sqlx::query(
+        "UPDATE processed_events SET outcome = 'applied', handler_version = $3
+         WHERE handler = $1 AND event_id = $2 AND outcome = 'dead-lettered'",
+    )
+    .bind(handler)
+    .bind(event_id)
+    .bind(handler_version)
+    .execute(conn)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
 /// Whether `handler` already committed the effects of `event_id` (a cheap check before invoking;
 /// `record_processed` is the authority).
 pub async fn already_processed(pool: &PgPool, handler: &str, event_id: &str) -> sqlx::Result<bool> {

@@ -86,8 +86,7 @@ pub async fn handle(shared: &Shared, record: &Incoming) -> Done {
 }
 
 async fn handle_record(shared: &Shared, record: &Incoming) -> Done {
-    let position =
-        LogPosition { topic: record.topic.clone(), partition: record.partition, offset: record.offset };
+    let position = LogPosition::from(record);
     let ev = InFlight { shared, record, position };
     shared.metrics.event_consumed(&record.topic);
     let decoded = match decode(record, &shared.kafka.created_topic, &shared.kafka.status_topic) {
@@ -365,20 +364,14 @@ async fn apply(
         // Another delivery of this event committed first.
         return Ok(());
     }
-    let mut applying = Applying::new(&ev.shared.topics, &ev.position, decoded, h, order);
-    for action in actions {
-        applying.one(&mut tx, action).await?;
-    }
-    if !applying.refused.is_empty() {
-        // Dropping the transaction rolls back every other action of this answer.
-        return Err(Unapplied::Refused(applying.refused.join("; ")));
-    }
+    // On an error, dropping the transaction rolls back every other action of this answer.
+    Applying::new(&ev.shared.topics, &ev.position, decoded, h, order).all(&mut tx, actions).await?;
     tx.commit().await.map_err(at("committing the handler's actions"))?;
     Ok(())
 }
 
 /// Why a handler's answer was not applied.
-enum Unapplied {
+pub(super) enum Unapplied {
     Db(DbStep),
     /// The state machine refused a status change; nothing of the answer was applied.
     Refused(String),
@@ -391,9 +384,9 @@ impl From<DbStep> for Unapplied {
 }
 
 /// A failed database step while applying: what was being done, and the error.
-pub(super) type DbStep = (&'static str, sqlx::Error);
+type DbStep = (&'static str, sqlx::Error);
 
-pub(super) fn at(what: &'static str) -> impl Fn(sqlx::Error) -> DbStep {
+fn at(what: &'static str) -> impl Fn(sqlx::Error) -> DbStep {
     move |e| (what, e)
 }
 
@@ -407,8 +400,8 @@ pub(super) struct Applying<'a> {
     /// `handler:<name>@<version>`, recorded with every effect.
     cause: String,
     traceparent: Option<String>,
-    /// Status changes the state machine refused: the caller rolls the whole answer back.
-    pub(super) refused: Vec<String>,
+    /// Status changes the state machine refused: the whole answer is then refused.
+    refused: Vec<String>,
 }
 
 impl<'a> Applying<'a> {
@@ -431,7 +424,23 @@ impl<'a> Applying<'a> {
         }
     }
 
-    pub(super) async fn one(&mut self, tx: &mut sqlx::PgConnection, action: &Action) -> Result<(), DbStep> {
+    /// Every action in order, all or nothing: a refused status change refuses the whole answer
+    /// (the caller's transaction, left uncommitted, rolls the rest back).
+    pub(super) async fn all(
+        &mut self,
+        tx: &mut sqlx::PgConnection,
+        actions: &[Action],
+    ) -> Result<(), Unapplied> {
+        for action in actions {
+            self.one(tx, action).await?;
+        }
+        match self.refused.is_empty() {
+            true => Ok(()),
+            false => Err(Unapplied::Refused(self.refused.join("; "))),
+        }
+    }
+
+    async fn one(&mut self, tx: &mut sqlx::PgConnection, action: &Action) -> Result<(), DbStep> {
         let (order, event_id) = (self.order, &self.decoded.event_id);
         match action {
             Action::SetStatus(s) => match s.delay_ms.filter(|ms| *ms > 0) {
@@ -540,7 +549,6 @@ async fn dead_letter(ev: &InFlight<'_>, dl: DeadLetter<'_>) -> Done {
                     class: dl.class,
                     reason: &dl.reason,
                     attempts: dl.attempts,
-                    position: &ev.position,
                     record,
                 };
                 dead_letters::insert(&mut tx, &row).await?;

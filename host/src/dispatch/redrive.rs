@@ -13,10 +13,10 @@ use std::sync::Arc;
 use sqlx::{Acquire, PgConnection, PgPool};
 
 use super::decode::{Decoded, decode};
-use super::process::{Applying, DbOrders, check_actions, failure_class, wit_event};
+use super::process::{Applying, DbOrders, Unapplied, check_actions, failure_class, wit_event};
 use crate::config::{KafkaConfig, Topics};
 use crate::db::dead_letters::{self, DeadLetter, State};
-use crate::db::effects::LogPosition;
+use crate::db::effects::{self, LogPosition};
 use crate::db::{self, FailureClass, orders};
 use crate::handler_set::HandlerSet;
 use crate::kafka::Incoming;
@@ -39,7 +39,7 @@ pub struct Redriver {
 #[derive(Debug)]
 pub enum Redriven {
     /// The serving version's effects are committed; the dead letter is `redriven`.
-    Applied { version: String },
+    Applied,
     /// It failed again; the dead letter stays open with this failure appended.
     Failed { class: &'static str, reason: String },
 }
@@ -71,6 +71,17 @@ pub enum Refused {
     Db(#[from] sqlx::Error),
 }
 
+/// The metric label and bulk outcome of a redrive: `applied`, `failed` (it ran and failed again),
+/// `error` (the host could not run it now) or `refused` (it was not run).
+pub fn outcome_label(outcome: &Result<Redriven, Refused>) -> &'static str {
+    match outcome {
+        Ok(Redriven::Applied) => "applied",
+        Ok(Redriven::Failed { .. }) => "failed",
+        Err(Refused::Db(_) | Refused::Unavailable(_)) => "error",
+        Err(_) => "refused",
+    }
+}
+
 /// What applying a redrive inside its transaction came to.
 enum Verdict {
     Applied,
@@ -81,12 +92,7 @@ impl Redriver {
     /// Redrives dead letter `id`.
     pub async fn redrive(&self, id: i64) -> Result<Redriven, Refused> {
         let outcome = self.try_redrive(id).await;
-        self.metrics.redrive(match &outcome {
-            Ok(Redriven::Applied { .. }) => "applied",
-            Ok(Redriven::Failed { .. }) => "failed",
-            Err(Refused::Db(_) | Refused::Unavailable(_)) => "error",
-            Err(_) => "refused",
-        });
+        self.metrics.redrive(outcome_label(&outcome));
         outcome
     }
 
@@ -113,23 +119,23 @@ impl Redriver {
             .handlers
             .current_of(&letter.handler)
             .ok_or_else(|| Refused::NotServing(letter.handler.clone()))?;
-        if !h.manifest.spec.events.contains(&decoded.kind()) {
+        if !h.subscribes_to(decoded.kind()) {
             return Err(Refused::NotSubscribed { handler: h.name.clone(), kind: decoded.kind().to_string() });
         }
         // The effects go to a savepoint, so a failure rolls back only them and is recorded in the
         // same transaction, under the same lock.
-        let mut effects = tx.begin().await?;
-        let verdict = self.run(&mut effects, &letter, &record, &decoded, &h).await?;
+        let mut savepoint = tx.begin().await?;
+        let verdict = self.run(&mut savepoint, &letter, &record, &decoded, &h).await?;
         match verdict {
             Verdict::Applied => {
-                effects.commit().await?;
+                savepoint.commit().await?;
                 dead_letters::resolve(&mut tx, id, State::Redriven, &h.version).await?;
                 tx.commit().await?;
                 tracing::info!(dead_letter = id, handler = %h.cause(), event_id = %decoded.event_id, "dead letter redriven");
-                Ok(Redriven::Applied { version: h.version.clone() })
+                Ok(Redriven::Applied)
             }
             Verdict::Failed(class, reason) => {
-                effects.rollback().await?;
+                savepoint.rollback().await?;
                 dead_letters::add_failure(&mut tx, id, &h.version, class, &reason).await?;
                 tx.commit().await?;
                 tracing::warn!(dead_letter = id, handler = %h.cause(), class, %reason, "redrive failed; the dead letter stays open");
@@ -166,25 +172,18 @@ impl Redriver {
         if let Err(reason) = check_actions(&actions) {
             return Ok(Verdict::Failed("invalid-action", reason));
         }
-        if !dead_letters::mark_applied(tx, &h.name, &decoded.event_id, &h.version).await? {
+        if !effects::mark_applied(tx, &h.name, &decoded.event_id, &h.version).await? {
             return Err(Refused::AlreadySettled);
         }
-        let position =
-            LogPosition { topic: record.topic.clone(), partition: record.partition, offset: record.offset };
+        let position = LogPosition::from(record);
         let mut applying = Applying::new(&self.topics, &position, decoded, h, &order);
-        for action in &actions {
-            if let Err((what, e)) = applying.one(tx, action).await {
-                return match db::classify(&e) {
-                    FailureClass::BadValues => {
-                        Ok(Verdict::Failed("rejected-effects", format!("{what}: {e}")))
-                    }
-                    FailureClass::Unavailable | FailureClass::HostBug => Err(Refused::Db(e)),
-                };
-            }
+        match applying.all(tx, &actions).await {
+            Ok(()) => Ok(Verdict::Applied),
+            Err(Unapplied::Refused(reasons)) => Ok(Verdict::Failed("refused-transition", reasons)),
+            Err(Unapplied::Db((what, e))) => match db::classify(&e) {
+                FailureClass::BadValues => Ok(Verdict::Failed("rejected-effects", format!("{what}: {e}"))),
+                FailureClass::Unavailable | FailureClass::HostBug => Err(Refused::Db(e)),
+            },
         }
-        if !applying.refused.is_empty() {
-            return Ok(Verdict::Failed("refused-transition", applying.refused.join("; ")));
-        }
-        Ok(Verdict::Applied)
     }
 }

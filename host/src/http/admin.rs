@@ -105,7 +105,7 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-fn admin(state: &AppState) -> &Admin {
+pub(super) fn admin(state: &AppState) -> &Admin {
     state.admin.as_deref().expect("authorize runs before every admin route")
 }
 

@@ -16,7 +16,7 @@ use super::{ApiError, AppState, ErrorBody};
 use crate::db::dead_letters::{self, Count, DeadLetter, Filter, State as LetterState};
 use crate::db::outbox::printable;
 use crate::dispatch::decode::{Happened, decode};
-use crate::dispatch::redrive::{Redriven, Refused};
+use crate::dispatch::redrive::{Redriven, Refused, outcome_label};
 use crate::kafka::Incoming;
 
 /// The most dead letters one page lists, and one bulk action takes.
@@ -152,17 +152,16 @@ fn not_found(id: i64) -> ApiError {
 pub async fn get(State(state): State<AppState>, Path(raw): Path<String>) -> Result<Json<Detail>, ApiError> {
     let id = parse_id(&raw)?;
     let (dead_letter, record) = dead_letters::get(&state.pool, id).await?.ok_or_else(|| not_found(id))?;
-    let admin = state.admin.as_deref().expect("authorize runs first");
+    let admin = super::admin::admin(&state);
     let k = &admin.redriver.kafka;
     let (event, undecodable) = match decode(&record, &k.created_topic, &k.status_topic) {
         Ok(d) => {
-            let (kind, change) = match &d.happened {
-                Happened::Created => ("order-created", None),
-                Happened::StatusUpdated(u) => {
-                    ("status-updated", Some(format!("{} → {}", u.previous, u.current)))
-                }
+            let change = match &d.happened {
+                Happened::Created => None,
+                Happened::StatusUpdated(u) => Some(format!("{} → {}", u.previous, u.current)),
             };
-            (Some(EventView { event_id: d.event_id, order_id: d.order_id, kind: kind.into(), change }), None)
+            let kind = d.kind().to_string();
+            (Some(EventView { event_id: d.event_id, order_id: d.order_id, kind, change }), None)
         }
         Err(reason) => (None, Some(reason)),
     };
@@ -203,9 +202,9 @@ impl From<Refused> for ApiError {
 }
 
 async fn redrive_one(state: &AppState, id: i64) -> Result<RedriveResult, ApiError> {
-    let admin = state.admin.as_deref().expect("authorize runs first");
+    let admin = super::admin::admin(state);
     let (outcome, class, reason) = match admin.redriver.redrive(id).await? {
-        Redriven::Applied { .. } => ("applied", None, None),
+        Redriven::Applied => ("applied", None, None),
         Redriven::Failed { class, reason } => ("failed", Some(class.to_string()), Some(reason)),
     };
     let (dead_letter, _) = dead_letters::get(&state.pool, id).await?.ok_or_else(|| not_found(id))?;
@@ -284,7 +283,7 @@ impl BulkFilter {
             handler: self.handler.clone(),
             class: self.class.clone(),
             order_id: self.order_id,
-            state: Some(LetterState::Open),
+            // `open_ids` takes only open ones.
             ..Filter::default()
         }
     }
@@ -317,15 +316,15 @@ pub async fn redrive_bulk(
     ApiJson(bulk): ApiJson<BulkFilter>,
 ) -> Result<Json<BulkResult>, ApiError> {
     let ids = dead_letters::open_ids(&state.pool, &bulk.filter(), page_limit(bulk.limit)?).await?;
-    let admin = state.admin.as_deref().expect("authorize runs first");
+    let admin = super::admin::admin(&state);
     let mut result = BulkResult { applied: 0, failed: 0, refused: 0, items: Vec::new() };
     for id in ids {
-        let (outcome, error) = match admin.redriver.redrive(id).await {
-            Ok(Redriven::Applied { .. }) => ("applied", None),
-            Ok(Redriven::Failed { reason, .. }) => ("failed", Some(reason)),
-            // The host cannot redrive now: stop, and report what was done so far.
-            Err(e @ (Refused::Db(_) | Refused::Unavailable(_))) => ("error", Some(e.to_string())),
-            Err(e) => ("refused", Some(e.to_string())),
+        let redriven = admin.redriver.redrive(id).await;
+        let outcome = outcome_label(&redriven);
+        let error = match redriven {
+            Ok(Redriven::Applied) => None,
+            Ok(Redriven::Failed { reason, .. }) => Some(reason),
+            Err(e) => Some(e.to_string()),
         };
         match outcome {
             "applied" => result.applied += 1,
@@ -333,6 +332,7 @@ pub async fn redrive_bulk(
             _ => result.refused += 1,
         }
         result.items.push(BulkItem { id, outcome: outcome.into(), error });
+        // The host cannot redrive now: stop, and report what was done so far.
         if outcome == "error" {
             break;
         }
@@ -368,13 +368,8 @@ pub async fn discard_bulk(
     let bulk =
         BulkFilter { handler: req.handler, class: req.class, order_id: req.order_id, limit: req.limit };
     let ids = dead_letters::open_ids(&state.pool, &bulk.filter(), page_limit(bulk.limit)?).await?;
-    let mut discarded = Vec::new();
-    let mut conn = state.pool.acquire().await?;
-    for id in ids {
-        if dead_letters::resolve(&mut conn, id, LetterState::Discarded, req.reason.trim()).await? {
-            discarded.push(id);
-        }
-    }
+    let discarded =
+        dead_letters::resolve_all(&state.pool, &ids, LetterState::Discarded, req.reason.trim()).await?;
     tracing::info!(count = discarded.len(), reason = %req.reason.trim(), "dead letters discarded");
     Ok(Json(Discarded { discarded }))
 }

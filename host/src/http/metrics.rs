@@ -20,7 +20,12 @@ pub async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError
     let (outbox_backlog, outbox_parked) = db::outbox::backlog(&state.pool).await?;
     let (timers_due, timers_scheduled, timers_parked) = db::effects::timer_counts(&state.pool).await?;
     let handlers_loaded = (state.probes.handlers)().0 as i64;
-    let dead_letters_open = db::dead_letters::open_counts(&state.pool).await?;
+    let open = db::dead_letters::Filter { state: Some(db::dead_letters::State::Open), ..Default::default() };
+    let dead_letters_open = db::dead_letters::counts(&state.pool, &open)
+        .await?
+        .into_iter()
+        .map(|c| (c.handler, c.class, c.count))
+        .collect();
     let text = state.metrics.encode(Snapshot {
         outbox_backlog,
         outbox_parked,
