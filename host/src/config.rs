@@ -144,6 +144,14 @@ pub struct DispatchConfig {
     /// How long shutdown waits for in-flight events before abandoning them (uncommitted, so they
     /// are redelivered).
     pub drain_timeout: Duration,
+    /// `DISPATCH_BATCH_MAX`: handler applications committed together in one transaction (group
+    /// commit). `1` commits each application in its own transaction, as before batching.
+    pub batch_max: usize,
+    /// `DISPATCH_BATCH_WINDOW_MS`: how long a batch waits for more applications after its first,
+    /// unless it is full. Applications that arrive while the previous batch commits join the next
+    /// one anyway, so under load batches fill without waiting; the window only trades a few
+    /// milliseconds of a lone event's latency for bigger batches under light load.
+    pub batch_window: Duration,
 }
 
 impl Default for DispatchConfig {
@@ -154,6 +162,8 @@ impl Default for DispatchConfig {
             retry_base: Duration::from_millis(100),
             retry_max: Duration::from_secs(10),
             drain_timeout: Duration::from_secs(15),
+            batch_max: 128,
+            batch_window: Duration::from_millis(2),
         }
     }
 }
@@ -318,6 +328,12 @@ impl Config {
                 retry_base: parse(&lookup, "DISPATCH_RETRY_BASE_MS", dispatch.retry_base, millis)?,
                 retry_max: parse(&lookup, "DISPATCH_RETRY_MAX_MS", dispatch.retry_max, millis)?,
                 drain_timeout: dispatch.drain_timeout,
+                batch_max: parse(&lookup, "DISPATCH_BATCH_MAX", dispatch.batch_max, |v| {
+                    let n: usize = v.parse()?;
+                    anyhow::ensure!((1..=4096).contains(&n), "must be between 1 and 4096");
+                    Ok(n)
+                })?,
+                batch_window: parse(&lookup, "DISPATCH_BATCH_WINDOW_MS", dispatch.batch_window, millis)?,
             },
         })
     }

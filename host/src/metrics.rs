@@ -87,6 +87,30 @@ pub struct Metrics {
     timer_passes: Family<PassLabels, Counter>,
     dead_letters_open: Family<DeadLetterLabels, Gauge>,
     redrives: Family<RedriveLabels, Counter>,
+    batches: HistogramFamily<BatchLabels>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BatchLabels {
+    path: BatchPath,
+}
+
+/// How the dispatcher committed a batch of handler applications.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)] // the variant names are the label values Prometheus shows
+pub enum BatchPath {
+    /// One statement per table for the whole batch.
+    grouped,
+    /// After a failure in the grouped path: one savepoint per application, so only the failing
+    /// one fails.
+    one_by_one,
+    /// Not committed: Postgres was unavailable; every application retries.
+    failed,
+}
+
+/// Applications per batch: 1 … 512.
+fn batch_buckets() -> Histogram {
+    Histogram::new(exponential_buckets(1.0, 2.0, 10))
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -170,6 +194,7 @@ impl Metrics {
             timer_passes: Family::default(),
             dead_letters_open: Family::default(),
             redrives: Family::default(),
+            batches: Family::new_with_constructor(batch_buckets),
         };
         m.register()
     }
@@ -259,7 +284,16 @@ impl Metrics {
             "Dead-letter redrives by outcome (applied, failed: stays open, refused: not run, error: the host could not run it)",
             self.redrives.clone(),
         );
+        r.register(
+            "dispatch_batch_applications",
+            "Handler applications per group-commit transaction, by path (grouped; one_by_one: a failure in the batch isolated with a savepoint per application; failed: Postgres unavailable, all retried)",
+            self.batches.clone(),
+        );
         self
+    }
+
+    pub fn dispatch_batch(&self, path: BatchPath, applications: usize) {
+        self.batches.get_or_create(&BatchLabels { path }).observe(applications as f64);
     }
 
     pub fn redrive(&self, outcome: &'static str) {

@@ -2,6 +2,7 @@
 //! SQL; callers pass a pool, or a connection inside their own transaction when several writes must
 //! commit together (an order and its outbox row, a handler's actions and its idempotency record).
 
+pub mod batch;
 pub mod catalog;
 pub mod dead_letters;
 pub mod effects;

@@ -439,27 +439,8 @@ pub async fn change_status(
     .fetch_one(&mut *conn)
     .await?;
 
-    if holds_stock {
-        // Shipping turns the reservation into a sale; cancelling before shipping releases it.
-        let settle = match (from, to) {
-            (_, Status::Shipped) => Some(
-                "UPDATE inventory i SET stock = i.stock - s.q, reserved = i.reserved - s.q, updated_at = now()",
-            ),
-            (Status::Pending | Status::Processing | Status::Confirmed, Status::Cancelled) => {
-                Some("UPDATE inventory i SET reserved = i.reserved - s.q, updated_at = now()")
-            }
-            _ => None,
-        };
-        if let Some(update) = settle {
-            sqlx::query(&format!(
-                "{update} FROM (SELECT product_id, sum(quantity) AS q FROM order_items
-                                WHERE order_id = $1 GROUP BY product_id) s
-                 WHERE i.product_id = s.product_id"
-            ))
-            .bind(order_id)
-            .execute(&mut *conn)
-            .await?;
-        }
+    if holds_stock && let Some(settle) = Settlement::of(from, to) {
+        settle_stock(conn, settle, &[order_id]).await?;
     }
 
     sqlx::query(
@@ -478,26 +459,112 @@ pub async fn change_status(
     .execute(&mut *conn)
     .await?;
 
-    let payload = StatusUpdated {
-        order_id,
-        order_number,
-        customer_email: customer_email.clone(),
-        previous_status: from,
-        status: to,
-        changed_at: at,
-        caused_by: cause.cause.clone(),
-    };
-    let record = events::record(
-        &topics.status_updated,
-        events::TYPE_STATUS_UPDATED,
-        Uuid::new_v4(),
-        at,
-        order_id,
-        &customer_email,
-        &payload,
-    );
+    let change =
+        StatusChange { order_id, order_number: &order_number, customer_email: &customer_email, from, to };
+    let record = change.record(topics, at, &cause.cause);
     outbox::enqueue(conn, &record).await?;
     Ok(Changed { order_id, previous: from, status: to, at, source_topic })
+}
+
+/// What a transition does to the stock an order holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Settlement {
+    /// Shipping turns the reservation into a sale.
+    Sale,
+    /// Cancelling before shipping releases it.
+    Release,
+}
+
+impl Settlement {
+    pub fn of(from: Status, to: Status) -> Option<Settlement> {
+        match (from, to) {
+            (_, Status::Shipped) => Some(Settlement::Sale),
+            (Status::Pending | Status::Processing | Status::Confirmed, Status::Cancelled) => {
+                Some(Settlement::Release)
+            }
+            _ => None,
+        }
+    }
+}
+
+/// Settles the stock held by `orders` (each listed once) inside the caller's transaction.
+pub async fn settle_stock(conn: &mut PgConnection, settle: Settlement, orders: &[Uuid]) -> sqlx::Result<()> {
+    let update = match settle {
+        Settlement::Sale => {
+            "UPDATE inventory i SET stock = i.stock - s.q, reserved = i.reserved - s.q, updated_at = now()"
+        }
+        Settlement::Release => "UPDATE inventory i SET reserved = i.reserved - s.q, updated_at = now()",
+    };
+    sqlx::query(&format!(
+        "{update} FROM (SELECT product_id, sum(quantity) AS q FROM order_items
+                        WHERE order_id = ANY($1) GROUP BY product_id) s
+         WHERE i.product_id = s.product_id"
+    ))
+    .bind(orders)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// One transition of one order, as announced on the status topic.
+pub struct StatusChange<'a> {
+    pub order_id: Uuid,
+    pub order_number: &'a str,
+    pub customer_email: &'a str,
+    pub from: Status,
+    pub to: Status,
+}
+
+impl StatusChange<'_> {
+    /// The `order.status-updated` record; its `traceparent` is the current span's.
+    pub fn record(&self, topics: &Topics, at: DateTime<Utc>, caused_by: &str) -> Record {
+        let payload = StatusUpdated {
+            order_id: self.order_id,
+            order_number: self.order_number.to_string(),
+            customer_email: self.customer_email.to_string(),
+            previous_status: self.from,
+            status: self.to,
+            changed_at: at,
+            caused_by: caused_by.to_string(),
+        };
+        events::record(
+            &topics.status_updated,
+            events::TYPE_STATUS_UPDATED,
+            Uuid::new_v4(),
+            at,
+            self.order_id,
+            self.customer_email,
+            &payload,
+        )
+    }
+}
+
+/// An order locked for changes, with what the state machine and the published record need.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct Locked {
+    pub id: Uuid,
+    pub status: String,
+    pub order_number: String,
+    pub customer_email: String,
+    pub holds_stock: bool,
+}
+
+/// Locks `ids` for the caller's transaction in id order (the order every batch locks in, so two
+/// batches cannot deadlock), and reads the transaction's `now()`, the time every change in it is
+/// stamped with.
+pub async fn lock_for_changes(
+    conn: &mut PgConnection,
+    ids: &[Uuid],
+) -> sqlx::Result<(Vec<Locked>, DateTime<Utc>)> {
+    let locked = sqlx::query_as(
+        "SELECT id, status, order_number, customer_email, holds_stock FROM orders
+         WHERE id = ANY($1) ORDER BY id FOR UPDATE",
+    )
+    .bind(ids)
+    .fetch_all(&mut *conn)
+    .await?;
+    let (now,): (DateTime<Utc>,) = sqlx::query_as("SELECT now()").fetch_one(&mut *conn).await?;
+    Ok((locked, now))
 }
 
 /// A status-history row (also the API's history entry).

@@ -7,6 +7,7 @@
 //! contiguous prefix of completed events per partition, so a crash or a rebalance redelivers
 //! exactly the unfinished ones; their effects are idempotent (`processed_events`).
 
+mod commit;
 pub mod decode;
 mod process;
 pub mod redrive;
@@ -92,6 +93,7 @@ type Lanes = Mutex<HashMap<Vec<u8>, VecDeque<Job>>>;
 
 struct State {
     shared: Shared,
+    committer: commit::Committer,
     consumer: Consumer,
     tracker: Mutex<Tracker>,
     lanes: Lanes,
@@ -103,7 +105,9 @@ pub async fn run(shared: Shared, consumer: Consumer, mut revoked: mpsc::Unbounde
     let mut shutdown = shared.shutdown.clone();
     let permits = Arc::new(Semaphore::new(shared.config.max_in_flight));
     let drain_timeout = shared.config.drain_timeout;
-    let state = Arc::new(State { shared, consumer, tracker: Mutex::default(), lanes: Mutex::default() });
+    let committer = commit::Committer::start(&shared);
+    let state =
+        Arc::new(State { shared, committer, consumer, tracker: Mutex::default(), lanes: Mutex::default() });
     let mut tasks = JoinSet::new();
     'consume: loop {
         while let Some(joined) = tasks.try_join_next() {
@@ -196,7 +200,7 @@ async fn run_key(state: Arc<State>, key: Vec<u8>, first: Job) {
     let mut job = first;
     loop {
         let r = &job.record;
-        if process::handle(&state.shared, r).await == process::Done::Abandoned {
+        if process::handle(&state.shared, &state.committer, r).await == process::Done::Abandoned {
             return;
         }
         {

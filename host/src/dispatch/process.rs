@@ -13,6 +13,7 @@ use tracing::Instrument;
 use uuid::Uuid;
 
 use super::Shared;
+use super::commit::{Application, Committed, Committer, DbFailure};
 use super::decode::{Decoded, Happened, decode};
 use crate::config::Topics;
 use crate::db::dead_letters::{self, NewDeadLetter};
@@ -55,8 +56,16 @@ const MAX_DELAY_MS: u64 = 10 * 365 * 24 * 3600 * 1000;
 /// One consumed record being handled: what every step needs.
 struct InFlight<'a> {
     shared: &'a Shared,
+    committer: &'a Committer,
     record: &'a Incoming,
     position: LogPosition,
+}
+
+/// What every subscribed handler's first attempt starts from, read once for the event: the order
+/// and the handlers that already settled the event (a redelivery).
+struct Snapshot {
+    order: Option<Arc<Order>>,
+    settled: Vec<String>,
 }
 
 /// Why and by whom a record is dead-lettered.
@@ -76,18 +85,18 @@ struct DeadLetter<'a> {
 
 /// Handles one record inside a `dispatch` span, a child of the span that produced the record
 /// when it carries a `traceparent`.
-pub async fn handle(shared: &Shared, record: &Incoming) -> Done {
+pub async fn handle(shared: &Shared, committer: &Committer, record: &Incoming) -> Done {
     let span = tracing::info_span!("dispatch", topic = %record.topic, partition = record.partition,
         offset = record.offset, event_id = tracing::field::Empty, order_id = tracing::field::Empty);
     if let Some(tp) = record.header("traceparent").and_then(|v| std::str::from_utf8(v).ok()) {
         telemetry::set_parent(&span, tp);
     }
-    handle_record(shared, record).instrument(span).await
+    handle_record(shared, committer, record).instrument(span).await
 }
 
-async fn handle_record(shared: &Shared, record: &Incoming) -> Done {
+async fn handle_record(shared: &Shared, committer: &Committer, record: &Incoming) -> Done {
     let position = LogPosition::from(record);
-    let ev = InFlight { shared, record, position };
+    let ev = InFlight { shared, committer, record, position };
     shared.metrics.event_consumed(&record.topic);
     let decoded = match decode(record, &shared.kafka.created_topic, &shared.kafka.status_topic) {
         Ok(d) => d,
@@ -115,12 +124,37 @@ async fn handle_record(shared: &Shared, record: &Incoming) -> Done {
         Routed::Skipped => return Done::Completed,
         Routed::Abandoned => return Done::Abandoned,
     };
-    for h in handlers {
-        if handle_for(&ev, &decoded, &h).await == Done::Abandoned {
-            return Done::Abandoned;
+    // A failed read leaves each handler to read for itself, as a retry does.
+    let snapshot = match read_snapshot(shared, &decoded, &handlers).await {
+        Ok(s) => Some(s),
+        Err(e) => {
+            tracing::warn!(event_id = %decoded.event_id, error = %e, "reading the event's order failed");
+            None
         }
+    };
+    // The handlers run side by side on the same snapshot; their answers commit independently.
+    let done = futures_util::future::join_all(
+        handlers.iter().map(|h| handle_for(&ev, &decoded, h, snapshot.as_ref())),
+    )
+    .await;
+    match done.contains(&Done::Abandoned) {
+        true => Done::Abandoned,
+        false => Done::Completed,
     }
-    Done::Completed
+}
+
+async fn read_snapshot(
+    shared: &Shared,
+    ev: &Decoded,
+    handlers: &[Arc<LoadedHandler>],
+) -> sqlx::Result<Snapshot> {
+    let names: Vec<&str> = handlers.iter().map(|h| h.name.as_str()).collect();
+    let settled = effects::settled_by(&shared.pool, &ev.event_id, &names).await?;
+    let order = match settled.len() < names.len() {
+        true => orders::get(&shared.pool, ev.order_id).await?.map(Arc::new),
+        false => None,
+    };
+    Ok(Snapshot { order, settled })
 }
 
 enum Routed {
@@ -175,13 +209,20 @@ enum Attempt {
     Final(&'static str, String),
 }
 
-async fn handle_for(ev: &InFlight<'_>, decoded: &Decoded, h: &LoadedHandler) -> Done {
+async fn handle_for(
+    ev: &InFlight<'_>,
+    decoded: &Decoded,
+    h: &Arc<LoadedHandler>,
+    snapshot: Option<&Snapshot>,
+) -> Done {
     let shared = ev.shared;
+    // The event's snapshot serves the first try; every retry reads afresh.
+    let mut snapshot = snapshot;
     // Attempts the handler is answerable for; host failures are counted apart and never spend them.
     let mut attempt: u32 = 1;
     let mut host_failures: u32 = 0;
     let (class, reason) = loop {
-        let failure = match try_once(ev, decoded, h, attempt).await {
+        let failure = match try_once(ev, decoded, h, attempt, snapshot.take()).await {
             Attempt::Done => {
                 shared.metrics.handler_event(&h.name, Outcome::applied);
                 return Done::Completed;
@@ -239,31 +280,57 @@ pub(super) fn failure_class(e: &DispatchError) -> &'static str {
 
 /// A Postgres failure while handling an event: an unavailable Postgres or a host bug is the
 /// host's and is retried; values that cannot be stored end in a dead letter.
-fn db_failure(what: &str, e: sqlx::Error) -> Attempt {
-    match db::classify(&e) {
+fn db_failure(f: DbFailure) -> Attempt {
+    let DbFailure { what, class, error } = f;
+    match class {
         FailureClass::Unavailable | FailureClass::HostBug => {
-            Attempt::Failed(DispatchError::Host(anyhow::Error::new(e).context(what.to_string())))
+            Attempt::Failed(DispatchError::Host(anyhow::anyhow!("{what}: {error}")))
         }
-        FailureClass::BadValues => Attempt::Final(
-            "rejected-effects",
-            format!("{what}: Postgres refused it: {e} (SQLSTATE {})", db::sqlstate(&e).unwrap_or_default()),
-        ),
+        FailureClass::BadValues => {
+            Attempt::Final("rejected-effects", format!("{what}: Postgres refused it: {error}"))
+        }
     }
 }
 
-async fn try_once(ev: &InFlight<'_>, decoded: &Decoded, h: &LoadedHandler, attempt: u32) -> Attempt {
-    let shared = ev.shared;
-    match effects::already_processed(&shared.pool, &h.name, &decoded.event_id).await {
-        Ok(true) => return Attempt::Duplicate,
-        Ok(false) => {}
-        Err(e) => return db_failure("checking the idempotency record", e),
+/// The order and whether `h` already settled the event: from the event's snapshot on a first
+/// try, read afresh otherwise.
+async fn order_for(
+    shared: &Shared,
+    decoded: &Decoded,
+    h: &LoadedHandler,
+    snapshot: Option<&Snapshot>,
+) -> Result<Option<Arc<Order>>, Attempt> {
+    if let Some(s) = snapshot {
+        return match s.settled.contains(&h.name) {
+            true => Err(Attempt::Duplicate),
+            false => Ok(s.order.clone()),
+        };
     }
-    let order = match orders::get(&shared.pool, decoded.order_id).await {
+    match effects::already_processed(&shared.pool, &h.name, &decoded.event_id).await {
+        Ok(true) => return Err(Attempt::Duplicate),
+        Ok(false) => {}
+        Err(e) => return Err(db_failure(DbFailure::new("checking the idempotency record", &e))),
+    }
+    match orders::get(&shared.pool, decoded.order_id).await {
+        Ok(o) => Ok(o.map(Arc::new)),
+        Err(e) => Err(db_failure(DbFailure::new("reading the order", &e))),
+    }
+}
+
+async fn try_once(
+    ev: &InFlight<'_>,
+    decoded: &Decoded,
+    h: &Arc<LoadedHandler>,
+    attempt: u32,
+    snapshot: Option<&Snapshot>,
+) -> Attempt {
+    let shared = ev.shared;
+    let order = match order_for(shared, decoded, h, snapshot).await {
         Ok(Some(o)) => o,
         Ok(None) => {
             return Attempt::Final("missing-order", format!("order {} does not exist", decoded.order_id));
         }
-        Err(e) => return db_failure("reading the order", e),
+        Err(settled) => return settled,
     };
     let event = wit_event(ev.record, decoded, &order, attempt);
     let orders: Arc<dyn OrderSource> = Arc::new(DbOrders(shared.pool.clone()));
@@ -281,11 +348,21 @@ async fn try_once(ev: &InFlight<'_>, decoded: &Decoded, h: &LoadedHandler, attem
     if let Err(reason) = check_actions(&actions) {
         return Attempt::Final("invalid-action", reason);
     }
-    let apply_span = tracing::info_span!("db.apply", handler = %h.name, actions = actions.len());
-    match apply(ev, decoded, h, &order, &actions, attempt).instrument(apply_span).await {
-        Ok(()) => Attempt::Done,
-        Err(Unapplied::Db((what, e))) => db_failure(what, e),
-        Err(Unapplied::Refused(reason)) => Attempt::Final("refused-transition", reason),
+    let app = Application {
+        handler: h.clone(),
+        event_id: decoded.event_id.clone(),
+        position: ev.position.clone(),
+        order,
+        actions,
+        attempt,
+        span: tracing::Span::current(),
+    };
+    let apply_span = tracing::info_span!("db.apply", handler = %h.name, actions = app.actions.len());
+    match ev.committer.apply(app).instrument(apply_span).await {
+        Committed::Applied => Attempt::Done,
+        Committed::Duplicate => Attempt::Duplicate,
+        Committed::Failed(f) => db_failure(f),
+        Committed::Refused(reason) => Attempt::Final("refused-transition", reason),
     }
 }
 
@@ -336,38 +413,10 @@ pub(super) fn check_actions(actions: &[Action]) -> Result<(), String> {
     Ok(())
 }
 
-/// Applies a handler's actions and its idempotency record in one transaction, all or nothing: when
-/// the state machine refuses a status change, the whole answer is rolled back and the event is
-/// dead-lettered for this handler with the reason (as the WIT promises), where an operator can
-/// redrive or discard it. A database failure says what was being done.
-async fn apply(
-    ev: &InFlight<'_>,
-    decoded: &Decoded,
-    h: &LoadedHandler,
-    order: &Order,
-    actions: &[Action],
-    attempt: u32,
-) -> Result<(), Unapplied> {
-    let mut tx = ev.shared.pool.begin().await.map_err(at("starting the apply transaction"))?;
-    let fresh = effects::record_processed(
-        &mut tx,
-        &h.name,
-        &decoded.event_id,
-        &h.version,
-        "applied",
-        attempt,
-        &ev.position,
-    )
-    .await
-    .map_err(at("writing the idempotency record"))?;
-    if !fresh {
-        // Another delivery of this event committed first.
-        return Ok(());
-    }
-    // On an error, dropping the transaction rolls back every other action of this answer.
-    Applying::new(&ev.shared.topics, &ev.position, decoded, h, order).all(&mut tx, actions).await?;
-    tx.commit().await.map_err(at("committing the handler's actions"))?;
-    Ok(())
+/// The delay of a status change that is to wait (a durable timer); `None` for one applied with
+/// the event's own actions.
+pub(super) fn delay_of(s: &wit::SetStatus) -> Option<u64> {
+    s.delay_ms.filter(|ms| *ms > 0)
 }
 
 /// Why a handler's answer was not applied.
@@ -384,7 +433,7 @@ impl From<DbStep> for Unapplied {
 }
 
 /// A failed database step while applying: what was being done, and the error.
-type DbStep = (&'static str, sqlx::Error);
+pub(super) type DbStep = (&'static str, sqlx::Error);
 
 fn at(what: &'static str) -> impl Fn(sqlx::Error) -> DbStep {
     move |e| (what, e)
@@ -394,7 +443,7 @@ fn at(what: &'static str) -> impl Fn(sqlx::Error) -> DbStep {
 pub(super) struct Applying<'a> {
     topics: &'a Topics,
     position: &'a LogPosition,
-    decoded: &'a Decoded,
+    event_id: &'a str,
     h: &'a LoadedHandler,
     order: &'a Order,
     /// `handler:<name>@<version>`, recorded with every effect.
@@ -408,14 +457,14 @@ impl<'a> Applying<'a> {
     pub(super) fn new(
         topics: &'a Topics,
         position: &'a LogPosition,
-        decoded: &'a Decoded,
+        event_id: &'a str,
         h: &'a LoadedHandler,
         order: &'a Order,
     ) -> Applying<'a> {
         Applying {
             topics,
             position,
-            decoded,
+            event_id,
             h,
             order,
             cause: h.cause(),
@@ -441,9 +490,9 @@ impl<'a> Applying<'a> {
     }
 
     async fn one(&mut self, tx: &mut sqlx::PgConnection, action: &Action) -> Result<(), DbStep> {
-        let (order, event_id) = (self.order, &self.decoded.event_id);
+        let (order, event_id) = (self.order, self.event_id);
         match action {
-            Action::SetStatus(s) => match s.delay_ms.filter(|ms| *ms > 0) {
+            Action::SetStatus(s) => match delay_of(s) {
                 Some(delay_ms) => self.schedule(tx, s.status.into(), delay_ms).await,
                 None => self.change_status(tx, s.status.into()).await,
             },
@@ -473,7 +522,7 @@ impl<'a> Applying<'a> {
             to,
             delay_ms,
             cause: &self.cause,
-            event_id: &self.decoded.event_id,
+            event_id: self.event_id,
             handler_version: &self.h.version,
             consumed_topic: &self.position.topic,
             traceparent: self.traceparent.as_deref(),
@@ -483,7 +532,7 @@ impl<'a> Applying<'a> {
 
     /// A change the state machine refuses is logged and recorded in `refused`.
     async fn change_status(&mut self, tx: &mut sqlx::PgConnection, to: Status) -> Result<(), DbStep> {
-        let (h, event_id) = (self.h, &self.decoded.event_id);
+        let (h, event_id) = (self.h, self.event_id);
         let why = Cause::handler(&self.cause, event_id, &h.version, &self.position.topic);
         match orders::change_status(tx, self.order.id, to, &why, self.topics).await {
             Ok(_) => Ok(()),

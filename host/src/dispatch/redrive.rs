@@ -176,7 +176,7 @@ impl Redriver {
             return Err(Refused::AlreadySettled);
         }
         let position = LogPosition::from(record);
-        let mut applying = Applying::new(&self.topics, &position, decoded, h, &order);
+        let mut applying = Applying::new(&self.topics, &position, &decoded.event_id, h, &order);
         match applying.all(tx, &actions).await {
             Ok(()) => Ok(Verdict::Applied),
             Err(Unapplied::Refused(reasons)) => Ok(Verdict::Failed("refused-transition", reasons)),

@@ -1042,3 +1042,99 @@ async fn a_refused_status_change_rolls_back_the_whole_answer_and_is_dead_lettere
     assert_eq!(t.count("dead_letters WHERE class = 'refused-transition' AND state = 'open'").await, 1);
     t.host.shutdown().await.unwrap();
 }
+
+/// Group commit keeps failure isolation: twelve orders are released to the handlers at once, so
+/// their applications share batches; shipping one of them breaks a stock constraint (its
+/// reservation was tampered with). Only that application fails: it is dead-lettered as
+/// `rejected-effects`, the notifier's answer to the same event and every other order's changes
+/// commit, and each shipped order has each transition once.
+async fn one_failing_application_fails_alone(batch_max: &str) {
+    let live = tempfile::tempdir().unwrap();
+    let extra = [
+        ("HANDLERS_RESCAN_SECS", "1"),
+        ("DISPATCH_BATCH_MAX", batch_max),
+        ("DISPATCH_BATCH_WINDOW_MS", "500"),
+    ];
+    let t = TestHost::start_with(Some(live.path()), 3, &extra).await;
+    let mut ids = Vec::new();
+    for i in 0..12 {
+        let product = if i == 5 { "4" } else { "1" };
+        let (code, o) =
+            t.post("/api/checkout", &order_body(&format!("batch{i}@x.io"), &[(product, 1)])).await;
+        assert_eq!(code, 201, "{o}");
+        ids.push(o["order_id"].as_str().unwrap().to_string());
+    }
+    let poisoned = ids[5].clone();
+    sqlx::query("UPDATE inventory SET reserved = 0 WHERE product_id = '4'").execute(t.pool()).await.unwrap();
+    eventually("the created events to wait for a handler", Duration::from_secs(20), || async {
+        (waiting_for_handler(&t).await == Some(12.0)).then_some(())
+    })
+    .await;
+
+    let instant = "STAGE_DELAYS_MS = \"0,0,0\"";
+    let full = handlers_dir_configured(&[
+        ("handlers", "order-processor", SHIPPED, instant),
+        ("handlers", "notifier", SHIPPED, ""),
+    ]);
+    fill_dir(full.path(), live.path());
+    let dead =
+        consume(t.broker.bootstrap_servers(), "order.dead-letter", 1, Duration::from_secs(60), |_| true)
+            .await;
+    assert_eq!(dead[0].key, poisoned);
+    let h = &dead[0].headers;
+    assert_eq!(
+        (h["x-dlq-handler"].as_str(), h["x-dlq-class"].as_str()),
+        ("order-processor", "rejected-effects")
+    );
+    assert!(h["x-dlq-error"].contains("inventory"), "{h:?}");
+
+    for id in ids.iter().filter(|id| **id != poisoned) {
+        eventually("every other order to ship", Duration::from_secs(60), || async {
+            (status_of(&t, id).await == "shipped").then_some(())
+        })
+        .await;
+        let (_, history) = t.get(&format!("/api/orders/{id}/history")).await;
+        let steps: Vec<&str> =
+            history.as_array().unwrap().iter().map(|r| r["to_status"].as_str().unwrap()).collect();
+        assert_eq!(steps, ["pending", "processing", "confirmed", "shipped"], "{id}");
+    }
+    assert_eq!(status_of(&t, &poisoned).await, "confirmed", "the failing change was rolled back");
+    let subjects = eventually("the notifier's answers to every event", Duration::from_secs(20), || async {
+        let n = notifications(&t, &poisoned).await;
+        (n.len() == 3).then_some(n)
+    })
+    .await;
+    assert!(subjects[2].to_string().contains("is confirmed"), "{subjects:?}");
+    // Each shipped order: four events, each settled by both handlers; the poisoned one: three.
+    eventually("every event settled by both handlers", Duration::from_secs(30), || async {
+        (t.count("processed_events").await == 11 * 8 + 6).then_some(())
+    })
+    .await;
+    assert_eq!(t.count("processed_events WHERE outcome = 'dead-lettered'").await, 1);
+    assert_eq!(t.count("notifications").await, 11 * 4 + 3, "each answer applied once");
+
+    if batch_max != "1" {
+        // The failing application was first part of a grouped batch, then isolated one by one
+        // with the applications that shared its batch.
+        let text = t.get_text("/metrics").await;
+        let series = |s: &str| metric(&text, s).unwrap_or_else(|| panic!("no {s} in\n{text}"));
+        let one_by_one_count = series("order_host_dispatch_batch_applications_count{path=\"one_by_one\"}");
+        let one_by_one_sum = series("order_host_dispatch_batch_applications_sum{path=\"one_by_one\"}");
+        assert_eq!(one_by_one_count, 1.0, "{text}");
+        assert!(one_by_one_sum > 1.0, "the failing application was alone in its batch:\n{text}");
+        let grouped = series("order_host_dispatch_batch_applications_sum{path=\"grouped\"}")
+            / series("order_host_dispatch_batch_applications_count{path=\"grouped\"}");
+        assert!(grouped > 1.0, "no batch grouped more than one application:\n{text}");
+    }
+    t.host.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_application_in_a_grouped_batch_fails_alone() {
+    one_failing_application_fails_alone("128").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_application_fails_alone_with_one_transaction_per_application() {
+    one_failing_application_fails_alone("1").await;
+}

@@ -1,0 +1,230 @@
+//! The dispatcher's group commit: the writes of many handler applications, planned in Rust, sent
+//! as one statement per table (`unnest` over arrays) instead of one statement per row.
+//!
+//! Why arrays rather than a multi-row `VALUES` list: the statement text stays the same for every
+//! batch size, so Postgres and sqlx prepare it once, and no batch can outgrow the 65,535 bind
+//! parameters of the wire protocol.
+
+use sqlx::PgConnection;
+use uuid::Uuid;
+
+use super::effects::{LogPosition, NewNotification, NewTimer};
+use super::orders::{Settlement, settle_stock};
+use crate::events::Record;
+use crate::orders::Status;
+
+/// Everything one batch writes. Rows keep their planned order (ids, and so the relay's
+/// publishing order, follow it).
+#[derive(Default)]
+pub struct Writes<'a> {
+    pub processed: Vec<Processed<'a>>,
+    /// Each changed order once, with its final status and the topic of the last change.
+    pub statuses: Vec<FinalStatus<'a>>,
+    /// Orders whose reservation becomes a sale, and orders whose reservation is released.
+    pub sold: Vec<Uuid>,
+    pub released: Vec<Uuid>,
+    pub history: Vec<HistoryRow<'a>>,
+    pub outbox: Vec<Record>,
+    pub notifications: Vec<NewNotification<'a>>,
+    pub timers: Vec<NewTimer<'a>>,
+}
+
+/// An idempotency row, outcome `applied`.
+pub struct Processed<'a> {
+    pub handler: &'a str,
+    pub event_id: &'a str,
+    pub handler_version: &'a str,
+    pub attempts: u32,
+    pub position: &'a LogPosition,
+}
+
+pub struct FinalStatus<'a> {
+    pub order_id: Uuid,
+    pub status: Status,
+    pub consumed_topic: &'a str,
+}
+
+pub struct HistoryRow<'a> {
+    pub order_id: Uuid,
+    pub from: Status,
+    pub to: Status,
+    pub cause: &'a str,
+    pub event_id: &'a str,
+    pub handler_version: &'a str,
+    pub consumed_topic: &'a str,
+}
+
+/// Whether every idempotency row was new. When one was not (another delivery of the same event
+/// committed between the caller's check and this batch), nothing after it was written and the
+/// caller must roll back.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Written {
+    All,
+    Raced,
+}
+
+/// Writes `w` inside the caller's transaction, which must hold the locks of every changed order
+/// (`orders::lock_for_changes`). `history.at` and `updated_at` are the transaction's `now()`.
+pub async fn write(conn: &mut PgConnection, w: &Writes<'_>) -> sqlx::Result<Written> {
+    if processed(conn, &w.processed).await? != w.processed.len() as u64 {
+        return Ok(Written::Raced);
+    }
+    statuses(conn, &w.statuses).await?;
+    for (settle, orders) in [(Settlement::Sale, &w.sold), (Settlement::Release, &w.released)] {
+        if !orders.is_empty() {
+            settle_stock(conn, settle, orders).await?;
+        }
+    }
+    history(conn, &w.history).await?;
+    outbox(conn, &w.outbox).await?;
+    notifications(conn, &w.notifications).await?;
+    timers(conn, &w.timers).await?;
+    Ok(Written::All)
+}
+
+async fn processed(conn: &mut PgConnection, rows: &[Processed<'_>]) -> sqlx::Result<u64> {
+    if rows.is_empty() {
+        return Ok(0);
+    }
+    let done = sqlx::query(
+        "INSERT INTO processed_events
+             (handler, event_id, handler_version, outcome, attempts, topic, kafka_partition, kafka_offset)
+         SELECT h, e, v, 'applied', a, t, p, o
+         FROM unnest($1::text[], $2::text[], $3::text[], $4::int[], $5::text[], $6::int[], $7::bigint[])
+              AS r(h, e, v, a, t, p, o)
+         ON CONFLICT DO NOTHING",
+    )
+    .bind(rows.iter().map(|r| r.handler).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.event_id).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.handler_version).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.attempts as i32).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.position.topic.as_str()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.position.partition).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.position.offset).collect::<Vec<_>>())
+    .execute(conn)
+    .await?;
+    Ok(done.rows_affected())
+}
+
+async fn statuses(conn: &mut PgConnection, rows: &[FinalStatus<'_>]) -> sqlx::Result<()> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(
+        "UPDATE orders o SET status = c.s, updated_at = now(), source_topic = c.t
+         FROM unnest($1::uuid[], $2::text[], $3::text[]) AS c(id, s, t) WHERE o.id = c.id",
+    )
+    .bind(rows.iter().map(|r| r.order_id).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.status.as_str()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.consumed_topic).collect::<Vec<_>>())
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+async fn history(conn: &mut PgConnection, rows: &[HistoryRow<'_>]) -> sqlx::Result<()> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(
+        "INSERT INTO order_status_history
+             (order_id, from_status, to_status, cause, event_id, handler_version, consumed_topic, at)
+         SELECT i, f, s, c, e, v, t, now()
+         FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[])
+              WITH ORDINALITY AS r(i, f, s, c, e, v, t, n)
+         ORDER BY n",
+    )
+    .bind(rows.iter().map(|r| r.order_id).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.from.as_str()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.to.as_str()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.cause).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.event_id).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.handler_version).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.consumed_topic).collect::<Vec<_>>())
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Outbox rows in order. A row's headers are a slice `[lo, hi]` of two flat arrays: Postgres
+/// arrays cannot be ragged, so an array of header lists cannot be bound directly.
+async fn outbox(conn: &mut PgConnection, records: &[Record]) -> sqlx::Result<()> {
+    if records.is_empty() {
+        return Ok(());
+    }
+    let (mut names, mut values, mut lo, mut hi) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for r in records {
+        lo.push(names.len() as i32 + 1);
+        for (k, v) in &r.headers {
+            names.push(k.as_str());
+            values.push(v.as_slice());
+        }
+        hi.push(names.len() as i32);
+    }
+    sqlx::query(
+        "INSERT INTO outbox (topic, key, header_names, header_values, payload)
+         SELECT t, k, coalesce(($4::text[])[lo:hi], '{}'), coalesce(($5::bytea[])[lo:hi], '{}'), p
+         FROM unnest($1::text[], $2::bytea[], $3::bytea[], $6::int[], $7::int[])
+              WITH ORDINALITY AS r(t, k, p, lo, hi, n)
+         ORDER BY n",
+    )
+    .bind(records.iter().map(|r| r.topic.as_str()).collect::<Vec<_>>())
+    .bind(records.iter().map(|r| r.key.as_deref()).collect::<Vec<_>>())
+    .bind(records.iter().map(|r| r.payload.as_deref()).collect::<Vec<_>>())
+    .bind(names)
+    .bind(values)
+    .bind(lo)
+    .bind(hi)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Notifications addressed to each order's customer; like `effects::notify`, one for an order
+/// that does not exist is not written.
+async fn notifications(conn: &mut PgConnection, rows: &[NewNotification<'_>]) -> sqlx::Result<()> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(
+        "INSERT INTO notifications (order_id, channel, recipient, subject, body, cause, event_id)
+         SELECT o.id, r.ch, o.customer_email, r.s, r.b, r.c, r.e
+         FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[])
+              WITH ORDINALITY AS r(i, ch, s, b, c, e, n)
+         JOIN orders o ON o.id = r.i
+         ORDER BY r.n",
+    )
+    .bind(rows.iter().map(|r| r.order_id).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.channel).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.subject).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.body).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.cause).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.event_id).collect::<Vec<_>>())
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+async fn timers(conn: &mut PgConnection, rows: &[NewTimer<'_>]) -> sqlx::Result<()> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(
+        "INSERT INTO timers (order_id, to_status, due_at, cause, event_id, handler_version, consumed_topic, traceparent)
+         SELECT i, s, now() + make_interval(secs => d / 1000), c, e, v, t, tp
+         FROM unnest($1::uuid[], $2::text[], $3::float8[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[])
+              WITH ORDINALITY AS r(i, s, d, c, e, v, t, tp, n)
+         ORDER BY n",
+    )
+    .bind(rows.iter().map(|r| r.order_id).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.to.as_str()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.delay_ms as f64).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.cause).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.event_id).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.handler_version).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.consumed_topic).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.traceparent).collect::<Vec<_>>())
+    .execute(conn)
+    .await?;
+    Ok(())
+}
