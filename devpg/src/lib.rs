@@ -59,9 +59,24 @@ fn hand_to_postgres(path: &Path, uid: u32, gid: u32) -> anyhow::Result<()> {
         .with_context(|| format!("handing {} to the postgres user", path.display()))
 }
 
+/// Whether the cluster flushes its commits to disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// Throwaway data: durability buys nothing and costs seconds per test run.
+    Throwaway,
+    /// As a production server runs: every commit waits for its WAL flush (for benchmarks whose
+    /// figures depend on commit cost).
+    Durable,
+}
+
 impl LocalPostgres {
-    /// Starts a cluster in `data_dir`, creating it with `initdb` if it is empty or missing.
+    /// Starts a throwaway cluster in `data_dir`, creating it with `initdb` if it is empty or missing.
     pub fn start(data_dir: &Path) -> anyhow::Result<LocalPostgres> {
+        LocalPostgres::start_with(data_dir, Durability::Throwaway)
+    }
+
+    /// As [`LocalPostgres::start`], flushing commits or not.
+    pub fn start_with(data_dir: &Path, durability: Durability) -> anyhow::Result<LocalPostgres> {
         let user = run_as()?;
         std::fs::create_dir_all(data_dir).with_context(|| format!("creating {}", data_dir.display()))?;
         let data_dir = data_dir.canonicalize()?;
@@ -96,8 +111,14 @@ impl LocalPostgres {
             .args(["-c", "listen_addresses="])
             .arg("-c")
             .arg(format!("unix_socket_directories={}", data_dir.display()))
-            // Throwaway data: durability buys nothing and costs seconds per test run.
-            .args(["-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off"])
+            .args(match durability {
+                Durability::Throwaway => {
+                    ["-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off"]
+                }
+                Durability::Durable => {
+                    ["-c", "fsync=on", "-c", "synchronous_commit=on", "-c", "full_page_writes=on"]
+                }
+            })
             .args(["-c", "max_connections=200"])
             // Its own process group: a terminal's Ctrl-C stops the host first, and the owner of this
             // handle stops Postgres afterwards.

@@ -15,7 +15,7 @@ mod native;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use devpg::LocalPostgres;
+use devpg::{Durability, LocalPostgres};
 use host::config::Config;
 use host::kafka::EmbeddedBroker;
 use host::runtime::Invoke;
@@ -29,7 +29,9 @@ fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with("--")).collect();
     let selected = |name: &str| args.is_empty() || args.iter().any(|a| name.contains(a.as_str()));
     let (demo, throughput) = (selected("pipeline-demo"), selected("pipeline-throughput"));
-    if !demo && !throughput {
+    // Minutes long: only when asked for by name.
+    let soak = args.iter().any(|a| a.contains("soak"));
+    if !demo && !throughput && !soak {
         return Ok(());
     }
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf();
@@ -41,7 +43,19 @@ fn main() -> anyhow::Result<()> {
             run_demo(&pg, &root).await?;
         }
         if throughput {
-            run_throughput(&pg, &root).await?;
+            run_throughput(&pg, &root, "Postgres without fsync, as in development").await?;
+            // Where commits are real, one commit per application costs a WAL flush each.
+            let dir =
+                std::env::temp_dir().join(format!("order-host-bench-durable-pg-{}", std::process::id()));
+            let durable = LocalPostgres::start_with(&dir, Durability::Durable)?;
+            let result =
+                run_throughput(&durable, &root, "durable Postgres: fsync and synchronous_commit on").await;
+            drop(durable);
+            let _ = std::fs::remove_dir_all(&dir);
+            result?;
+        }
+        if soak {
+            run_soak(&pg, &root).await?;
         }
         anyhow::Ok(())
     });
@@ -105,7 +119,18 @@ async fn run_demo(pg: &LocalPostgres, root: &std::path::Path) -> anyhow::Result<
 
 /// Creates `n` orders through the API, `CONCURRENCY` at a time.
 async fn create_orders(http: &reqwest::Client, base: &str, n: usize) -> anyhow::Result<()> {
-    let bodies: Vec<serde_json::Value> = (0..n)
+    create_orders_from(http, base, 0, n, &indicatif::ProgressBar::hidden()).await
+}
+
+/// Creates orders `first..first + n` (numbering their customers), counting them on `bar`.
+async fn create_orders_from(
+    http: &reqwest::Client,
+    base: &str,
+    first: usize,
+    n: usize,
+    bar: &indicatif::ProgressBar,
+) -> anyhow::Result<()> {
+    let bodies: Vec<serde_json::Value> = (first..first + n)
         .map(|i| {
             serde_json::json!({"customer_email": format!("bench{i}@x.io"), "customer_name": "Bench",
                 "items": [{"product_id": ((i % 10) + 1).to_string(), "quantity": 1}]})
@@ -119,6 +144,7 @@ async fn create_orders(http: &reqwest::Client, base: &str, n: usize) -> anyhow::
         for r in sent {
             anyhow::ensure!(r?.status() == 201, "an order was refused");
         }
+        bar.inc(chunk.len() as u64);
     }
     Ok(())
 }
@@ -136,20 +162,34 @@ struct Run {
     window: Duration,
 }
 
-async fn run_throughput(pg: &LocalPostgres, root: &std::path::Path) -> anyhow::Result<()> {
-    // Rounds interleave WASM and native so drift on a noisy machine hits both alike.
-    let modes: Vec<(&str, Option<Arc<dyn Invoke>>)> = (0..ROUNDS)
-        .flat_map(|_| [("wasm", None), ("native", Some(Arc::new(native::NativeHandlers) as Arc<dyn Invoke>))])
-        .collect();
+/// One configuration of the drain: how handler answers commit, and what runs the handler logic.
+struct Mode {
+    name: &'static str,
+    /// `DISPATCH_BATCH_MAX`: `1` is one transaction per handler application (before group commit).
+    batch_max: &'static str,
+    native: bool,
+}
+
+const MODES: [Mode; 3] = [
+    Mode { name: "per-application wasm", batch_max: "1", native: false },
+    Mode { name: "batched wasm", batch_max: "128", native: false },
+    Mode { name: "batched native", batch_max: "128", native: true },
+];
+
+async fn run_throughput(pg: &LocalPostgres, root: &std::path::Path, label: &str) -> anyhow::Result<()> {
+    println!("pipeline throughput, {label}");
+    // Rounds interleave the modes so drift on a noisy machine hits them alike.
+    let runs: Vec<&Mode> = (0..ROUNDS).flat_map(|_| MODES.iter()).collect();
     let topics: Vec<String> =
-        (0..modes.len()).flat_map(|i| ["created", "status", "dead"].map(|t| format!("r{i}.{t}"))).collect();
+        (0..runs.len()).flat_map(|i| ["created", "status", "dead"].map(|t| format!("r{i}.{t}"))).collect();
     let names: Vec<&str> = topics.iter().map(String::as_str).collect();
     let broker = EmbeddedBroker::start(&names, 3)?;
     let handlers = throughput_handlers(root)?;
 
     let admin = sqlx::PgPool::connect(&pg.url("postgres")).await?;
     let mut results: Vec<(&str, Run)> = Vec::new();
-    for (i, (mode, invoker)) in modes.into_iter().enumerate() {
+    let bar = indicatif::ProgressBar::new(runs.len() as u64);
+    for (i, mode) in runs.into_iter().enumerate() {
         sqlx::query(&format!("CREATE DATABASE throughput_{i}")).execute(&admin).await?;
         let url = pg.url(&format!("throughput_{i}"));
         let (created, status, dead) = (format!("r{i}.created"), format!("r{i}.status"), format!("r{i}.dead"));
@@ -174,10 +214,19 @@ async fn run_throughput(pg: &LocalPostgres, root: &std::path::Path) -> anyhow::R
         // A fresh group drains it: every order walks to shipped with no delays.
         let dir = handlers.path().display().to_string();
         let mut vars = common.to_vec();
-        vars.extend([("HANDLERS_DIR", dir.as_str()), ("KAFKA_GROUP_ID", "bench")]);
+        // A group of its own: joining the last round's group would wait out its member's session.
+        let group = format!("bench{i}");
+        vars.extend([
+            ("HANDLERS_DIR", dir.as_str()),
+            ("KAFKA_GROUP_ID", group.as_str()),
+            ("DISPATCH_BATCH_MAX", mode.batch_max),
+        ]);
+        let invoker = mode.native.then(|| Arc::new(native::NativeHandlers) as Arc<dyn Invoke>);
+        let cpu_before = Cpu::now();
         let host = Host::start_with(&config(&vars)?, invoker).await?;
         // order-processor and notifier each handle order-created and three status updates.
         wait_for(&host.pool, "SELECT count(*) FROM processed_events", 8 * BACKLOG as i64).await?;
+        let cpu = Cpu::now().since(&cpu_before);
         let (applications, events, secs): (i64, i64, f64) = sqlx::query_as(
             "SELECT count(*), count(DISTINCT event_id),
                     EXTRACT(EPOCH FROM max(processed_at) - min(processed_at))::float8
@@ -190,9 +239,20 @@ async fn run_throughput(pg: &LocalPostgres, root: &std::path::Path) -> anyhow::R
             .await?;
         anyhow::ensure!(shipped == BACKLOG as i64, "only {shipped} of {BACKLOG} orders shipped");
         host.shutdown().await?;
-        eprintln!("  round {} {mode:<6} {:>7.0} events/s", i / 2 + 1, events as f64 / secs);
-        results.push((mode, Run { applications, events, window: Duration::from_secs_f64(secs) }));
+        bar.suspend(|| {
+            println!(
+                "  round {} {:<22} {:>7.0} events/s  CPU per event: host {:>4.0} µs, Postgres {:>4.0} µs",
+                i / MODES.len() + 1,
+                mode.name,
+                events as f64 / secs,
+                cpu.host.as_secs_f64() * 1e6 / events as f64,
+                cpu.postgres.as_secs_f64() * 1e6 / events as f64,
+            )
+        });
+        bar.inc(1);
+        results.push((mode.name, Run { applications, events, window: Duration::from_secs_f64(secs) }));
     }
+    bar.finish_and_clear();
 
     let median = |mode: &str| {
         let mut runs: Vec<&Run> = results.iter().filter(|(m, _)| *m == mode).map(|(_, r)| r).collect();
@@ -200,26 +260,75 @@ async fn run_throughput(pg: &LocalPostgres, root: &std::path::Path) -> anyhow::R
         runs[runs.len() / 2]
     };
     println!(
-        "pipeline throughput ({BACKLOG} orders backlogged, no stage delays, order-processor + notifier, median of {ROUNDS} interleaved rounds)"
+        "pipeline throughput ({label}; {BACKLOG} orders backlogged, no stage delays, order-processor + notifier, median of {ROUNDS} interleaved rounds)"
     );
-    for mode in ["wasm", "native"] {
-        let r = median(mode);
+    for mode in &MODES {
+        let r = median(mode.name);
         let secs = r.window.as_secs_f64();
         println!(
-            "  {mode:<6}  {:>7.0} events/s  {:>7.0} handler applications/s  {:>6.0} orders/s  ({:.2} s)",
+            "  {:<22}  {:>7.0} events/s  {:>7.0} handler applications/s  {:>6.0} orders/s  ({:.2} s)",
+            mode.name,
             r.events as f64 / secs,
             r.applications as f64 / secs,
             BACKLOG as f64 / secs,
             secs
         );
     }
-    let ratio = median("native").window.as_secs_f64() / median("wasm").window.as_secs_f64();
-    println!("  wasm / native throughput  {ratio:.2}×");
+    let rate = |name: &str| {
+        let r = median(name);
+        r.events as f64 / r.window.as_secs_f64()
+    };
+    println!(
+        "  batched / per-application (wasm)  {:.2}×",
+        rate("batched wasm") / rate("per-application wasm")
+    );
+    println!("  wasm / native (batched)           {:.2}×", rate("batched wasm") / rate("batched native"));
     Ok(())
+}
+
+/// CPU time used so far by this process (the host, the embedded broker, the load client) and by
+/// every Postgres process, from `/proc` (Linux only: this is a benchmark for the project machine).
+struct Cpu {
+    host: Duration,
+    postgres: Duration,
+}
+
+impl Cpu {
+    fn now() -> Cpu {
+        let mut postgres = Duration::ZERO;
+        for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else { continue };
+            if stat.contains("(postgres)") {
+                postgres += cpu_of(&stat);
+            }
+        }
+        let own = std::fs::read_to_string("/proc/self/stat").map(|s| cpu_of(&s)).unwrap_or_default();
+        Cpu { host: own, postgres }
+    }
+
+    fn since(&self, earlier: &Cpu) -> Cpu {
+        Cpu {
+            host: self.host.saturating_sub(earlier.host),
+            postgres: self.postgres.saturating_sub(earlier.postgres),
+        }
+    }
+}
+
+/// utime + stime of a `/proc/<pid>/stat` line, at the kernel's usual 100 ticks per second.
+fn cpu_of(stat: &str) -> Duration {
+    let fields: Vec<&str> = stat.rsplit(')').next().unwrap_or_default().split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok()).unwrap_or(0);
+    // Fields after the command: state is 0, utime is 11, stime is 12.
+    Duration::from_millis((ticks(11) + ticks(12)) * 10)
 }
 
 /// The shipped components with order-processor's stage delays set to zero.
 fn throughput_handlers(root: &std::path::Path) -> anyhow::Result<tempfile::TempDir> {
+    handlers_with(root, "0,0,0")
+}
+
+/// The shipped components, order-processor with `STAGE_DELAYS_MS = delays`.
+fn handlers_with(root: &std::path::Path, delays: &str) -> anyhow::Result<tempfile::TempDir> {
     let dir = tempfile::tempdir()?;
     for name in ["order-processor", "notifier"] {
         let from = root.join(format!("target/handlers/{name}.wasm"));
@@ -228,19 +337,105 @@ fn throughput_handlers(root: &std::path::Path) -> anyhow::Result<tempfile::TempD
     }
     std::fs::write(
         dir.path().join("handlers.toml"),
-        r#"[[handler]]
+        format!(
+            r#"[[handler]]
 name = "order-processor"
 file = "order-processor.wasm"
 events = ["order-created", "status-updated"]
-config = { STAGE_DELAYS_MS = "0,0,0" }
+config = {{ STAGE_DELAYS_MS = "{delays}" }}
 
 [[handler]]
 name = "notifier"
 file = "notifier.wasm"
 events = ["order-created", "status-updated"]
-"#,
+"#
+        ),
     )?;
     Ok(dir)
+}
+
+const SOAK_ORDERS: usize = 200_000;
+const TENTHS: usize = 10;
+
+/// `pipeline-soak`: 200,000 orders through the real pipeline with retention on, in ten equal
+/// parts; each part is posted and then drained to `shipped`. Per tenth: events/s, host RSS, and
+/// the sizes of the tables retention bounds. Never part of an unfiltered run (minutes long).
+async fn run_soak(pg: &LocalPostgres, root: &std::path::Path) -> anyhow::Result<()> {
+    let broker = EmbeddedBroker::start(&["order.created", "order.status-updated", "order.dead-letter"], 3)?;
+    let handlers = soak_handlers(root)?;
+    let admin = sqlx::PgPool::connect(&pg.url("postgres")).await?;
+    sqlx::query("CREATE DATABASE soak").execute(&admin).await?;
+    let url = pg.url("soak");
+    let dir = handlers.path().display().to_string();
+    // Short windows, so the soak shows retention keeping the tables bounded within minutes.
+    let vars = [
+        ("HTTP_ADDR", "127.0.0.1:0"),
+        ("DATABASE_URL", url.as_str()),
+        ("KAFKA_BROKERS", broker.bootstrap_servers()),
+        ("HANDLERS_DIR", dir.as_str()),
+        ("RETENTION_IDEMPOTENCY_SECS", "30"),
+        ("RETENTION_OUTBOX_SECS", "10"),
+        ("RETENTION_INTERVAL_SECS", "5"),
+    ];
+    let host = Host::start(&config(&vars)?).await?;
+    let base = format!("http://{}", host.addr);
+    let http = reqwest::Client::new();
+    let per_tenth = SOAK_ORDERS / TENTHS;
+    let bar = indicatif::ProgressBar::new(SOAK_ORDERS as u64);
+    println!("pipeline soak ({SOAK_ORDERS} orders in {TENTHS} parts, stage delays 5 ms, retention on)");
+    println!("  part  events/s  host RSS  outbox rows (MiB)  idempotency rows (MiB)  timers rows (MiB)");
+    let mut rates = Vec::new();
+    for tenth in 0..TENTHS {
+        let started = Instant::now();
+        create_orders_from(&http, &base, tenth * per_tenth, per_tenth, &bar).await?;
+        let shipped = ((tenth + 1) * per_tenth) as i64;
+        wait_for_slowly(&host.pool, "SELECT count(*) FROM orders WHERE status = 'shipped'", shipped).await?;
+        let rate = (4 * per_tenth) as f64 / started.elapsed().as_secs_f64();
+        rates.push(rate);
+        let sizes = host::db::retention::table_sizes(&host.pool).await?;
+        let cell = |t: &str| {
+            let (_, rows, bytes) = sizes.iter().find(|(n, ..)| n == t).expect("sized");
+            format!("{rows} ({:.1})", *bytes as f64 / (1 << 20) as f64)
+        };
+        bar.suspend(|| {
+            println!(
+                "  {:>4}  {:>8.0}  {:>5.0} MiB  {:>17}  {:>22}  {:>17}",
+                tenth + 1,
+                rate,
+                rss_mib(),
+                cell("outbox"),
+                cell("processed_events"),
+                cell("timers")
+            )
+        });
+    }
+    bar.finish_and_clear();
+    let (duplicated,): (i64,) = sqlx::query_as(
+        "SELECT count(*) FROM (SELECT 1 FROM order_status_history GROUP BY order_id, to_status HAVING count(*) > 1) d",
+    )
+    .fetch_one(&host.pool)
+    .await?;
+    println!("  duplicate transitions: {duplicated}");
+    println!("  last tenth / first tenth events/s: {:.2}×", rates[TENTHS - 1] / rates[0]);
+    host.shutdown().await?;
+    anyhow::ensure!(duplicated == 0, "{duplicated} transitions were applied twice");
+    Ok(())
+}
+
+/// This process's resident set: the host, the embedded broker and the load client together.
+fn rss_mib() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let kib: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0.0);
+    kib / 1024.0
+}
+
+/// The shipped components with 5 ms stage delays: every order takes the timer path three times.
+fn soak_handlers(root: &std::path::Path) -> anyhow::Result<tempfile::TempDir> {
+    handlers_with(root, "5,5,5")
 }
 
 /// Polls `sql` (a count) until it returns `want`, for up to ten minutes.
@@ -253,5 +448,18 @@ async fn wait_for(pool: &sqlx::PgPool, sql: &str, want: i64) -> anyhow::Result<(
         }
         anyhow::ensure!(Instant::now() < deadline, "{sql}: {n}, not {want}, after 10 minutes");
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// As [`wait_for`], polling every half second: for counts over large tables.
+async fn wait_for_slowly(pool: &sqlx::PgPool, sql: &str, want: i64) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(1800);
+    loop {
+        let (n,): (i64,) = sqlx::query_as(sql).fetch_one(pool).await?;
+        if n >= want {
+            return Ok(());
+        }
+        anyhow::ensure!(Instant::now() < deadline, "{sql}: {n}, not {want}, after 30 minutes");
+        tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }

@@ -33,6 +33,34 @@ pub struct Config {
     pub dispatch: DispatchConfig,
     pub admin: AdminConfig,
     pub pools: PoolConfig,
+    pub retention: RetentionConfig,
+}
+
+/// How long rows that exist only for the pipeline's own bookkeeping are kept. Orders, their
+/// history and notifications are the shop's data and are never pruned; neither are unpublished or
+/// parked outbox rows, parked timers, or the idempotency row of an open dead letter.
+#[derive(Debug, Clone)]
+pub struct RetentionConfig {
+    /// `RETENTION_IDEMPOTENCY_SECS`: idempotency rows (`processed_events`) older than this are
+    /// deleted. A redelivery of an event older than this would be applied again, so it must exceed
+    /// how long a record can still be read again: the consumed topics' `retention.ms` (Kafka's
+    /// default is 7 days; the default here is 8). `0` keeps them forever.
+    pub idempotency: Duration,
+    /// `RETENTION_OUTBOX_SECS`: published outbox rows older than this are deleted (they are kept
+    /// only to answer "what did we publish"). `0` keeps them forever.
+    pub outbox: Duration,
+    /// `RETENTION_INTERVAL_SECS`: how often the pruning pass runs.
+    pub interval: Duration,
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        RetentionConfig {
+            idempotency: Duration::from_secs(8 * 24 * 3600),
+            outbox: Duration::from_secs(24 * 3600),
+            interval: Duration::from_secs(60),
+        }
+    }
 }
 
 /// `DATABASE_URL`, which may hold a password: its `Debug` (and so `Config`'s, and any log of
@@ -245,6 +273,8 @@ impl Config {
         };
         let dispatch = DispatchConfig::default();
         let millis = |v: &str| -> anyhow::Result<Duration> { Ok(Duration::from_millis(v.parse()?)) };
+        let secs = |v: &str| -> anyhow::Result<Duration> { Ok(Duration::from_secs(v.parse()?)) };
+        let retention = RetentionConfig::default();
         let text = |key: &str, default: &str| {
             lookup(key)
                 .map(|v| v.trim().to_string())
@@ -313,6 +343,15 @@ impl Config {
             pools: PoolConfig {
                 api: parse(&lookup, "DATABASE_POOL_SIZE", pools.api, pool_size)?,
                 dispatch: parse(&lookup, "DISPATCH_POOL_SIZE", pools.dispatch, pool_size)?,
+            },
+            retention: RetentionConfig {
+                idempotency: parse(&lookup, "RETENTION_IDEMPOTENCY_SECS", retention.idempotency, secs)?,
+                outbox: parse(&lookup, "RETENTION_OUTBOX_SECS", retention.outbox, secs)?,
+                interval: parse(&lookup, "RETENTION_INTERVAL_SECS", retention.interval, |v| {
+                    let d = secs(v)?;
+                    anyhow::ensure!(!d.is_zero(), "must be at least 1");
+                    Ok(d)
+                })?,
             },
             dispatch: DispatchConfig {
                 max_in_flight: parse(&lookup, "DISPATCH_MAX_IN_FLIGHT", dispatch.max_in_flight, |v| {

@@ -13,6 +13,7 @@ pub mod kafka;
 pub mod metrics;
 pub mod orders;
 pub mod relay;
+pub mod retention;
 pub mod runtime;
 pub mod serve;
 pub mod supervise;

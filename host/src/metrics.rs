@@ -88,6 +88,12 @@ pub struct Metrics {
     dead_letters_open: Family<DeadLetterLabels, Gauge>,
     redrives: Family<RedriveLabels, Counter>,
     batches: HistogramFamily<BatchLabels>,
+    retention_deleted: Family<TableLabels, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TableLabels {
+    table: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -195,6 +201,7 @@ impl Metrics {
             dead_letters_open: Family::default(),
             redrives: Family::default(),
             batches: Family::new_with_constructor(batch_buckets),
+            retention_deleted: Family::default(),
         };
         m.register()
     }
@@ -289,7 +296,16 @@ impl Metrics {
             "Handler applications per group-commit transaction, by path (grouped; one_by_one: a failure in the batch isolated with a savepoint per application; failed: Postgres unavailable, all retried)",
             self.batches.clone(),
         );
+        r.register(
+            "retention_deleted_rows",
+            "Rows deleted by the retention pass, by table (outbox: published records; processed_events: idempotency rows)",
+            self.retention_deleted.clone(),
+        );
         self
+    }
+
+    pub fn retention_deleted(&self, table: &'static str, rows: u64) {
+        self.retention_deleted.get_or_create(&TableLabels { table }).inc_by(rows);
     }
 
     pub fn dispatch_batch(&self, path: BatchPath, applications: usize) {

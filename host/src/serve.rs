@@ -23,6 +23,7 @@ use crate::http::{self, AppState, Probes};
 use crate::kafka::{Consumer, EmbeddedBroker, Producer};
 use crate::metrics::Metrics;
 use crate::relay::{self, RelayConfig};
+use crate::retention;
 use crate::runtime::{Invoke, Runtime};
 use crate::supervise::Supervisor;
 
@@ -211,6 +212,16 @@ impl Parts {
                     self.pool.clone(),
                     config.topics.clone(),
                     self.notices.timers(),
+                    self.metrics.clone(),
+                    shutdown.clone(),
+                ),
+            ),
+            self.supervisor.spawn(
+                "retention",
+                shutdown.clone(),
+                retention::run(
+                    self.pool.clone(),
+                    config.retention.clone(),
                     self.metrics.clone(),
                     shutdown.clone(),
                 ),

@@ -5,6 +5,8 @@
 //! batch size, so Postgres and sqlx prepare it once, and no batch can outgrow the 65,535 bind
 //! parameters of the wire protocol.
 
+use std::collections::HashSet;
+
 use sqlx::PgConnection;
 use uuid::Uuid;
 
@@ -13,11 +15,10 @@ use super::orders::{Settlement, settle_stock};
 use crate::events::Record;
 use crate::orders::Status;
 
-/// Everything one batch writes. Rows keep their planned order (ids, and so the relay's
+/// The effects one batch writes. Rows keep their planned order (ids, and so the relay's
 /// publishing order, follow it).
 #[derive(Default)]
 pub struct Writes<'a> {
-    pub processed: Vec<Processed<'a>>,
     /// Each changed order once, with its final status and the topic of the last change.
     pub statuses: Vec<FinalStatus<'a>>,
     /// Orders whose reservation becomes a sale, and orders whose reservation is released.
@@ -54,21 +55,9 @@ pub struct HistoryRow<'a> {
     pub consumed_topic: &'a str,
 }
 
-/// Whether every idempotency row was new. When one was not (another delivery of the same event
-/// committed between the caller's check and this batch), nothing after it was written and the
-/// caller must roll back.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Written {
-    All,
-    Raced,
-}
-
 /// Writes `w` inside the caller's transaction, which must hold the locks of every changed order
 /// (`orders::lock_for_changes`). `history.at` and `updated_at` are the transaction's `now()`.
-pub async fn write(conn: &mut PgConnection, w: &Writes<'_>) -> sqlx::Result<Written> {
-    if processed(conn, &w.processed).await? != w.processed.len() as u64 {
-        return Ok(Written::Raced);
-    }
+pub async fn write(conn: &mut PgConnection, w: &Writes<'_>) -> sqlx::Result<()> {
     statuses(conn, &w.statuses).await?;
     for (settle, orders) in [(Settlement::Sale, &w.sold), (Settlement::Release, &w.released)] {
         if !orders.is_empty() {
@@ -79,20 +68,20 @@ pub async fn write(conn: &mut PgConnection, w: &Writes<'_>) -> sqlx::Result<Writ
     outbox(conn, &w.outbox).await?;
     notifications(conn, &w.notifications).await?;
     timers(conn, &w.timers).await?;
-    Ok(Written::All)
+    Ok(())
 }
 
-async fn processed(conn: &mut PgConnection, rows: &[Processed<'_>]) -> sqlx::Result<u64> {
-    if rows.is_empty() {
-        return Ok(0);
-    }
-    let done = sqlx::query(
+/// Inserts the idempotency rows (outcome `applied`) and returns, for each of `rows`, whether it
+/// was new; the others are redeliveries another delivery already settled.
+pub async fn record_processed(conn: &mut PgConnection, rows: &[Processed<'_>]) -> sqlx::Result<Vec<bool>> {
+    let inserted: Vec<(String, String)> = sqlx::query_as(
         "INSERT INTO processed_events
              (handler, event_id, handler_version, outcome, attempts, topic, kafka_partition, kafka_offset)
          SELECT h, e, v, 'applied', a, t, p, o
          FROM unnest($1::text[], $2::text[], $3::text[], $4::int[], $5::text[], $6::int[], $7::bigint[])
               AS r(h, e, v, a, t, p, o)
-         ON CONFLICT DO NOTHING",
+         ON CONFLICT DO NOTHING
+         RETURNING handler, event_id",
     )
     .bind(rows.iter().map(|r| r.handler).collect::<Vec<_>>())
     .bind(rows.iter().map(|r| r.event_id).collect::<Vec<_>>())
@@ -101,9 +90,27 @@ async fn processed(conn: &mut PgConnection, rows: &[Processed<'_>]) -> sqlx::Res
     .bind(rows.iter().map(|r| r.position.topic.as_str()).collect::<Vec<_>>())
     .bind(rows.iter().map(|r| r.position.partition).collect::<Vec<_>>())
     .bind(rows.iter().map(|r| r.position.offset).collect::<Vec<_>>())
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut inserted: HashSet<(String, String)> = inserted.into_iter().collect();
+    // `remove`: were one key listed twice, only its first listing is the new row.
+    Ok(rows.iter().map(|r| inserted.remove(&(r.handler.to_string(), r.event_id.to_string()))).collect())
+}
+
+/// Removes the idempotency rows of applications that were refused after all.
+pub async fn forget_processed(conn: &mut PgConnection, rows: &[(&str, &str)]) -> sqlx::Result<()> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(
+        "DELETE FROM processed_events p USING unnest($1::text[], $2::text[]) AS r(h, e)
+         WHERE p.handler = r.h AND p.event_id = r.e",
+    )
+    .bind(rows.iter().map(|r| r.0).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.1).collect::<Vec<_>>())
     .execute(conn)
     .await?;
-    Ok(done.rows_affected())
+    Ok(())
 }
 
 async fn statuses(conn: &mut PgConnection, rows: &[FinalStatus<'_>]) -> sqlx::Result<()> {

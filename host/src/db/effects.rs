@@ -53,18 +53,6 @@ pub async fn already_processed(pool: &PgPool, handler: &str, event_id: &str) -> 
     Ok(row.is_some())
 }
 
-/// Which of `handlers` already settled `event_id` (applied or dead-lettered it): one query for
-/// all of an event's handlers.
-pub async fn settled_by(pool: &PgPool, event_id: &str, handlers: &[&str]) -> sqlx::Result<Vec<String>> {
-    let rows: Vec<(String,)> =
-        sqlx::query_as("SELECT handler FROM processed_events WHERE event_id = $1 AND handler = ANY($2)")
-            .bind(event_id)
-            .bind(handlers)
-            .fetch_all(pool)
-            .await?;
-    Ok(rows.into_iter().map(|(h,)| h).collect())
-}
-
 /// Inserts the idempotency row inside the caller's transaction. `false` means another delivery of
 /// the same event got there first: the caller must roll back and apply nothing.
 pub async fn record_processed(

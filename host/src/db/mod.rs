@@ -9,6 +9,7 @@ pub mod effects;
 pub mod listen;
 pub mod orders;
 pub mod outbox;
+pub mod retention;
 
 use std::time::Duration;
 

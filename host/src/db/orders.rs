@@ -328,6 +328,37 @@ pub async fn get(pool: &PgPool, id: Uuid) -> sqlx::Result<Option<Order>> {
     with_items(&mut conn, row).await
 }
 
+/// What an event's handlers start from: the order (if it exists) and which of `handlers`
+/// already settled `event_id`, read together.
+pub async fn for_event(
+    pool: &PgPool,
+    id: Uuid,
+    event_id: &str,
+    handlers: &[&str],
+) -> sqlx::Result<(Option<Order>, Vec<String>)> {
+    #[derive(sqlx::FromRow)]
+    struct WithSettled {
+        #[sqlx(flatten)]
+        order: OrderRow,
+        settled: Vec<String>,
+    }
+    let mut conn = pool.acquire().await?;
+    let row: Option<WithSettled> = sqlx::query_as(&format!(
+        "SELECT {ORDER_COLUMNS},
+                ARRAY(SELECT handler FROM processed_events WHERE event_id = $2 AND handler = ANY($3)) AS settled
+         FROM orders WHERE id = $1"
+    ))
+    .bind(id)
+    .bind(event_id)
+    .bind(handlers)
+    .fetch_optional(&mut *conn)
+    .await?;
+    // Orders are never deleted, so an event about a missing one was never applied: nothing settled
+    // it except a dead letter, which the dead-letter path recognises itself.
+    let Some(WithSettled { order, settled }) = row else { return Ok((None, Vec::new())) };
+    Ok((with_items(&mut conn, Some(order)).await?, settled))
+}
+
 pub async fn by_tracking_token(pool: &PgPool, token: &str) -> sqlx::Result<Option<Order>> {
     let mut conn = pool.acquire().await?;
     let row = sqlx::query_as(&format!("SELECT {ORDER_COLUMNS} FROM orders WHERE tracking_token = $1"))
@@ -547,24 +578,20 @@ pub struct Locked {
     pub order_number: String,
     pub customer_email: String,
     pub holds_stock: bool,
+    /// The locking transaction's `now()`: the time its changes are stamped with.
+    pub now: DateTime<Utc>,
 }
 
 /// Locks `ids` for the caller's transaction in id order (the order every batch locks in, so two
-/// batches cannot deadlock), and reads the transaction's `now()`, the time every change in it is
-/// stamped with.
-pub async fn lock_for_changes(
-    conn: &mut PgConnection,
-    ids: &[Uuid],
-) -> sqlx::Result<(Vec<Locked>, DateTime<Utc>)> {
-    let locked = sqlx::query_as(
-        "SELECT id, status, order_number, customer_email, holds_stock FROM orders
+/// batches cannot deadlock).
+pub async fn lock_for_changes(conn: &mut PgConnection, ids: &[Uuid]) -> sqlx::Result<Vec<Locked>> {
+    sqlx::query_as(
+        "SELECT id, status, order_number, customer_email, holds_stock, now() AS now FROM orders
          WHERE id = ANY($1) ORDER BY id FOR UPDATE",
     )
     .bind(ids)
     .fetch_all(&mut *conn)
-    .await?;
-    let (now,): (DateTime<Utc>,) = sqlx::query_as("SELECT now()").fetch_one(&mut *conn).await?;
-    Ok((locked, now))
+    .await
 }
 
 /// A status-history row (also the API's history entry).

@@ -19,7 +19,6 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
 use sqlx::{Acquire, PgConnection, PgPool};
 use tokio::sync::{mpsc, oneshot};
 use tracing::Instrument;
@@ -28,7 +27,7 @@ use uuid::Uuid;
 use super::Shared;
 use super::process::{Applying, DbStep, Unapplied, delay_of};
 use crate::config::Topics;
-use crate::db::batch::{self, FinalStatus, HistoryRow, Processed, Writes, Written};
+use crate::db::batch::{self, FinalStatus, HistoryRow, Processed, Writes};
 use crate::db::effects::{self, LogPosition, NewNotification, NewTimer};
 use crate::db::orders::{self, Locked, Order, Settlement, StatusChange, StoreError};
 use crate::db::{self, FailureClass};
@@ -142,6 +141,19 @@ impl Committer {
     }
 }
 
+impl Application {
+    /// Its idempotency row, outcome `applied`.
+    fn processed(&self) -> Processed<'_> {
+        Processed {
+            handler: &self.handler.name,
+            event_id: &self.event_id,
+            handler_version: &self.handler.version,
+            attempts: self.attempt,
+            position: &self.position,
+        }
+    }
+}
+
 /// The pre-batching path: one transaction for one application.
 async fn own_transaction(pool: &PgPool, topics: &Topics, app: Application) -> Committed {
     let result = async {
@@ -231,7 +243,7 @@ impl Group {
         };
         let failure = match grouped(&mut conn, &self.topics, apps).await {
             Ok(outcomes) => return (BatchPath::grouped, outcomes),
-            Err(Fallback::Db((what, e))) => {
+            Err((what, e)) => {
                 let failure = DbFailure::new(what, &e);
                 if failure.class == FailureClass::Unavailable {
                     tracing::warn!(what, error = %failure.error, applications = apps.len(), "batch failed; every application retries");
@@ -239,7 +251,6 @@ impl Group {
                 }
                 failure.error
             }
-            Err(Fallback::Raced) => "another delivery of one of its events committed first".into(),
         };
         tracing::info!(reason = %failure, applications = apps.len(), "batch rolled back; applying one by one");
         match one_by_one(&mut conn, &self.topics, apps).await {
@@ -257,46 +268,44 @@ fn all_failed(failure: DbFailure, apps: &[Application]) -> Vec<Committed> {
     apps.iter().map(|_| Committed::Failed(failure.clone())).collect()
 }
 
-/// Why the grouped path gave up.
-enum Fallback {
-    Db(DbStep),
-    /// An idempotency row already existed: some application is a duplicate after all.
-    Raced,
-}
-
-impl From<DbStep> for Fallback {
-    fn from(step: DbStep) -> Fallback {
-        Fallback::Db(step)
-    }
-}
-
 fn at(what: &'static str) -> impl Fn(sqlx::Error) -> DbStep {
     move |e| (what, e)
 }
 
-/// The whole batch in one transaction: lock the orders it touches, plan, write, commit.
+/// The whole batch in one transaction: lock the orders it touches, record the idempotency rows
+/// (which sorts out redeliveries), plan the new applications, write, commit.
 async fn grouped(
     conn: &mut PgConnection,
     topics: &Topics,
     apps: &[Application],
-) -> Result<Vec<Committed>, Fallback> {
+) -> Result<Vec<Committed>, DbStep> {
     let mut tx = conn.begin().await.map_err(at("starting the batch"))?;
     let ids: Vec<Uuid> = apps.iter().map(|a| a.order.id).collect::<BTreeSet<_>>().into_iter().collect();
-    let (locked, now) =
-        orders::lock_for_changes(&mut tx, &ids).await.map_err(at("locking the batch's orders"))?;
-    let derived: Vec<Derived> = apps.iter().map(Derived::of).collect();
-    let planned = plan(apps, &derived, &locked, now, topics);
-    match batch::write(&mut tx, &planned.writes).await.map_err(at("writing the batch"))? {
-        Written::All => {}
-        Written::Raced => return Err(Fallback::Raced),
-    }
+    let locked = orders::lock_for_changes(&mut tx, &ids).await.map_err(at("locking the batch's orders"))?;
+    let processed: Vec<Processed<'_>> = apps.iter().map(Application::processed).collect();
+    let fresh =
+        batch::record_processed(&mut tx, &processed).await.map_err(at("writing the idempotency records"))?;
+    let new: Vec<&Application> = apps.iter().zip(&fresh).filter(|(_, f)| **f).map(|(a, _)| a).collect();
+    let derived: Vec<Derived> = new.iter().map(|a| Derived::of(a)).collect();
+    let planned = plan(&new, &derived, &locked, topics);
+    let refused: Vec<(&str, &str)> = new
+        .iter()
+        .zip(&planned.refusals)
+        .filter(|(_, r)| r.is_some())
+        .map(|(a, _)| (a.handler.name.as_str(), a.event_id.as_str()))
+        .collect();
+    batch::forget_processed(&mut tx, &refused).await.map_err(at("forgetting refused applications"))?;
+    batch::write(&mut tx, &planned.writes).await.map_err(at("writing the batch"))?;
     tx.commit().await.map_err(at("committing the batch"))?;
-    Ok(planned
-        .refusals
+    let mut refusals = planned.refusals.into_iter();
+    Ok(fresh
         .into_iter()
-        .map(|r| match r {
-            None => Committed::Applied,
-            Some(reason) => Committed::Refused(reason),
+        .map(|fresh| match fresh {
+            false => Committed::Duplicate,
+            true => match refusals.next().flatten() {
+                None => Committed::Applied,
+                Some(reason) => Committed::Refused(reason),
+            },
         })
         .collect())
 }
@@ -368,10 +377,9 @@ struct Moving<'a> {
 /// another: each application's status changes go through the state machine from the status the
 /// earlier ones left, and an application with a refused change is left out whole.
 fn plan<'a>(
-    apps: &'a [Application],
+    apps: &[&'a Application],
     derived: &'a [Derived],
     locked: &'a [Locked],
-    now: DateTime<Utc>,
     topics: &Topics,
 ) -> Plan<'a> {
     let mut orders: HashMap<Uuid, Moving<'a>> = locked
@@ -385,7 +393,7 @@ fn plan<'a>(
         let order = orders.get_mut(&app.order.id);
         let refusal = match transitions(app, order.as_deref()) {
             Ok(changes) => {
-                add(&mut writes, app, d, order, &changes, now, topics);
+                add(&mut writes, app, d, order, &changes, topics);
                 None
             }
             Err(reasons) => {
@@ -434,18 +442,10 @@ fn add<'a>(
     d: &'a Derived,
     mut order: Option<&mut Moving<'a>>,
     changes: &[(Status, Status)],
-    now: DateTime<Utc>,
     topics: &Topics,
 ) {
     let h = &*app.handler;
     let (topic, cause) = (app.position.topic.as_str(), d.cause.as_str());
-    writes.processed.push(Processed {
-        handler: &h.name,
-        event_id: &app.event_id,
-        handler_version: &h.version,
-        attempts: app.attempt,
-        position: &app.position,
-    });
     let _in_span = app.span.enter();
     let mut changes = changes.iter();
     for action in &app.actions {
@@ -488,7 +488,7 @@ fn add<'a>(
                         from,
                         to,
                     };
-                    writes.outbox.push(change.record(topics, now, cause));
+                    writes.outbox.push(change.record(topics, locked.now, cause));
                     moving.status = to;
                     moving.changed_by = Some(topic);
                 }

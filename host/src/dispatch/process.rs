@@ -149,12 +149,8 @@ async fn read_snapshot(
     handlers: &[Arc<LoadedHandler>],
 ) -> sqlx::Result<Snapshot> {
     let names: Vec<&str> = handlers.iter().map(|h| h.name.as_str()).collect();
-    let settled = effects::settled_by(&shared.pool, &ev.event_id, &names).await?;
-    let order = match settled.len() < names.len() {
-        true => orders::get(&shared.pool, ev.order_id).await?.map(Arc::new),
-        false => None,
-    };
-    Ok(Snapshot { order, settled })
+    let (order, settled) = orders::for_event(&shared.pool, ev.order_id, &ev.event_id, &names).await?;
+    Ok(Snapshot { order: order.map(Arc::new), settled })
 }
 
 enum Routed {

@@ -1138,3 +1138,101 @@ async fn a_failing_application_in_a_grouped_batch_fails_alone() {
 async fn a_failing_application_fails_alone_with_one_transaction_per_application() {
     one_failing_application_fails_alone("1").await;
 }
+
+/// Retention prunes only what can no longer matter: published outbox rows and idempotency rows
+/// past their windows go; recent ones, unpublished outbox rows and the idempotency row of an open
+/// dead letter (its redrive needs it) stay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_prunes_old_bookkeeping_and_keeps_what_a_redelivery_or_redrive_needs() {
+    let dir = handlers_dir(&[("handlers", "order-processor", SHIPPED), ("handlers", "notifier", SHIPPED)]);
+    let extra = [("DEMO_MODE", "true"), ("RETENTION_INTERVAL_SECS", "1")];
+    let t = TestHost::start_with(Some(dir.path()), 3, &extra).await;
+    let mut ids = Vec::new();
+    for i in 0..2 {
+        let (_, o) = t.post("/api/orders", &order_body(&format!("retention{i}@x.io"), &[("1", 1)])).await;
+        ids.push(o["id"].as_str().unwrap().to_string());
+    }
+    for id in &ids {
+        eventually("the order to ship", Duration::from_secs(30), || async {
+            (status_of(&t, id).await == "shipped").then_some(())
+        })
+        .await;
+    }
+    eventually("every event settled and published", Duration::from_secs(30), || async {
+        let settled = t.count("processed_events").await == 16;
+        let published = t.count("outbox WHERE published_at IS NULL").await == 0;
+        (settled && published).then_some(())
+    })
+    .await;
+    let pool = t.pool();
+    // The first order's bookkeeping is aged past both default windows (8 days, 1 day); one of its
+    // idempotency rows stands for an open dead letter. An unpublished row is aged as well.
+    let aged = sqlx::query(&format!(
+        "UPDATE processed_events SET processed_at = now() - interval '9 days'
+         WHERE event_id IN (SELECT event_id FROM notifications WHERE order_id = '{}')",
+        ids[0]
+    ))
+    .execute(pool)
+    .await
+    .unwrap()
+    .rows_affected();
+    assert_eq!(aged, 8, "four events × two handlers");
+    let (kept_event,): (String,) = sqlx::query_as(&format!(
+        "SELECT event_id FROM notifications WHERE order_id = '{}' ORDER BY id LIMIT 1",
+        ids[0]
+    ))
+    .fetch_one(pool)
+    .await
+    .unwrap();
+    sqlx::query(
+        "UPDATE processed_events SET outcome = 'dead-lettered' WHERE handler = 'notifier' AND event_id = $1",
+    )
+    .bind(&kept_event)
+    .execute(pool)
+    .await
+    .unwrap();
+    sqlx::query(
+        "INSERT INTO dead_letters (handler, handler_version, event_id, class, reason, attempts, topic,
+             kafka_partition, kafka_offset, header_names, header_values)
+         VALUES ('notifier', 'v', $1, 'trap', 'test', 1, 'order.created', 0, 0, '{}', '{}')",
+    )
+    .bind(&kept_event)
+    .execute(pool)
+    .await
+    .unwrap();
+    let published = t.count("outbox").await;
+    sqlx::query("UPDATE outbox SET published_at = now() - interval '2 days' WHERE id IN (SELECT id FROM outbox ORDER BY id LIMIT 3)")
+        .execute(pool)
+        .await
+        .unwrap();
+    sqlx::query(
+        "INSERT INTO outbox (topic, key, payload, created_at, next_attempt_at)
+         VALUES ('order.status-updated', 'k', 'v', now() - interval '30 days', now() + interval '1 day')",
+    )
+    .execute(pool)
+    .await
+    .unwrap();
+
+    eventually("a retention pass to delete the aged rows", Duration::from_secs(20), || async {
+        (t.count("processed_events").await == 9 && t.count("outbox").await == published - 2).then_some(())
+    })
+    .await;
+    assert_eq!(
+        t.count(&format!("processed_events WHERE event_id = '{kept_event}' AND handler = 'notifier'")).await,
+        1,
+        "the open dead letter's idempotency row was kept"
+    );
+    assert_eq!(t.count("outbox WHERE published_at IS NULL").await, 1, "the unpublished row was kept");
+    let text = t.get_text("/metrics").await;
+    assert_eq!(
+        metric(&text, "order_host_retention_deleted_rows_total{table=\"processed_events\"}"),
+        Some(7.0),
+        "{text}"
+    );
+    assert_eq!(
+        metric(&text, "order_host_retention_deleted_rows_total{table=\"outbox\"}"),
+        Some(3.0),
+        "{text}"
+    );
+    t.host.shutdown().await.unwrap();
+}

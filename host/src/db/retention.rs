@@ -1,0 +1,65 @@
+//! Pruning of the pipeline's bookkeeping rows, in small batches so no pass holds locks or
+//! bloats the WAL for long. See `config::RetentionConfig` for what is kept and why.
+
+use std::time::Duration;
+
+use sqlx::PgPool;
+
+/// Rows deleted per statement.
+const CHUNK: i64 = 5_000;
+
+/// Deletes published outbox rows published more than `older_than` ago; returns how many.
+pub async fn prune_outbox(pool: &PgPool, older_than: Duration) -> sqlx::Result<u64> {
+    // Oldest ids first: published rows are the low ids, so the primary key finds them at once.
+    chunked(
+        pool,
+        "DELETE FROM outbox WHERE id IN (
+             SELECT id FROM outbox
+             WHERE published_at IS NOT NULL AND published_at < now() - make_interval(secs => $1)
+             ORDER BY id LIMIT $2)",
+        older_than,
+    )
+    .await
+}
+
+/// Deletes idempotency rows older than `older_than`, except those of open dead letters (a
+/// redrive turns that row to `applied`); returns how many.
+pub async fn prune_idempotency(pool: &PgPool, older_than: Duration) -> sqlx::Result<u64> {
+    chunked(
+        pool,
+        "DELETE FROM processed_events WHERE ctid IN (
+             SELECT p.ctid FROM processed_events p
+             WHERE p.processed_at < now() - make_interval(secs => $1)
+               AND NOT EXISTS (SELECT 1 FROM dead_letters d
+                               WHERE d.handler = p.handler AND d.event_id = p.event_id AND d.state = 'open')
+             LIMIT $2)",
+        older_than,
+    )
+    .await
+}
+
+async fn chunked(pool: &PgPool, sql: &str, older_than: Duration) -> sqlx::Result<u64> {
+    let mut total = 0;
+    loop {
+        let done = sqlx::query(sql).bind(older_than.as_secs_f64()).bind(CHUNK).execute(pool).await?;
+        total += done.rows_affected();
+        if done.rows_affected() < CHUNK as u64 {
+            return Ok(total);
+        }
+    }
+}
+
+/// Row counts and total sizes (with indexes and TOAST) of the tables retention bounds, plus
+/// timers, for benchmarks and operators: `(table, rows, bytes)`.
+pub async fn table_sizes(pool: &PgPool) -> sqlx::Result<Vec<(String, i64, i64)>> {
+    let mut sizes = Vec::new();
+    for table in ["outbox", "processed_events", "timers"] {
+        let (rows, bytes): (i64, i64) = sqlx::query_as(&format!(
+            "SELECT (SELECT count(*) FROM {table}), pg_total_relation_size('{table}')"
+        ))
+        .fetch_one(pool)
+        .await?;
+        sizes.push((table.to_string(), rows, bytes));
+    }
+    Ok(sizes)
+}
