@@ -167,13 +167,16 @@ struct Mode {
     name: &'static str,
     /// `DISPATCH_BATCH_MAX`: `1` is one transaction per handler application (before group commit).
     batch_max: &'static str,
+    /// `DISPATCH_MAX_IN_FLIGHT`.
+    in_flight: &'static str,
     native: bool,
 }
 
-const MODES: [Mode; 3] = [
-    Mode { name: "per-application wasm", batch_max: "1", native: false },
-    Mode { name: "batched wasm", batch_max: "128", native: false },
-    Mode { name: "batched native", batch_max: "128", native: true },
+const MODES: [Mode; 4] = [
+    Mode { name: "per-application wasm", batch_max: "1", in_flight: "256", native: false },
+    Mode { name: "batched wasm", batch_max: "128", in_flight: "256", native: false },
+    Mode { name: "batched native", batch_max: "128", in_flight: "256", native: true },
+    Mode { name: "batched wasm, 1024 in flight", batch_max: "128", in_flight: "1024", native: false },
 ];
 
 async fn run_throughput(pg: &LocalPostgres, root: &std::path::Path, label: &str) -> anyhow::Result<()> {
@@ -220,6 +223,7 @@ async fn run_throughput(pg: &LocalPostgres, root: &std::path::Path, label: &str)
             ("HANDLERS_DIR", dir.as_str()),
             ("KAFKA_GROUP_ID", group.as_str()),
             ("DISPATCH_BATCH_MAX", mode.batch_max),
+            ("DISPATCH_MAX_IN_FLIGHT", mode.in_flight),
         ]);
         let invoker = mode.native.then(|| Arc::new(native::NativeHandlers) as Arc<dyn Invoke>);
         let cpu_before = Cpu::now();
@@ -227,6 +231,12 @@ async fn run_throughput(pg: &LocalPostgres, root: &std::path::Path, label: &str)
         // order-processor and notifier each handle order-created and three status updates.
         wait_for(&host.pool, "SELECT count(*) FROM processed_events", 8 * BACKLOG as i64).await?;
         let cpu = Cpu::now().since(&cpu_before);
+        let metrics = reqwest::get(format!("http://{}/metrics", host.addr)).await?.text().await?;
+        let series = |name: &str| {
+            metrics.lines().find_map(|l| l.strip_prefix(name)?.trim().parse::<f64>().ok()).unwrap_or(0.0)
+        };
+        let batches = series("order_host_dispatch_batch_applications_count{path=\"grouped\"}");
+        let batched = series("order_host_dispatch_batch_applications_sum{path=\"grouped\"}");
         let (applications, events, secs): (i64, i64, f64) = sqlx::query_as(
             "SELECT count(*), count(DISTINCT event_id),
                     EXTRACT(EPOCH FROM max(processed_at) - min(processed_at))::float8
@@ -241,12 +251,13 @@ async fn run_throughput(pg: &LocalPostgres, root: &std::path::Path, label: &str)
         host.shutdown().await?;
         bar.suspend(|| {
             println!(
-                "  round {} {:<22} {:>7.0} events/s  CPU per event: host {:>4.0} µs, Postgres {:>4.0} µs",
+                "  round {} {:<28} {:>7.0} events/s  CPU per event: host {:>4.0} µs, Postgres {:>4.0} µs  {batches:.0} batches of {:.1} on average",
                 i / MODES.len() + 1,
                 mode.name,
                 events as f64 / secs,
                 cpu.host.as_secs_f64() * 1e6 / events as f64,
                 cpu.postgres.as_secs_f64() * 1e6 / events as f64,
+                if batches > 0.0 { batched / batches } else { 1.0 },
             )
         });
         bar.inc(1);
@@ -266,7 +277,7 @@ async fn run_throughput(pg: &LocalPostgres, root: &std::path::Path, label: &str)
         let r = median(mode.name);
         let secs = r.window.as_secs_f64();
         println!(
-            "  {:<22}  {:>7.0} events/s  {:>7.0} handler applications/s  {:>6.0} orders/s  ({:.2} s)",
+            "  {:<28}  {:>7.0} events/s  {:>7.0} handler applications/s  {:>6.0} orders/s  ({:.2} s)",
             mode.name,
             r.events as f64 / secs,
             r.applications as f64 / secs,

@@ -139,6 +139,11 @@ pub async fn claim_due(conn: &mut PgConnection, limit: i64) -> sqlx::Result<Vec<
     .await
 }
 
+pub async fn delete_timers(conn: &mut PgConnection, ids: &[i64]) -> sqlx::Result<()> {
+    sqlx::query("DELETE FROM timers WHERE id = ANY($1)").bind(ids).execute(conn).await?;
+    Ok(())
+}
+
 pub async fn delete_timer(conn: &mut PgConnection, id: i64) -> sqlx::Result<()> {
     sqlx::query("DELETE FROM timers WHERE id = $1").bind(id).execute(conn).await?;
     Ok(())

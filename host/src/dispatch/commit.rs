@@ -20,7 +20,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::{Acquire, PgConnection, PgPool};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::task::JoinSet;
 use tracing::Instrument;
 use uuid::Uuid;
 
@@ -200,6 +201,21 @@ async fn apply_one(conn: &mut PgConnection, topics: &Topics, app: &Application) 
     Ok(true)
 }
 
+/// Batches committing at once. Two keep Postgres busy while the next batch's lanes are still
+/// waiting for answers (one batch's statements are round trips in a row); more only contend for
+/// the same two cores. Batches cannot deadlock each other: each locks every order it touches
+/// first, in id order.
+const COMMITTERS: usize = 2;
+
+/// A panicked commit task takes the group-commit task down with it, so the supervisor sees it.
+fn rethrow(done: Result<(), tokio::task::JoinError>) {
+    if let Err(e) = done
+        && e.is_panic()
+    {
+        std::panic::resume_unwind(e.into_panic());
+    }
+}
+
 /// The group-commit task.
 struct Group {
     pool: PgPool,
@@ -211,25 +227,44 @@ struct Group {
 
 impl Group {
     async fn run(self, mut queue: mpsc::Receiver<Submission>) {
-        while let Some(first) = queue.recv().await {
+        let group = Arc::new(self);
+        let slots = Arc::new(Semaphore::new(COMMITTERS));
+        let mut commits = JoinSet::new();
+        loop {
+            // A batch forms while it waits for a free committer, so under load it fills up.
+            let slot = slots.clone().acquire_owned().await.expect("the semaphore is never closed");
+            while let Some(done) = commits.try_join_next() {
+                rethrow(done);
+            }
+            let Some(first) = queue.recv().await else { break };
             let mut batch = vec![first];
-            let deadline = tokio::time::Instant::now() + self.window;
+            let deadline = tokio::time::Instant::now() + group.window;
             // `timeout_at` polls the queue before looking at the clock, so whatever is already
             // queued joins even when the window has passed.
-            while batch.len() < self.max {
+            while batch.len() < group.max {
                 match tokio::time::timeout_at(deadline, queue.recv()).await {
                     Ok(Some(s)) => batch.push(s),
                     Ok(None) | Err(_) => break,
                 }
             }
-            let (apps, replies): (Vec<Application>, Vec<_>) =
-                batch.into_iter().map(|s| (s.app, s.reply)).unzip();
-            let (path, outcomes) = self.commit(&apps).await;
-            self.metrics.dispatch_batch(path, apps.len());
-            for (reply, outcome) in replies.into_iter().zip(outcomes) {
-                // A lane that is gone (aborted at shutdown) leaves its event uncommitted.
-                let _ = reply.send(outcome);
-            }
+            let group = group.clone();
+            commits.spawn(async move {
+                let _slot = slot;
+                group.commit_and_reply(batch).await;
+            });
+        }
+        while let Some(done) = commits.join_next().await {
+            rethrow(done);
+        }
+    }
+
+    async fn commit_and_reply(&self, batch: Vec<Submission>) {
+        let (apps, replies): (Vec<Application>, Vec<_>) = batch.into_iter().map(|s| (s.app, s.reply)).unzip();
+        let (path, outcomes) = self.commit(&apps).await;
+        self.metrics.dispatch_batch(path, apps.len());
+        for (reply, outcome) in replies.into_iter().zip(outcomes) {
+            // A lane that is gone (aborted at shutdown) leaves its event uncommitted.
+            let _ = reply.send(outcome);
         }
     }
 
@@ -365,12 +400,89 @@ struct Plan<'a> {
     refusals: Vec<Option<String>>,
 }
 
-/// An order as the plan moves it along.
-struct Moving<'a> {
+/// An order as a plan moves it along.
+pub(super) struct Moving<'a> {
     locked: &'a Locked,
-    status: Status,
+    pub(super) status: Status,
     /// The topic of the last event that changed it, once one did.
     changed_by: Option<&'a str>,
+}
+
+/// Who asked for a change, as its history row and published record name it.
+pub(super) struct Who<'a> {
+    /// `handler:<name>@<version>`.
+    pub cause: &'a str,
+    pub event_id: &'a str,
+    pub handler_version: &'a str,
+    pub consumed_topic: &'a str,
+}
+
+/// The orders a batch locked, as its plan moves them along.
+pub(super) struct Moves<'a>(HashMap<Uuid, Moving<'a>>);
+
+impl<'a> Moves<'a> {
+    pub(super) fn of(locked: &'a [Locked]) -> Moves<'a> {
+        Moves(
+            locked
+                .iter()
+                .filter_map(|l| {
+                    Some((l.id, Moving { locked: l, status: l.status.parse().ok()?, changed_by: None }))
+                })
+                .collect(),
+        )
+    }
+
+    pub(super) fn get_mut(&mut self, id: &Uuid) -> Option<&mut Moving<'a>> {
+        self.0.get_mut(id)
+    }
+
+    /// Each changed order's final status.
+    pub(super) fn finish(self, writes: &mut Writes<'a>) {
+        for (id, moving) in self.0 {
+            if let Some(topic) = moving.changed_by {
+                writes.statuses.push(FinalStatus {
+                    order_id: id,
+                    status: moving.status,
+                    consumed_topic: topic,
+                });
+            }
+        }
+    }
+}
+
+impl<'a> Moving<'a> {
+    /// Adds the writes of an accepted transition from the current status to `to`: stock
+    /// settlement, the history row and the `order.status-updated` record (whose trace parent is
+    /// the current span).
+    pub(super) fn change(&mut self, writes: &mut Writes<'a>, to: Status, who: &Who<'a>, topics: &Topics) {
+        let (locked, from) = (self.locked, self.status);
+        if locked.holds_stock {
+            match Settlement::of(from, to) {
+                Some(Settlement::Sale) => writes.sold.push(locked.id),
+                Some(Settlement::Release) => writes.released.push(locked.id),
+                None => {}
+            }
+        }
+        writes.history.push(HistoryRow {
+            order_id: locked.id,
+            from,
+            to,
+            cause: who.cause,
+            event_id: who.event_id,
+            handler_version: who.handler_version,
+            consumed_topic: who.consumed_topic,
+        });
+        let change = StatusChange {
+            order_id: locked.id,
+            order_number: &locked.order_number,
+            customer_email: &locked.customer_email,
+            from,
+            to,
+        };
+        writes.outbox.push(change.record(topics, locked.now, who.cause));
+        self.status = to;
+        self.changed_by = Some(who.consumed_topic);
+    }
 }
 
 /// Plans `apps` in order against the locked orders, as `Applying::all` would apply them one after
@@ -382,10 +494,7 @@ fn plan<'a>(
     locked: &'a [Locked],
     topics: &Topics,
 ) -> Plan<'a> {
-    let mut orders: HashMap<Uuid, Moving<'a>> = locked
-        .iter()
-        .filter_map(|l| Some((l.id, Moving { locked: l, status: l.status.parse().ok()?, changed_by: None })))
-        .collect();
+    let mut orders = Moves::of(locked);
     let mut writes = Writes::default();
     let mut refusals = Vec::with_capacity(apps.len());
     for (app, d) in apps.iter().zip(derived) {
@@ -405,11 +514,7 @@ fn plan<'a>(
         };
         refusals.push(refusal);
     }
-    for (id, moving) in orders {
-        if let Some(topic) = moving.changed_by {
-            writes.statuses.push(FinalStatus { order_id: id, status: moving.status, consumed_topic: topic });
-        }
-    }
+    orders.finish(&mut writes);
     Plan { writes, refusals }
 }
 
@@ -446,6 +551,7 @@ fn add<'a>(
 ) {
     let h = &*app.handler;
     let (topic, cause) = (app.position.topic.as_str(), d.cause.as_str());
+    let who = Who { cause, event_id: &app.event_id, handler_version: &h.version, consumed_topic: topic };
     let _in_span = app.span.enter();
     let mut changes = changes.iter();
     for action in &app.actions {
@@ -462,35 +568,10 @@ fn add<'a>(
                     traceparent: d.traceparent.as_deref(),
                 }),
                 None => {
-                    let (from, to) = *changes.next().expect("one planned change per immediate set-status");
-                    let Some(moving) = order.as_deref_mut() else { continue };
-                    let locked = moving.locked;
-                    if moving.locked.holds_stock {
-                        match Settlement::of(from, to) {
-                            Some(Settlement::Sale) => writes.sold.push(locked.id),
-                            Some(Settlement::Release) => writes.released.push(locked.id),
-                            None => {}
-                        }
+                    let (_, to) = *changes.next().expect("one planned change per immediate set-status");
+                    if let Some(moving) = order.as_deref_mut() {
+                        moving.change(writes, to, &who, topics);
                     }
-                    writes.history.push(HistoryRow {
-                        order_id: locked.id,
-                        from,
-                        to,
-                        cause,
-                        event_id: &app.event_id,
-                        handler_version: &h.version,
-                        consumed_topic: topic,
-                    });
-                    let change = StatusChange {
-                        order_id: locked.id,
-                        order_number: &locked.order_number,
-                        customer_email: &locked.customer_email,
-                        from,
-                        to,
-                    };
-                    writes.outbox.push(change.record(topics, locked.now, cause));
-                    moving.status = to;
-                    moving.changed_by = Some(topic);
                 }
             },
             Action::NotifyCustomer(n) => writes.notifications.push(NewNotification {
