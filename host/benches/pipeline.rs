@@ -4,8 +4,11 @@
 //! - `pipeline-demo`: 1,000 DEMO_MODE orders created as fast as the API takes them; orders/s
 //!   accepted and shipped, and created→shipped latency.
 //! - `pipeline-throughput`: a backlog of orders with no stage delays, consumed by a fresh host;
-//!   events/s through consume → handler → Postgres → produce, with the handlers run as WASM
-//!   components and, in the same run, natively (rounds interleaved against drift).
+//!   events/s through consume → handler → Postgres → produce: one transaction per application
+//!   against group commit, WASM components against the same logic compiled natively (rounds
+//!   interleaved against drift), on a throwaway and on a durable Postgres.
+//! - `pipeline-soak` (only when named, e.g. `cargo xtask bench soak`): 200,000 orders with
+//!   retention on; events/s, RSS and table sizes per tenth.
 //!
 //! Not criterion benchmarks: one run is seconds to minutes of wall-clock behaviour.
 
