@@ -247,6 +247,20 @@ async fn run_throughput(pg: &LocalPostgres, root: &std::path::Path, label: &str)
         )
         .fetch_one(&host.pool)
         .await?;
+        // Where an event's time goes, by Postgres's clock: from the transaction that wrote its
+        // outbox row to the relay marking it published, and from there to the transaction that
+        // applied it (consumer fetch, snapshot, invocation, waiting for a batch).
+        let (relay_hop, consume_hop): (f64, f64) = sqlx::query_as(
+            "WITH o AS (SELECT convert_from(header_values[array_position(header_names, 'ce_id')], 'UTF8') AS ce_id,
+                               created_at, published_at FROM outbox WHERE topic = $1),
+                  p AS (SELECT event_id, min(processed_at) AS applied FROM processed_events GROUP BY event_id)
+             SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY EXTRACT(EPOCH FROM o.published_at - o.created_at)) * 1000,
+                    percentile_cont(0.5) WITHIN GROUP (ORDER BY EXTRACT(EPOCH FROM p.applied - o.published_at)) * 1000
+             FROM o JOIN p ON p.event_id = o.ce_id",
+        )
+        .bind(&status)
+        .fetch_one(&host.pool)
+        .await?;
         let (shipped,): (i64,) = sqlx::query_as("SELECT count(*) FROM orders WHERE status = 'shipped'")
             .fetch_one(&host.pool)
             .await?;
@@ -254,7 +268,7 @@ async fn run_throughput(pg: &LocalPostgres, root: &std::path::Path, label: &str)
         host.shutdown().await?;
         bar.suspend(|| {
             println!(
-                "  round {} {:<28} {:>7.0} events/s  CPU per event: host {:>4.0} µs, Postgres {:>4.0} µs  {batches:.0} batches of {:.1} on average",
+                "  round {} {:<28} {:>7.0} events/s  CPU per event: host {:>4.0} µs, Postgres {:>4.0} µs  {batches:.0} batches of {:.1}; median hop: relay {relay_hop:.0} ms, consume→apply {consume_hop:.0} ms",
                 i / MODES.len() + 1,
                 mode.name,
                 events as f64 / secs,
