@@ -466,28 +466,30 @@ fn soak_handlers(root: &std::path::Path) -> anyhow::Result<tempfile::TempDir> {
     handlers_with(root, "5,5,5")
 }
 
-/// Polls `sql` (a count) until it returns `want`, for up to ten minutes.
+/// Polls `sql` (a count) every 20 ms until it returns `want`, for up to ten minutes.
 async fn wait_for(pool: &sqlx::PgPool, sql: &str, want: i64) -> anyhow::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(600);
+    poll_count(pool, sql, want, Duration::from_millis(20), Duration::from_secs(600)).await
+}
+
+/// As [`wait_for`], every half second for up to 30 minutes: for counts over large tables.
+async fn wait_for_slowly(pool: &sqlx::PgPool, sql: &str, want: i64) -> anyhow::Result<()> {
+    poll_count(pool, sql, want, Duration::from_millis(500), Duration::from_secs(1800)).await
+}
+
+async fn poll_count(
+    pool: &sqlx::PgPool,
+    sql: &str,
+    want: i64,
+    every: Duration,
+    limit: Duration,
+) -> anyhow::Result<()> {
+    let deadline = Instant::now() + limit;
     loop {
         let (n,): (i64,) = sqlx::query_as(sql).fetch_one(pool).await?;
         if n == want {
             return Ok(());
         }
-        anyhow::ensure!(Instant::now() < deadline, "{sql}: {n}, not {want}, after 10 minutes");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-/// As [`wait_for`], polling every half second: for counts over large tables.
-async fn wait_for_slowly(pool: &sqlx::PgPool, sql: &str, want: i64) -> anyhow::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(1800);
-    loop {
-        let (n,): (i64,) = sqlx::query_as(sql).fetch_one(pool).await?;
-        if n >= want {
-            return Ok(());
-        }
-        anyhow::ensure!(Instant::now() < deadline, "{sql}: {n}, not {want}, after 30 minutes");
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        anyhow::ensure!(Instant::now() < deadline, "{sql}: {n}, not {want}, after {limit:?}");
+        tokio::time::sleep(every).await;
     }
 }

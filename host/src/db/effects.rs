@@ -41,18 +41,6 @@ pub async fn mark_applied(
     Ok(done.rows_affected() == 1)
 }
 
-/// Whether `handler` already committed the effects of `event_id` (a cheap check before invoking;
-/// `record_processed` is the authority).
-pub async fn already_processed(pool: &PgPool, handler: &str, event_id: &str) -> sqlx::Result<bool> {
-    let row: Option<(i32,)> =
-        sqlx::query_as("SELECT 1 FROM processed_events WHERE handler = $1 AND event_id = $2")
-            .bind(handler)
-            .bind(event_id)
-            .fetch_optional(pool)
-            .await?;
-    Ok(row.is_some())
-}
-
 /// Inserts the idempotency row inside the caller's transaction. `false` means another delivery of
 /// the same event got there first: the caller must roll back and apply nothing.
 pub async fn record_processed(
@@ -141,11 +129,6 @@ pub async fn claim_due(conn: &mut PgConnection, limit: i64) -> sqlx::Result<Vec<
 
 pub async fn delete_timers(conn: &mut PgConnection, ids: &[i64]) -> sqlx::Result<()> {
     sqlx::query("DELETE FROM timers WHERE id = ANY($1)").bind(ids).execute(conn).await?;
-    Ok(())
-}
-
-pub async fn delete_timer(conn: &mut PgConnection, id: i64) -> sqlx::Result<()> {
-    sqlx::query("DELETE FROM timers WHERE id = $1").bind(id).execute(conn).await?;
     Ok(())
 }
 

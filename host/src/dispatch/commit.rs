@@ -26,7 +26,7 @@ use tracing::Instrument;
 use uuid::Uuid;
 
 use super::Shared;
-use super::process::{Applying, DbStep, Unapplied, delay_of};
+use super::process::{Applying, DbStep, Unapplied, at, delay_of};
 use crate::config::Topics;
 use crate::db::batch::{self, FinalStatus, HistoryRow, Processed, Writes};
 use crate::db::effects::{self, LogPosition, NewNotification, NewTimer};
@@ -167,10 +167,10 @@ async fn own_transaction(pool: &PgPool, topics: &Topics, app: Application) -> Co
     }
     .instrument(app.span.clone())
     .await;
-    settled(result)
+    outcome_of(result)
 }
 
-fn settled(result: Result<bool, Unapplied>) -> Committed {
+fn outcome_of(result: Result<bool, Unapplied>) -> Committed {
     match result {
         Ok(true) => Committed::Applied,
         Ok(false) => Committed::Duplicate,
@@ -303,10 +303,6 @@ fn all_failed(failure: DbFailure, apps: &[Application]) -> Vec<Committed> {
     apps.iter().map(|_| Committed::Failed(failure.clone())).collect()
 }
 
-fn at(what: &'static str) -> impl Fn(sqlx::Error) -> DbStep {
-    move |e| (what, e)
-}
-
 /// The whole batch in one transaction: lock the orders it touches, record the idempotency rows
 /// (which sorts out redeliveries), plan the new applications, write, commit.
 async fn grouped(
@@ -367,11 +363,11 @@ async fn one_by_one(
             }
             Ok(fresh) => {
                 savepoint.commit().await.map_err(at("releasing a savepoint"))?;
-                settled(Ok(fresh))
+                outcome_of(Ok(fresh))
             }
             Err(unapplied) => {
                 savepoint.rollback().await.map_err(at("rolling back a savepoint"))?;
-                settled(Err(unapplied))
+                outcome_of(Err(unapplied))
             }
         };
         outcomes[i] = Some(outcome);
@@ -390,7 +386,10 @@ struct Derived {
 
 impl Derived {
     fn of(app: &Application) -> Derived {
-        Derived { cause: app.handler.cause(), traceparent: app.span.in_scope(telemetry::current_traceparent) }
+        // Only a timer stores it: no span lookup for the common answer without one.
+        let delays = app.actions.iter().any(|a| matches!(a, Action::SetStatus(s) if delay_of(s).is_some()));
+        let traceparent = if delays { app.span.in_scope(telemetry::current_traceparent) } else { None };
+        Derived { cause: app.handler.cause(), traceparent }
     }
 }
 

@@ -302,13 +302,9 @@ async fn order_for(
             false => Ok(s.order.clone()),
         };
     }
-    match effects::already_processed(&shared.pool, &h.name, &decoded.event_id).await {
-        Ok(true) => return Err(Attempt::Duplicate),
-        Ok(false) => {}
-        Err(e) => return Err(db_failure(DbFailure::new("checking the idempotency record", &e))),
-    }
-    match orders::get(&shared.pool, decoded.order_id).await {
-        Ok(o) => Ok(o.map(Arc::new)),
+    match orders::for_event(&shared.pool, decoded.order_id, &decoded.event_id, &[h.name.as_str()]).await {
+        Ok((_, settled)) if !settled.is_empty() => Err(Attempt::Duplicate),
+        Ok((order, _)) => Ok(order.map(Arc::new)),
         Err(e) => Err(db_failure(DbFailure::new("reading the order", &e))),
     }
 }
@@ -431,7 +427,7 @@ impl From<DbStep> for Unapplied {
 /// A failed database step while applying: what was being done, and the error.
 pub(super) type DbStep = (&'static str, sqlx::Error);
 
-fn at(what: &'static str) -> impl Fn(sqlx::Error) -> DbStep {
+pub(super) fn at(what: &'static str) -> impl Fn(sqlx::Error) -> DbStep {
     move |e| (what, e)
 }
 

@@ -166,7 +166,7 @@ async fn fire_one_by_one(tx: &mut PgConnection, due: &[Timer], topics: &Topics) 
         match fire_one(&mut savepoint, t, topics).instrument(fire_span(t)).await {
             Ok(()) => {
                 savepoint.commit().await?;
-                effects::delete_timer(&mut *tx, t.id).await?;
+                effects::delete_timers(&mut *tx, &[t.id]).await?;
             }
             Err(e) if db::classify(&e) != FailureClass::BadValues => {
                 return Err(anyhow::Error::from(e).context(format!("firing timer {}", t.id)));
