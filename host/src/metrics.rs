@@ -89,6 +89,8 @@ pub struct Metrics {
     redrives: Family<RedriveLabels, Counter>,
     batches: HistogramFamily<BatchLabels>,
     retention_deleted: Family<TableLabels, Counter>,
+    relay_slots_owned: Gauge,
+    relay_published: Counter,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -202,6 +204,8 @@ impl Metrics {
             redrives: Family::default(),
             batches: Family::new_with_constructor(batch_buckets),
             retention_deleted: Family::default(),
+            relay_slots_owned: Gauge::default(),
+            relay_published: Counter::default(),
         };
         m.register()
     }
@@ -297,6 +301,12 @@ impl Metrics {
             self.batches.clone(),
         );
         r.register(
+            "relay_slots_owned",
+            "Outbox slots (of 16, by key hash) this replica's relay publishes; the live relays share them evenly",
+            self.relay_slots_owned.clone(),
+        );
+        r.register("relay_published", "Outbox records this replica published", self.relay_published.clone());
+        r.register(
             "retention_deleted_rows",
             "Rows deleted by the retention pass, by table (outbox: published records; processed_events: idempotency rows)",
             self.retention_deleted.clone(),
@@ -331,6 +341,14 @@ impl Metrics {
 
     pub fn task_died(&self, task: &'static str) {
         self.task_deaths.get_or_create(&TaskLabels { task }).inc();
+    }
+
+    pub fn relay_slots_owned(&self, slots: usize) {
+        self.relay_slots_owned.set(slots as i64);
+    }
+
+    pub fn relay_published(&self, records: usize) {
+        self.relay_published.inc_by(records as u64);
     }
 
     pub fn producer_replaced(&self) {

@@ -166,16 +166,30 @@ pub async fn timer_counts(pool: &PgPool) -> sqlx::Result<(i64, i64, i64)> {
     .await
 }
 
-/// Milliseconds until the earliest timer is due by the database's clock (the one `claim_due`
-/// compares with), if there is one; negative when overdue.
-pub async fn millis_until_next_due(pool: &PgPool) -> sqlx::Result<Option<i64>> {
-    let (ms,): (Option<f64>,) =
-        sqlx::query_as(
-            "SELECT (EXTRACT(EPOCH FROM (min(due_at) - now())) * 1000)::float8 FROM timers WHERE parked_at IS NULL",
-        )
-            .fetch_one(pool)
-            .await?;
-    Ok(ms.map(|m| m.ceil() as i64))
+/// When the next timers are due, in milliseconds from now by the database's clock (the one
+/// `claim_due` compares with); negative when overdue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NextDue {
+    /// The earliest unparked timer, whoever holds it.
+    pub any: Option<i64>,
+    /// The earliest one no other replica holds (is firing) right now.
+    pub free: Option<i64>,
+}
+
+/// Reads [`NextDue`]. The free one is found with `SKIP LOCKED`, so a scheduler whose due timers
+/// are all being fired by another replica sleeps until the next timer it could fire, instead of
+/// polling the held ones.
+pub async fn next_due(pool: &PgPool) -> sqlx::Result<NextDue> {
+    let (any, free): (Option<f64>, Option<f64>) = sqlx::query_as(
+        "WITH free AS (
+             SELECT due_at FROM timers WHERE parked_at IS NULL ORDER BY due_at, id LIMIT 1 FOR UPDATE SKIP LOCKED)
+         SELECT (EXTRACT(EPOCH FROM ((SELECT min(due_at) FROM timers WHERE parked_at IS NULL) - now())) * 1000)::float8,
+                (EXTRACT(EPOCH FROM ((SELECT due_at FROM free) - now())) * 1000)::float8",
+    )
+    .fetch_one(pool)
+    .await?;
+    let ms = |m: Option<f64>| m.map(|m| m.ceil() as i64);
+    Ok(NextDue { any: ms(any), free: ms(free) })
 }
 
 /// A message for the customer, as a handler asked for it.

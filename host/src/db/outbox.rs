@@ -1,7 +1,7 @@
 //! The transactional outbox: rows written with the change they announce, claimed and marked by
 //! the relay. Keys, header values and values are stored as bytes, exactly as they will be sent.
 
-use sqlx::{PgConnection, PgPool, Postgres, Transaction};
+use sqlx::{PgConnection, PgPool};
 
 use crate::events::Record;
 
@@ -42,25 +42,74 @@ struct Row {
     payload: Option<Vec<u8>>,
 }
 
-/// Claims up to `limit` unpublished rows in id order, or none if another relay holds the claim.
-/// A row waiting out its own retry delay, or parked, holds back every later row of its key and
-/// nothing else.
+/// How many slots the outbox is split into by key hash (migration 0008: the `slot` column).
+pub const SLOTS: i16 = 16;
+/// Advisory lock class of a relay slot, `(SLOT_LOCK, slot)`: owned by one relay session at a time.
+const SLOT_LOCK: i32 = 0x4f48_5253;
+/// Advisory lock `(MEMBER_LOCK, 0)`, held shared by every running relay so they can count
+/// each other.
+const MEMBER_LOCK: i32 = 0x4f48_524d;
+
+/// Counts this session among the running relays; held until the session ends.
+pub async fn join_relays(conn: &mut PgConnection) -> sqlx::Result<()> {
+    sqlx::query("SELECT pg_advisory_lock_shared($1, 0)").bind(MEMBER_LOCK).execute(conn).await?;
+    Ok(())
+}
+
+/// Running relays on this database (sessions holding the member lock), this one included.
+pub async fn relay_members(conn: &mut PgConnection) -> sqlx::Result<i64> {
+    let (n,): (i64,) = sqlx::query_as(
+        "SELECT count(*) FROM pg_locks
+         WHERE locktype = 'advisory' AND granted AND classid = $1::int8::oid AND objid = 0 AND objsubid = 2
+           AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+    )
+    .bind(MEMBER_LOCK)
+    .fetch_one(conn)
+    .await?;
+    Ok(n)
+}
+
+/// Takes `slot` for this session if no other session owns it.
+pub async fn try_take_slot(conn: &mut PgConnection, slot: i16) -> sqlx::Result<bool> {
+    let (got,): (bool,) = sqlx::query_as("SELECT pg_try_advisory_lock($1, $2)")
+        .bind(SLOT_LOCK)
+        .bind(i32::from(slot))
+        .fetch_one(conn)
+        .await?;
+    Ok(got)
+}
+
+/// Gives `slot` back, for another relay to take.
+pub async fn release_slot(conn: &mut PgConnection, slot: i16) -> sqlx::Result<()> {
+    sqlx::query("SELECT pg_advisory_unlock($1, $2)")
+        .bind(SLOT_LOCK)
+        .bind(i32::from(slot))
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// Claims up to `limit` unpublished rows of the caller's `slots` in id order. A row waiting out
+/// its own retry delay, or parked, holds back every later row of its key and nothing else.
 ///
-/// Why a transaction-scoped advisory lock as well as `FOR UPDATE SKIP LOCKED`: row locks alone
-/// would let a second replica claim a later row of the same order while the first is still
-/// publishing an earlier one, breaking per-key order. One relay at a time publishes; the others
-/// skip instantly instead of queueing on locks.
-pub async fn claim(tx: &mut Transaction<'_, Postgres>, limit: i64) -> sqlx::Result<Vec<Pending>> {
+/// The caller owns `slots` (session advisory locks), so no other relay publishes these keys
+/// meanwhile: that, not the row locks, keeps a key's rows in order, since row locks alone would
+/// let a second relay claim a later row of a key while the first still publishes an earlier one.
+///
+/// Why the shared transaction lock on `order-host:outbox-relay`: relays from before migration
+/// 0008 take it exclusively and publish every slot, so during a rolling upgrade an old relay and
+/// a new one never publish at the same time.
+pub async fn claim(conn: &mut PgConnection, slots: &[i16], limit: i64) -> sqlx::Result<Vec<Pending>> {
     let (got,): (bool,) =
-        sqlx::query_as("SELECT pg_try_advisory_xact_lock(hashtext('order-host:outbox-relay'))")
-            .fetch_one(&mut **tx)
+        sqlx::query_as("SELECT pg_try_advisory_xact_lock_shared(hashtext('order-host:outbox-relay'))")
+            .fetch_one(&mut *conn)
             .await?;
-    if !got {
+    if !got || slots.is_empty() {
         return Ok(Vec::new());
     }
     let rows: Vec<Row> = sqlx::query_as(
         "SELECT id, attempts, topic, key, header_names, header_values, payload FROM outbox o
-         WHERE published_at IS NULL AND parked_at IS NULL
+         WHERE slot = ANY($2) AND published_at IS NULL AND parked_at IS NULL
            AND (next_attempt_at IS NULL OR next_attempt_at <= now())
            AND NOT EXISTS (
                SELECT 1 FROM outbox e
@@ -69,7 +118,8 @@ pub async fn claim(tx: &mut Transaction<'_, Postgres>, limit: i64) -> sqlx::Resu
          ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
     )
     .bind(limit)
-    .fetch_all(&mut **tx)
+    .bind(slots)
+    .fetch_all(conn)
     .await?;
     Ok(rows
         .into_iter()
@@ -86,10 +136,10 @@ pub async fn claim(tx: &mut Transaction<'_, Postgres>, limit: i64) -> sqlx::Resu
         .collect())
 }
 
-pub async fn mark_published(tx: &mut Transaction<'_, Postgres>, ids: &[i64]) -> sqlx::Result<()> {
+pub async fn mark_published(conn: &mut PgConnection, ids: &[i64]) -> sqlx::Result<()> {
     sqlx::query("UPDATE outbox SET published_at = now() WHERE id = ANY($1)")
         .bind(ids)
-        .execute(&mut **tx)
+        .execute(conn)
         .await?;
     Ok(())
 }
@@ -105,7 +155,7 @@ pub enum Refusal {
 
 /// Records a failed delivery of row `id`.
 pub async fn record_refusal(
-    tx: &mut Transaction<'_, Postgres>,
+    conn: &mut PgConnection,
     id: i64,
     error: &str,
     refusal: Refusal,
@@ -124,7 +174,7 @@ pub async fn record_refusal(
     .bind(error)
     .bind(retry_ms)
     .bind(park)
-    .execute(&mut **tx)
+    .execute(conn)
     .await?;
     Ok(())
 }

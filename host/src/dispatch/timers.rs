@@ -21,7 +21,7 @@ use uuid::Uuid;
 use super::commit::{Moves, Who};
 use crate::config::Topics;
 use crate::db::batch::{self, Writes};
-use crate::db::effects::{self, Timer};
+use crate::db::effects::{self, NextDue, Timer};
 use crate::db::orders::{self, Cause, StoreError, change_status};
 use crate::db::{self, FailureClass};
 use crate::metrics::{Metrics, TimerPass};
@@ -29,11 +29,10 @@ use crate::orders::Status;
 
 /// Timers fired per transaction.
 const BATCH: i64 = 200;
-/// Longest sleep without a wake-up: a safety net if a notification was missed.
+/// Longest sleep without a wake-up: a safety net if a notification was missed, and the longest
+/// that timers claimed by a replica that then died wait (its claims end with its session, with no
+/// notification).
 const MAX_SLEEP: Duration = Duration::from_secs(5);
-/// Shortest sleep when due timers exist but none could be claimed: another replica holds them,
-/// and will delete them when it commits. Without this floor the scheduler would spin.
-const HELD_ELSEWHERE_SLEEP: Duration = Duration::from_millis(200);
 /// Firings of one timer that fail for a non-state-machine reason before it is parked.
 const MAX_ATTEMPTS: i32 = 5;
 
@@ -53,12 +52,8 @@ pub async fn run(
             Ok(fired) => {
                 backoff = Duration::from_millis(100);
                 let found = if fired > 0 { TimerPass::fired } else { TimerPass::none_due };
-                match effects::millis_until_next_due(&pool).await {
-                    Ok(Some(ms)) if ms <= 0 && fired > 0 => (found, Duration::ZERO),
-                    // Due, yet nothing was claimed: another replica holds them.
-                    Ok(Some(ms)) if ms <= 0 => (TimerPass::held_elsewhere, HELD_ELSEWHERE_SLEEP),
-                    Ok(Some(ms)) => (found, Duration::from_millis(ms as u64).min(MAX_SLEEP)),
-                    Ok(None) => (found, MAX_SLEEP),
+                match effects::next_due(&pool).await {
+                    Ok(next) => next_sleep(next, fired > 0, found),
                     Err(e) => {
                         tracing::warn!(error = %e, "reading the next timer failed");
                         (found, backoff)
@@ -82,6 +77,24 @@ pub async fn run(
             _ = shutdown.wait_for(|s| *s) => {}
         }
     }
+}
+
+/// What a pass found and how long to sleep after it, from the next due times. Timers another
+/// replica holds are not waited for: it deletes them when it commits, or releases them if it
+/// dies (picked up within `MAX_SLEEP`). Only a free timer that is due wakes this one at once.
+fn next_sleep(next: NextDue, fired: bool, found: TimerPass) -> (TimerPass, Duration) {
+    let found = match next.any {
+        Some(ms) if ms <= 0 && !fired && next.free.is_none_or(|f| f > 0) => TimerPass::held_elsewhere,
+        _ => found,
+    };
+    let sleep = match next.free {
+        Some(ms) if ms <= 0 && fired => Duration::ZERO,
+        // Due and free, yet this pass claimed none: it became due just now.
+        Some(ms) if ms <= 0 => Duration::from_millis(1),
+        Some(ms) => Duration::from_millis(ms as u64).min(MAX_SLEEP),
+        None => MAX_SLEEP,
+    };
+    (found, sleep)
 }
 
 /// Fires every due timer claimed in one transaction: all of them together (one statement per

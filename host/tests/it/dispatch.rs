@@ -900,9 +900,9 @@ async fn a_producer_with_a_fatal_error_fails_readiness_and_is_replaced_without_l
 }
 
 /// Due timers claimed by another replica (here a transaction of the test's holds the row lock, as
-/// another scheduler's claim does) are left to it: the scheduler looks again every
-/// `HELD_ELSEWHERE_SLEEP` (200 ms) rather than spinning, and fires the timer once the holder lets it
-/// go unfired.
+/// another scheduler's claim does) are left to it: the scheduler sleeps until a timer it could fire
+/// is due (none here, so its 5 s safety net) instead of polling the held one, and fires the timer
+/// once the holder lets it go unfired, as a replica that dies mid-pass does.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_due_timer_held_by_another_replica_is_waited_for_without_spinning() {
     let t = TestHost::start().await;
@@ -930,10 +930,10 @@ async fn a_due_timer_held_by_another_replica_is_waited_for_without_spinning() {
     })
     .await;
     // A measuring window, not a wait for a condition: a spinning scheduler makes thousands of
-    // passes in it, one that sleeps 200 ms between looks about ten.
+    // passes in it, one that polls the held timer every 200 ms about ten, this one at most one.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let passes = held(&t.get_text("/metrics").await).unwrap() - first;
-    assert!((1.0..=30.0).contains(&passes), "{passes} passes in 2 s while another replica held the timer");
+    assert!(passes <= 1.0, "{passes} passes in 2 s while another replica held the timer");
     assert_eq!(status_of(&t, &id.to_string()).await, "pending", "fired while held elsewhere");
 
     holder.rollback().await.unwrap();

@@ -18,6 +18,7 @@ mod deploy;
 mod dispatch;
 mod e2e;
 mod queue_split;
+mod replicas;
 mod runtime;
 mod swap;
 mod traces;

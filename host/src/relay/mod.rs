@@ -9,16 +9,22 @@
 //! unknown topic) is retried on its own schedule a bounded number of times, then parked: it and the
 //! later rows of its key wait for an operator, visible in `/admin/outbox/parked`, the
 //! `order_host_outbox_parked` gauge and the log, while every other key flows on.
+//!
+//! Several replicas publish at once: the outbox is split into slots by key hash, and each relay
+//! publishes only the slots it owns ([`slots`]).
+
+mod slots;
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use sqlx::PgPool;
+use sqlx::{Acquire, PgConnection, PgPool};
 use tokio::sync::{Notify, watch};
 
+use self::slots::{REBALANCE_EVERY, Slots};
 use crate::db;
-use crate::db::outbox::{Pending, Refusal};
+use crate::db::outbox::{Pending, Refusal, SLOTS};
 use crate::kafka::Producer;
 use crate::metrics::Metrics;
 
@@ -61,6 +67,8 @@ struct Pass {
     refused_retry_in: Option<Duration>,
     /// The first error of a row that failed for a reason that may pass (broker unreachable).
     transient: Option<String>,
+    /// Slots this relay owned during the pass.
+    owned: usize,
 }
 
 /// Runs until `shutdown` turns true, then drains what it can within `drain_timeout`.
@@ -73,12 +81,13 @@ pub async fn run(
     metrics: Arc<Metrics>,
 ) {
     let relay = Relay { pool: &pool, producer: &producer, config: &config, metrics: &metrics };
+    let mut slots = None;
     let mut backoff = Duration::from_millis(50);
     loop {
         if *shutdown.borrow() {
             break;
         }
-        let sleep = match relay.pass().await {
+        let sleep = match relay.pass(&mut slots).await {
             Ok(p) if p.transient.is_none() && p.claimed as i64 == config.batch => continue,
             Ok(p) => {
                 if p.published > 0 {
@@ -87,7 +96,9 @@ pub async fn run(
                 match p.transient {
                     None => {
                         backoff = Duration::from_millis(50);
-                        p.refused_retry_in.map_or(config.poll_interval, |d| d.min(config.poll_interval))
+                        let idle = p.refused_retry_in.map_or(config.poll_interval, |d| d.min(config.poll_interval));
+                        // Slots nobody owns (their relay died) are taken at the next rebalance.
+                        if p.owned < SLOTS as usize { idle.min(REBALANCE_EVERY) } else { idle }
                     }
                     Some(e) => {
                         tracing::warn!(error = %e, retry_in = ?backoff, "outbox relay could not deliver");
@@ -97,6 +108,11 @@ pub async fn run(
             }
             Err(e) => {
                 tracing::warn!(error = %format!("{e:#}"), retry_in = ?backoff, "outbox relay pass failed");
+                // Its session may be gone, and its slots with it: start over with a new one.
+                if let Some(s) = slots.take() {
+                    s.leave().await;
+                }
+                metrics.relay_slots_owned(0);
                 bump(&mut backoff, config.max_backoff)
             }
         };
@@ -107,7 +123,7 @@ pub async fn run(
         }
     }
     let drain = async {
-        while let Ok(p) = relay.pass().await
+        while let Ok(p) = relay.pass(&mut slots).await
             && p.transient.is_none()
             && p.claimed as i64 == config.batch
         {}
@@ -115,6 +131,10 @@ pub async fn run(
     if tokio::time::timeout(config.drain_timeout, drain).await.is_err() {
         tracing::warn!("outbox relay stopped before draining; the rest is published after restart");
     }
+    if let Some(s) = slots.take() {
+        s.leave().await;
+    }
+    metrics.relay_slots_owned(0);
 }
 
 /// Returns the current backoff and doubles it for next time.
@@ -135,13 +155,30 @@ struct Relay<'a> {
 }
 
 impl Relay<'_> {
-    async fn pass(&self) -> anyhow::Result<Pass> {
-        let Relay { pool, producer, config, metrics } = *self;
-        let mut tx = pool.begin().await?;
-        let claimed = db::outbox::claim(&mut tx, config.batch).await?;
-        let mut outcome = Pass { claimed: claimed.len(), ..Pass::default() };
+    /// Joins the relays if `slots` is empty, rebalances, then publishes one batch of the owned
+    /// slots.
+    async fn pass(&self, slots: &mut Option<Slots>) -> anyhow::Result<Pass> {
+        let slots = match slots {
+            Some(s) => s,
+            None => slots.insert(Slots::join(self.pool).await?),
+        };
+        slots.rebalance().await?;
+        self.metrics.relay_slots_owned(slots.owned().len());
+        let owned = slots.owned().to_vec();
+        let mut tx = slots.conn().begin().await?;
+        let outcome = self.publish(&mut tx, &owned).await?;
+        tx.commit().await?;
+        if outcome.transient.is_some() || outcome.refused_retry_in.is_some() {
+            self.recover_producer();
+        }
+        Ok(outcome)
+    }
+
+    async fn publish(&self, tx: &mut PgConnection, owned: &[i16]) -> anyhow::Result<Pass> {
+        let Relay { producer, config, .. } = *self;
+        let claimed = db::outbox::claim(tx, owned, config.batch).await?;
+        let mut outcome = Pass { claimed: claimed.len(), owned: owned.len(), ..Pass::default() };
         if claimed.is_empty() {
-            tx.commit().await?;
             return Ok(outcome);
         }
         let mut lanes = lanes_by_key(&claimed);
@@ -169,8 +206,9 @@ impl Relay<'_> {
                 }
             }
         }
-        db::outbox::mark_published(&mut tx, &delivered).await?;
+        db::outbox::mark_published(tx, &delivered).await?;
         outcome.published = delivered.len();
+        self.metrics.relay_published(delivered.len());
         for (p, error) in refused {
             let attempt = p.attempts + 1;
             let refusal = if attempt >= config.max_attempts {
@@ -187,22 +225,21 @@ impl Relay<'_> {
                 outcome.refused_retry_in = Some(outcome.refused_retry_in.map_or(delay, |d| d.min(delay)));
                 Refusal::RetryAfterMs(delay.as_millis() as i64)
             };
-            db::outbox::record_refusal(&mut tx, p.id, &error, refusal).await?;
-        }
-        tx.commit().await?;
-        if outcome.transient.is_some() || outcome.refused_retry_in.is_some() {
-            match producer.recover() {
-                Ok(Some(fatal)) => {
-                    metrics.producer_replaced();
-                    tracing::error!(error = %fatal, "Kafka producer hit a fatal error; replaced it")
-                }
-                Ok(None) => {}
-                Err(e) => {
-                    tracing::error!(error = %format!("{e:#}"), "replacing the failed Kafka producer failed")
-                }
-            }
+            db::outbox::record_refusal(tx, p.id, &error, refusal).await?;
         }
         Ok(outcome)
+    }
+
+    /// After a pass that met delivery errors: replaces the producer if it hit a fatal error.
+    fn recover_producer(&self) {
+        match self.producer.recover() {
+            Ok(Some(fatal)) => {
+                self.metrics.producer_replaced();
+                tracing::error!(error = %fatal, "Kafka producer hit a fatal error; replaced it")
+            }
+            Ok(None) => {}
+            Err(e) => tracing::error!(error = %format!("{e:#}"), "replacing the failed Kafka producer failed"),
+        }
     }
 }
 
