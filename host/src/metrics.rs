@@ -91,6 +91,10 @@ pub struct Metrics {
     retention_deleted: Family<TableLabels, Counter>,
     relay_slots_owned: Gauge,
     relay_published: Counter,
+    oldest_in_flight: Family<PartitionLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    in_flight: Family<PartitionLabels, Gauge>,
+    keys_running: Gauge,
+    events_waiting_behind_key: Gauge,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -172,6 +176,11 @@ pub struct Snapshot {
     pub handlers_loaded: i64,
     /// Open dead letters as `(handler, class, count)`.
     pub dead_letters_open: Vec<(String, String, i64)>,
+    /// The dispatcher's unfinished events per assigned partition.
+    pub partitions: Vec<crate::dispatch::PartitionInFlight>,
+    /// Keys with an event running, and events queued behind them.
+    pub keys_running: i64,
+    pub events_waiting_behind_key: i64,
 }
 
 impl Default for Metrics {
@@ -206,6 +215,10 @@ impl Metrics {
             retention_deleted: Family::default(),
             relay_slots_owned: Gauge::default(),
             relay_published: Counter::default(),
+            oldest_in_flight: Family::default(),
+            in_flight: Family::default(),
+            keys_running: Gauge::default(),
+            events_waiting_behind_key: Gauge::default(),
         };
         m.register()
     }
@@ -307,6 +320,22 @@ impl Metrics {
         );
         r.register("relay_published", "Outbox records this replica published", self.relay_published.clone());
         r.register(
+            "dispatch_oldest_in_flight_seconds",
+            "Per assigned partition: seconds since the oldest event consumed and not yet finished was consumed (0 when none)",
+            self.oldest_in_flight.clone(),
+        );
+        r.register(
+            "dispatch_in_flight",
+            "Per assigned partition: events consumed and not yet finished",
+            self.in_flight.clone(),
+        );
+        r.register("dispatch_keys_running", "Keys (orders) with an event running", self.keys_running.clone());
+        r.register(
+            "dispatch_events_waiting_behind_key",
+            "Events queued behind a running event of their key; the busiest keys are listed at /admin/dispatch/backlog",
+            self.events_waiting_behind_key.clone(),
+        );
+        r.register(
             "retention_deleted_rows",
             "Rows deleted by the retention pass, by table (outbox: published records; processed_events: idempotency rows)",
             self.retention_deleted.clone(),
@@ -394,6 +423,16 @@ impl Metrics {
         for (handler, class, count) in snapshot.dead_letters_open {
             self.dead_letters_open.get_or_create(&DeadLetterLabels { handler, class }).set(count);
         }
+        // Partitions come and go with rebalances: one no longer assigned disappears.
+        self.oldest_in_flight.clear();
+        self.in_flight.clear();
+        for p in snapshot.partitions {
+            let labels = PartitionLabels { topic: p.topic, partition: p.partition };
+            self.oldest_in_flight.get_or_create(&labels).set(p.oldest.as_secs_f64());
+            self.in_flight.get_or_create(&labels).set(p.events as i64);
+        }
+        self.keys_running.set(snapshot.keys_running);
+        self.events_waiting_behind_key.set(snapshot.events_waiting_behind_key);
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry)
             .expect("writing to a String cannot fail");

@@ -15,7 +15,7 @@ use crate::config::{Config, DatabaseUrl, EMBEDDED_BROKERS};
 use crate::db;
 use crate::db::listen::{self, Notices};
 use crate::dispatch::redrive::Redriver;
-use crate::dispatch::{self, Shared, timers};
+use crate::dispatch::{self, Backlog, Shared, timers};
 use crate::handler_set::HandlerSet;
 use crate::handler_watch::{self, WatchConfig};
 use crate::http::admin::Admin;
@@ -81,6 +81,7 @@ impl Host {
             producer: producer.clone(),
             invoker,
             notices: Notices::new(),
+            backlog: Arc::new(Backlog::default()),
             supervisor: Supervisor::new(metrics.clone()),
             metrics,
             shutdown: shutdown_rx.clone(),
@@ -99,6 +100,7 @@ impl Host {
             shutdown: shutdown_rx.clone(),
             metrics: parts.metrics.clone(),
             supervisor: parts.supervisor.clone(),
+            backlog: parts.backlog.clone(),
         };
         let mut background = parts.spawn_background(config);
         background.push(parts.supervisor.spawn(
@@ -174,6 +176,8 @@ struct Parts {
     /// Runs handler logic for the dispatcher and for redrives.
     invoker: Arc<dyn Invoke>,
     notices: Notices,
+    /// The dispatcher's in-flight events, read by `/metrics` and the admin API.
+    backlog: Arc<Backlog>,
     metrics: Arc<Metrics>,
     supervisor: Arc<Supervisor>,
     shutdown: watch::Receiver<bool>,
@@ -280,6 +284,7 @@ impl Parts {
             admin,
             shutdown: self.shutdown,
             metrics: self.metrics,
+            backlog: self.backlog,
         }
     }
 }

@@ -7,15 +7,16 @@
 //! contiguous prefix of completed events per partition, so a crash or a rebalance redelivers
 //! exactly the unfinished ones; their effects are idempotent (`processed_events`).
 
+mod backlog;
 mod commit;
 pub mod decode;
 mod process;
 pub mod redrive;
 pub mod timers;
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use sqlx::PgPool;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
@@ -27,6 +28,8 @@ use crate::kafka::{Consumer, Incoming, Revoked};
 use crate::metrics::Metrics;
 use crate::runtime::Invoke;
 use crate::supervise::{Supervisor, panic_message};
+
+pub use self::backlog::{Backlog, BusyKey, Lanes as LaneView, PartitionInFlight};
 
 /// What every event's processing needs. Shared by all key tasks.
 pub struct Shared {
@@ -42,42 +45,8 @@ pub struct Shared {
     pub metrics: Arc<Metrics>,
     /// Told when a key lane panics.
     pub supervisor: Arc<Supervisor>,
-}
-
-/// Per partition: offsets consumed but not finished, and the next offset to be consumed.
-#[derive(Debug, Default)]
-pub struct Tracker {
-    parts: HashMap<(String, i32), Part>,
-}
-
-#[derive(Debug)]
-struct Part {
-    in_flight: BTreeSet<i64>,
-    next: i64,
-}
-
-impl Tracker {
-    pub fn begin(&mut self, topic: &str, partition: i32, offset: i64) {
-        let part = self
-            .parts
-            .entry((topic.to_string(), partition))
-            .or_insert_with(|| Part { in_flight: BTreeSet::new(), next: offset });
-        part.in_flight.insert(offset);
-        part.next = part.next.max(offset + 1);
-    }
-
-    /// Marks `offset` finished and returns the offset up to which everything is finished (the
-    /// position to commit), or `None` for a partition no longer tracked (revoked). The caller
-    /// stores it before releasing the tracker, so positions are stored in increasing order.
-    pub fn complete(&mut self, topic: &str, partition: i32, offset: i64) -> Option<i64> {
-        let part = self.parts.get_mut(&(topic.to_string(), partition))?;
-        part.in_flight.remove(&offset);
-        Some(part.in_flight.first().copied().unwrap_or(part.next))
-    }
-
-    pub fn revoke(&mut self, topic: &str, partition: i32) {
-        self.parts.remove(&(topic.to_string(), partition));
-    }
+    /// What is in flight, kept where `/metrics` and the admin API can read it.
+    pub backlog: Arc<Backlog>,
 }
 
 /// How long shutdown waits for the consumer's final commit and group leave.
@@ -85,18 +54,15 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
 
 struct Job {
     record: Incoming,
+    /// When it was queued behind its key's running event, for the admin API's busy keys.
+    queued_at: Instant,
     _permit: OwnedSemaphorePermit,
 }
-
-/// Keys with a running task, and the events queued behind the running one.
-type Lanes = Mutex<HashMap<Vec<u8>, VecDeque<Job>>>;
 
 struct State {
     shared: Shared,
     committer: commit::Committer,
     consumer: Consumer,
-    tracker: Mutex<Tracker>,
-    lanes: Lanes,
 }
 
 /// Consumes until `shutdown`, then stops fetching, gives in-flight events `drain_timeout` to
@@ -106,8 +72,7 @@ pub async fn run(shared: Shared, consumer: Consumer, mut revoked: mpsc::Unbounde
     let permits = Arc::new(Semaphore::new(shared.config.max_in_flight));
     let drain_timeout = shared.config.drain_timeout;
     let committer = commit::Committer::start(&shared);
-    let state =
-        Arc::new(State { shared, committer, consumer, tracker: Mutex::default(), lanes: Mutex::default() });
+    let state = Arc::new(State { shared, committer, consumer });
     let mut tasks = JoinSet::new();
     'consume: loop {
         while let Some(joined) = tasks.try_join_next() {
@@ -121,7 +86,7 @@ pub async fn run(shared: Shared, consumer: Consumer, mut revoked: mpsc::Unbounde
             let next = tokio::select! {
                 r = state.consumer.recv() => Some(r),
                 Some(Revoked(parts)) = revoked.recv() => {
-                    let mut tracker = state.tracker.lock().unwrap();
+                    let mut tracker = state.shared.backlog.tracker();
                     for (topic, partition) in parts {
                         tracker.revoke(&topic, partition);
                     }
@@ -143,14 +108,14 @@ pub async fn run(shared: Shared, consumer: Consumer, mut revoked: mpsc::Unbounde
                 None => {}
             }
         };
-        state.tracker.lock().unwrap().begin(&record.topic, record.partition, record.offset);
+        state.shared.backlog.tracker().begin(&record.topic, record.partition, record.offset);
         // Records without a key keep their partition's order.
         let key = record
             .key
             .clone()
             .unwrap_or_else(|| format!("{}/{}", record.topic, record.partition).into_bytes());
-        let job = Job { record, _permit: permit };
-        let mut lanes = state.lanes.lock().unwrap();
+        let job = Job { record, queued_at: Instant::now(), _permit: permit };
+        let mut lanes = state.shared.backlog.lanes();
         match lanes.get_mut(&key) {
             Some(queue) => queue.push_back(job),
             None => {
@@ -206,13 +171,13 @@ async fn run_key(state: Arc<State>, key: Vec<u8>, first: Job) {
         {
             // Stored under the lock: two lanes of one partition finishing together must not store
             // their positions in the opposite order (the stored offset would move backwards).
-            let mut tracker = state.tracker.lock().unwrap_or_else(|p| p.into_inner());
+            let mut tracker = state.shared.backlog.tracker();
             if let Some(next) = tracker.complete(&r.topic, r.partition, r.offset) {
                 state.consumer.store(&r.topic, r.partition, next);
             }
         }
         drop(job);
-        let mut lanes = state.lanes.lock().unwrap();
+        let mut lanes = state.shared.backlog.lanes();
         match lanes.get_mut(&key).and_then(VecDeque::pop_front) {
             Some(j) => job = j,
             None => {
@@ -220,26 +185,5 @@ async fn run_key(state: Arc<State>, key: Vec<u8>, first: Job) {
                 return;
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn only_the_contiguous_prefix_is_committable() {
-        let mut t = Tracker::default();
-        for o in 10..15 {
-            t.begin("t", 0, o);
-        }
-        assert_eq!(t.complete("t", 0, 12), Some(10), "10 and 11 are still running");
-        assert_eq!(t.complete("t", 0, 10), Some(11));
-        assert_eq!(t.complete("t", 0, 11), Some(13), "12 finished earlier");
-        assert_eq!(t.complete("t", 0, 14), Some(13));
-        assert_eq!(t.complete("t", 0, 13), Some(15), "all done: commit past the last");
-        t.begin("t", 1, 3);
-        t.revoke("t", 1);
-        assert_eq!(t.complete("t", 1, 3), None, "a revoked partition stores nothing");
     }
 }

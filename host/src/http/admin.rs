@@ -304,6 +304,96 @@ pub async fn parked_outbox(
     Ok(Json(crate::db::outbox::parked(&state.pool).await?))
 }
 
+/// The most busy keys one `/admin/dispatch/backlog` lists.
+const MAX_TOP_KEYS: usize = 100;
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct BacklogParams {
+    /// How many of the busiest keys to list: 1 to 100 (default 20).
+    pub top: Option<usize>,
+}
+
+/// The dispatcher's in-flight events on this replica.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct BacklogView {
+    /// Every partition this replica holds a position on.
+    pub partitions: Vec<PartitionView>,
+    /// Keys with an event running.
+    pub keys_running: usize,
+    /// Events queued behind a running event of their key.
+    pub events_waiting: usize,
+    /// The keys with the most events waiting behind them, most first.
+    pub top_keys: Vec<BusyKeyView>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PartitionView {
+    pub topic: String,
+    pub partition: i32,
+    /// Events consumed and not yet finished (applied, dead-lettered or skipped).
+    pub in_flight: usize,
+    /// Milliseconds since the oldest of them was consumed.
+    pub oldest_ms: u64,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct BusyKeyView {
+    /// The record key (the order id) as text, or `hex:` and its bytes.
+    pub key: String,
+    pub waiting: usize,
+    /// Milliseconds since the first of them was queued.
+    pub oldest_waiting_ms: u64,
+}
+
+/// Where this replica's dispatcher has events waiting: per partition, and the keys with the most
+/// events queued behind their running one (a slow or retrying order holds up only its own key).
+#[utoipa::path(get, path = "/admin/dispatch/backlog", tag = "admin", params(BacklogParams),
+    responses((status = 200, body = BacklogView), (status = 400, body = super::ErrorBody),
+        (status = 401, body = super::ErrorBody)))]
+pub async fn dispatch_backlog(
+    State(state): State<AppState>,
+    params: Result<Query<BacklogParams>, QueryRejection>,
+) -> Result<Json<BacklogView>, ApiError> {
+    let Query(params) =
+        params.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", e.body_text()))?;
+    let top = match params.top.unwrap_or(20) {
+        n @ 1..=MAX_TOP_KEYS => n,
+        n => {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_query",
+                format!("top must be 1 to {MAX_TOP_KEYS}, not {n}"),
+            ));
+        }
+    };
+    let lanes = state.backlog.key_lanes(top);
+    Ok(Json(BacklogView {
+        partitions: state
+            .backlog
+            .partitions()
+            .into_iter()
+            .map(|p| PartitionView {
+                topic: p.topic,
+                partition: p.partition,
+                in_flight: p.events,
+                oldest_ms: p.oldest.as_millis() as u64,
+            })
+            .collect(),
+        keys_running: lanes.running,
+        events_waiting: lanes.waiting,
+        top_keys: lanes
+            .top
+            .into_iter()
+            .map(|k| BusyKeyView {
+                key: crate::db::outbox::printable(&k.key),
+                waiting: k.waiting,
+                oldest_waiting_ms: k.oldest_waiting.as_millis() as u64,
+            })
+            .collect(),
+    }))
+}
+
 /// Returns `name` to the version before the current one (or restores a deleted handler).
 #[utoipa::path(post, path = "/admin/handlers/{name}/rollback", tag = "admin",
     params(("name" = String, Path)),

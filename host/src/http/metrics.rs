@@ -26,6 +26,7 @@ pub async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError
         .into_iter()
         .map(|c| (c.handler, c.class, c.count))
         .collect();
+    let lanes = state.backlog.key_lanes(0);
     let text = state.metrics.encode(Snapshot {
         outbox_backlog,
         outbox_parked,
@@ -34,6 +35,9 @@ pub async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError
         timers_parked,
         handlers_loaded,
         dead_letters_open,
+        partitions: state.backlog.partitions(),
+        keys_running: lanes.running as i64,
+        events_waiting_behind_key: lanes.waiting as i64,
     });
     Ok(([(CONTENT_TYPE, metrics::CONTENT_TYPE)], text).into_response())
 }

@@ -48,6 +48,8 @@ pub struct AppState {
     /// The admin API's needs; `None` turns it off (`ADMIN_TOKEN` unset).
     pub admin: Option<Arc<admin::Admin>>,
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// The dispatcher's in-flight events: `/metrics` counts them, the admin API lists busy keys.
+    pub backlog: Arc<crate::dispatch::Backlog>,
 }
 
 #[derive(OpenApi)]
@@ -70,6 +72,7 @@ pub fn router_and_spec(state: AppState) -> (Router, utoipa::openapi::OpenApi) {
         .routes(routes!(admin::put_handler, admin::delete_handler))
         .routes(routes!(admin::rollback_handler))
         .routes(routes!(admin::parked_outbox))
+        .routes(routes!(admin::dispatch_backlog))
         .routes(routes!(dead_letters::list))
         .routes(routes!(dead_letters::get))
         .routes(routes!(dead_letters::redrive))

@@ -594,6 +594,7 @@ async fn the_openapi_document_matches_the_routes() {
         ("GET", "/admin/outbox/parked"),
         ("GET", "/admin/dead-letters"),
         ("GET", "/admin/dead-letters/{id}"),
+        ("GET", "/admin/dispatch/backlog"),
         ("POST", "/admin/dead-letters/{id}/redrive"),
         ("POST", "/admin/dead-letters/{id}/discard"),
         ("POST", "/admin/dead-letters/redrive"),

@@ -1,8 +1,8 @@
 //! Offline checks of `k8s/`, `Dockerfile` and `.mirrord/`: every overlay renders and validates
-//! against the Kubernetes schemas, the mirrord resources against the operator's CRDs, the mirrord
-//! configs against mirrord's config schema, and the pieces agree with each other and with the
-//! host's own configuration. No cluster is needed; `kubectl` renders, `kubernetes-validate`
-//! (installed by `cargo xtask test`) validates.
+//! against the Kubernetes schemas, the mirrord resources against the operator's CRDs, the gke
+//! overlay's KEDA ScaledObject against KEDA's CRD, the mirrord configs against mirrord's config
+//! schema, and the pieces agree with each other and with the host's own configuration. No cluster
+//! is needed; `kubectl` renders, `kubernetes-validate` (installed by `cargo xtask test`) validates.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -89,9 +89,23 @@ fn plain_value(env: &BTreeMap<String, Value>, var: &str) -> String {
     entry["value"].as_str().unwrap_or_else(|| panic!("{var} has no plain value: {entry}")).to_string()
 }
 
+/// The directories of vendored schemas, each with a README that pins its files by sha256.
+const SCHEMA_DIRS: [&str; 2] = ["k8s/schemas/mirrord", "k8s/schemas/keda"];
+
 /// The schemas vendored under `k8s/schemas/mirrord/`.
 fn mirrord_schema_dir() -> PathBuf {
-    root().join("k8s/schemas/mirrord")
+    root().join(SCHEMA_DIRS[0])
+}
+
+/// The names of the files vendored in `dir` (one of [`SCHEMA_DIRS`]), its README aside, sorted.
+fn vendored_files(dir: &str) -> Vec<String> {
+    let mut files: Vec<String> = std::fs::read_dir(root().join(dir))
+        .unwrap_or_else(|e| panic!("read {dir}: {e}"))
+        .map(|entry| entry.unwrap().file_name().into_string().unwrap())
+        .filter(|name| name != "README.md")
+        .collect();
+    files.sort();
+    files
 }
 
 /// The path of the `kubernetes-validate` CLI: `KUBERNETES_VALIDATE` (set by `cargo xtask test`),
@@ -115,11 +129,14 @@ fn validate_kubernetes(objects: &[Value]) -> Result<(), String> {
             "kubernetes-validate runs (cargo xtask test installs it; or `pip install kubernetes-validate`)",
         );
     let report = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    if out.status.success() { Ok(()) } else { Err(report) }
+    // A kind the validator has no schema for is only a warning to it (and exit 0): refuse it here,
+    // so no object goes unvalidated. Custom resources go to `validate_custom_resource` instead.
+    if out.status.success() && !report.contains("Couldn't find schema") { Ok(()) } else { Err(report) }
 }
 
 #[test]
 fn every_overlay_renders_and_validates_against_the_kubernetes_schemas() {
+    let schemas = crd_schemas();
     for dir in OVERLAYS {
         let objects = render(dir);
         assert!(objects.len() >= 10, "{dir} rendered only {} objects", objects.len());
@@ -129,7 +146,16 @@ fn every_overlay_renders_and_validates_against_the_kubernetes_schemas() {
                 assert_eq!(o["metadata"]["namespace"], "metalmart", "{kind} in {dir} is outside metalmart");
             }
         }
-        if let Err(report) = validate_kubernetes(&objects) {
+        // Custom resources (the gke overlay's ScaledObject) against their vendored CRDs, the rest
+        // against Kubernetes' own schemas.
+        let (custom, builtin): (Vec<Value>, Vec<Value>) =
+            objects.into_iter().partition(|o| schemas.contains_key(&resource_key(o)));
+        for object in &custom {
+            if let Err(e) = validate_custom_resource(&schemas, object) {
+                panic!("{} in {dir} does not validate against its CRD:\n{e}", object["kind"]);
+            }
+        }
+        if let Err(report) = validate_kubernetes(&builtin) {
             panic!("{dir} does not validate against Kubernetes {KUBERNETES_VERSION}:\n{report}");
         }
     }
@@ -143,15 +169,24 @@ fn the_kubernetes_validator_rejects_a_broken_object() {
         json!(8080);
     let report = validate_kubernetes(&[deployment]).expect_err("a misspelt field is refused");
     assert!(report.contains("portt"), "the report names the field: {report}");
+    // And a kind it has no schema for is refused, not skipped.
+    let unknown = json!({"apiVersion": "example.com/v1", "kind": "Widget", "metadata": {"name": "w"}});
+    let report = validate_kubernetes(&[unknown]).expect_err("a kind without a schema is refused");
+    assert!(report.contains("Widget"), "the report names the kind: {report}");
 }
 
 #[test]
 fn overlays_differ_where_they_should() {
     let minikube = render("k8s/overlays/minikube");
     let gke = render("k8s/overlays/gke");
-    let replicas = |o: &[Value]| find(o, "Deployment", "order-host")["spec"]["replicas"].as_i64().unwrap();
-    assert_eq!(replicas(&minikube), 1);
-    assert_eq!(replicas(&gke), 3, "one replica per partition of the consumed topics");
+    let replicas = |o: &[Value]| find(o, "Deployment", "order-host")["spec"]["replicas"].as_i64();
+    assert_eq!(replicas(&minikube), Some(1));
+    // On GKE the HPA that KEDA creates owns the count; minikube has no KEDA and no ScaledObject.
+    assert_eq!(replicas(&gke), None, "the ScaledObject's HPA owns replicas on GKE");
+    let scaled = find(&gke, "ScaledObject", "order-host");
+    assert_eq!(scaled["spec"]["maxReplicaCount"], 3, "one replica per partition of the consumed topics");
+    let base = render("k8s/base");
+    assert!(!minikube.iter().chain(&base).any(|o| o["kind"] == "ScaledObject"), "KEDA is GKE's only");
     assert_eq!(find(&minikube, "Service", "order-host")["spec"]["type"], "NodePort");
     find(&gke, "Ingress", "order-host");
     for (objects, class) in [(&minikube, "standard"), (&gke, "premium-rwo")] {
@@ -165,18 +200,26 @@ fn overlays_differ_where_they_should() {
     assert!(image(&gke).as_str().unwrap().contains("docker.pkg.dev/"), "gke pulls from a registry");
 }
 
-/// `(group/version, kind)` → the CRD's openAPIV3Schema, for every CRD in the vendored files.
+/// `(apiVersion, kind)` of an object: the key of [`crd_schemas`].
+fn resource_key(object: &Value) -> (String, String) {
+    (object["apiVersion"].as_str().unwrap().to_string(), object["kind"].as_str().unwrap().to_string())
+}
+
+/// `(group/version, kind)` → the CRD's openAPIV3Schema, for every served version of every CRD in
+/// the vendored YAML files (the mirrord operator's and KEDA's).
 fn crd_schemas() -> BTreeMap<(String, String), Value> {
     let mut schemas = BTreeMap::new();
-    for file in ["kafka-legacy-crds.yaml", "splitconfig-propertylist-crds.yaml"] {
-        let text = std::fs::read_to_string(mirrord_schema_dir().join(file)).unwrap();
-        for crd in yaml_documents(&text) {
-            let group = crd["spec"]["group"].as_str().unwrap();
-            let kind = crd["spec"]["names"]["kind"].as_str().unwrap().to_string();
-            for version in crd["spec"]["versions"].as_array().unwrap() {
-                if version["served"] == true {
-                    let api = format!("{group}/{}", version["name"].as_str().unwrap());
-                    schemas.insert((api, kind.clone()), version["schema"]["openAPIV3Schema"].clone());
+    for dir in SCHEMA_DIRS {
+        for file in vendored_files(dir).iter().filter(|f| f.ends_with(".yaml")) {
+            for crd in read_yaml(&format!("{dir}/{file}")) {
+                assert_eq!(crd["kind"], "CustomResourceDefinition", "{dir}/{file}");
+                let group = crd["spec"]["group"].as_str().unwrap();
+                let kind = crd["spec"]["names"]["kind"].as_str().unwrap().to_string();
+                for version in crd["spec"]["versions"].as_array().unwrap() {
+                    if version["served"] == true {
+                        let api = format!("{group}/{}", version["name"].as_str().unwrap());
+                        schemas.insert((api, kind.clone()), version["schema"]["openAPIV3Schema"].clone());
+                    }
                 }
             }
         }
@@ -184,19 +227,67 @@ fn crd_schemas() -> BTreeMap<(String, String), Value> {
     schemas
 }
 
-/// Validates a custom resource against its CRD's schema (OpenAPI v3, close to JSON Schema
-/// draft 4; `nullable` and the `x-kubernetes-*` extensions are not needed by these resources).
+/// Validates a custom resource against its CRD's schema (OpenAPI v3, close to JSON Schema draft 4;
+/// these resources need neither `nullable` nor `x-kubernetes-int-or-string`, and the CEL rules of
+/// `x-kubernetes-validations` are not run: the tests check what those rules say themselves).
+/// Fields the schema does not declare are refused too: the API server would drop them without a
+/// word (CRD schemas prune, they do not say `additionalProperties: false`), and `--strict`
+/// refuses them for the built-in kinds.
 fn validate_custom_resource(
     schemas: &BTreeMap<(String, String), Value>,
     object: &Value,
 ) -> Result<(), String> {
-    let key =
-        (object["apiVersion"].as_str().unwrap().to_string(), object["kind"].as_str().unwrap().to_string());
+    let key = resource_key(object);
     let schema = schemas.get(&key).ok_or_else(|| format!("no served CRD for {key:?}"))?;
     let validator = jsonschema::draft4::new(schema).map_err(|e| format!("CRD schema for {key:?}: {e}"))?;
-    let errors: Vec<String> =
+    let mut errors: Vec<String> =
         validator.iter_errors(object).map(|e| format!("{} at {}", e, e.instance_path())).collect();
+    undeclared_fields(schema, object, "", &mut errors);
     if errors.is_empty() { Ok(()) } else { Err(errors.join("\n")) }
+}
+
+/// Adds to `out` every field of `value` (at JSON pointer `path`) that `schema` does not declare,
+/// the way the API server's pruning reads a structural schema. The root's `apiVersion`, `kind`
+/// and `metadata` are the API server's own.
+fn undeclared_fields(schema: &Value, value: &Value, path: &str, out: &mut Vec<String>) {
+    if schema["x-kubernetes-preserve-unknown-fields"] == true {
+        return;
+    }
+    match value {
+        Value::Object(fields) => {
+            for (name, field) in fields {
+                if path.is_empty() && ["apiVersion", "kind", "metadata"].contains(&name.as_str()) {
+                    continue;
+                }
+                let at = format!("{path}/{name}");
+                match (schema["properties"].get(name), &schema["additionalProperties"]) {
+                    (Some(declared), _) => undeclared_fields(declared, field, &at, out),
+                    (None, Value::Object(_)) => {
+                        undeclared_fields(&schema["additionalProperties"], field, &at, out)
+                    }
+                    (None, Value::Bool(true)) => {}
+                    (None, _) => out.push(format!("{at} is not in the CRD schema (the API server drops it)")),
+                }
+            }
+        }
+        Value::Array(items) => {
+            for (i, item) in items.iter().enumerate() {
+                undeclared_fields(&schema["items"], item, &format!("{path}/{i}"), out);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// `object` changed by `edit`, validated against its CRD: for the checks that the schema refuses.
+fn validate_edited(
+    schemas: &BTreeMap<(String, String), Value>,
+    object: &Value,
+    edit: impl FnOnce(&mut Value),
+) -> Result<(), String> {
+    let mut object = object.clone();
+    edit(&mut object);
+    validate_custom_resource(schemas, &object)
 }
 
 const MIRRORD_RESOURCES: [&str; 2] =
@@ -300,18 +391,133 @@ fn mirrord_configs_validate_against_the_config_schema() {
     assert!(!validator.is_valid(&bad));
 }
 
-/// The vendored schemas as published (mirrord 3.250.0, operator 3.187.0), pinned by sha256 in
-/// `k8s/schemas/mirrord/README.md`: an edit to a copy shows up here, and the README says where a
-/// new release's schemas come from.
+/// The vendored schemas as published (mirrord 3.250.0, operator 3.187.0, KEDA 2.20.2), each
+/// pinned by sha256 on its line of its directory's README: an edit to a copy, or a file added
+/// without a pin, shows up here, and the READMEs say where a new release's schemas come from.
 #[test]
 fn vendored_schemas_are_the_pinned_releases() {
-    let readme = std::fs::read_to_string(mirrord_schema_dir().join("README.md")).unwrap();
-    for file in ["mirrord-schema.json", "kafka-legacy-crds.yaml", "splitconfig-propertylist-crds.yaml"] {
-        let sha = host::runtime::sha256_hex(&std::fs::read(mirrord_schema_dir().join(file)).unwrap());
-        assert!(
-            readme.contains(&format!("`{file}`")) && readme.contains(&sha),
-            "k8s/schemas/mirrord/{file} (sha256 {sha}) is not the release the README pins"
-        );
+    for dir in SCHEMA_DIRS {
+        let readme = std::fs::read_to_string(root().join(dir).join("README.md")).unwrap();
+        let files = vendored_files(dir);
+        assert!(!files.is_empty(), "{dir} vendors nothing");
+        for file in files {
+            let sha = host::runtime::sha256_hex(&std::fs::read(root().join(dir).join(&file)).unwrap());
+            assert!(
+                readme.lines().any(|line| line.contains(&format!("`{file}`")) && line.contains(&sha)),
+                "{dir}/{file} (sha256 {sha}) is not the release the README pins"
+            );
+        }
+    }
+}
+
+/// The partition count the topics Job creates every topic with (its `--partitions N`).
+fn topic_partitions(job: &Value) -> u64 {
+    let script = job["spec"]["template"]["spec"]["containers"][0]["args"][0].as_str().unwrap();
+    let counts: BTreeSet<u64> = script
+        .split("--partitions ")
+        .skip(1)
+        .map(|rest| {
+            let n = rest.split_whitespace().next().unwrap_or_default();
+            n.parse().unwrap_or_else(|e| panic!("--partitions {n}: {e}"))
+        })
+        .collect();
+    assert_eq!(counts.len(), 1, "one partition count for every topic: {script}");
+    counts.into_iter().next().unwrap()
+}
+
+#[test]
+fn the_scaled_object_validates_against_the_keda_crd() {
+    let schemas = crd_schemas();
+    let scaled = find(&render("k8s/overlays/gke"), "ScaledObject", "order-host").clone();
+    if let Err(e) = validate_custom_resource(&schemas, &scaled) {
+        panic!("the ScaledObject does not validate against KEDA's CRD:\n{e}");
+    }
+    // And the CRD schema does refuse things.
+    validate_edited(&schemas, &scaled, |o| {
+        o["spec"]["triggers"][0].as_object_mut().unwrap().remove("type");
+    })
+    .expect_err("a trigger needs a type");
+    validate_edited(&schemas, &scaled, |o| {
+        o["spec"]["scaleTargetRef"].as_object_mut().unwrap().remove("name");
+    })
+    .expect_err("scaleTargetRef needs a name");
+    // Trigger metadata is strings only: a YAML `false` without quotes is refused.
+    validate_edited(&schemas, &scaled, |o| {
+        o["spec"]["triggers"][0]["metadata"]["allowIdleConsumers"] = json!(false);
+    })
+    .expect_err("metadata values are strings");
+    // A misspelt field passes JSON Schema, but the API server would drop it: refused too.
+    let report = validate_edited(&schemas, &scaled, |o| {
+        o["spec"]["advanced"]["horizontalPodAutoscalerConfig"]["behavior"]["scaleDown"]
+            ["stabilisationWindowSeconds"] = json!(600);
+    })
+    .expect_err("an undeclared field is refused");
+    assert!(report.contains("stabilisationWindowSeconds"), "the report names the field: {report}");
+}
+
+#[test]
+fn the_scaled_object_scales_the_host_on_its_own_group_and_topics() {
+    let objects = render("k8s/overlays/gke");
+    let spec = &find(&objects, "ScaledObject", "order-host")["spec"];
+
+    // It scales the Deployment rendered with it, which leaves its replica count to the HPA.
+    let target = &spec["scaleTargetRef"];
+    assert_eq!(target["apiVersion"], "apps/v1");
+    assert_eq!(target["kind"], "Deployment");
+    let deployment = find(&objects, "Deployment", target["name"].as_str().unwrap());
+    assert!(
+        deployment["spec"].get("replicas").is_none(),
+        "kubectl apply would reset the HPA's count to {} every time",
+        deployment["spec"]["replicas"]
+    );
+    let vars = env(container(deployment, "order-host"));
+
+    // One trigger per consumed topic, on the host's group and broker, for topics the Job creates.
+    let job = find(&objects, "Job", "kafka-topics");
+    let created: BTreeSet<String> =
+        plain_value(&env(&job["spec"]["template"]["spec"]["containers"][0]), "TOPICS")
+            .split_whitespace()
+            .map(String::from)
+            .collect();
+    let consumed: BTreeSet<String> =
+        ["KAFKA_TOPIC", "KAFKA_STATUS_TOPIC"].iter().map(|v| plain_value(&vars, v)).collect();
+    let mut watched = BTreeSet::new();
+    for trigger in spec["triggers"].as_array().unwrap() {
+        let m = &trigger["metadata"];
+        let topic = m["topic"].as_str().expect("every trigger names its topic");
+        assert_eq!(trigger["type"], "kafka", "{topic}");
+        assert_eq!(m["consumerGroup"], plain_value(&vars, "KAFKA_GROUP_ID").as_str(), "{topic}");
+        assert_eq!(m["bootstrapServers"], plain_value(&vars, "KAFKA_BROKERS").as_str(), "{topic}");
+        assert!(created.contains(topic), "{topic} is not one of the topics the Job creates: {created:?}");
+        // The scaler caps its recommendation at the topic's partitions.
+        assert_eq!(m["allowIdleConsumers"], "false", "{topic}");
+        // The host's auto.offset.reset: an uncommitted partition is lag from its first record.
+        assert_eq!(m["offsetResetPolicy"], "earliest", "{topic}");
+        let threshold: u64 = m["lagThreshold"].as_str().unwrap().parse().unwrap();
+        assert!(threshold > 0, "{topic}: KEDA refuses a lagThreshold of 0");
+        assert!(watched.insert(topic.to_string()), "{topic} has two triggers");
+    }
+    assert_eq!(watched, consumed, "the triggers watch exactly the topics the host consumes");
+
+    // From 1 (the pods serve the API too) to no more replicas than a topic has partitions.
+    let min = spec["minReplicaCount"].as_u64().unwrap();
+    let max = spec["maxReplicaCount"].as_u64().unwrap();
+    let partitions = topic_partitions(job);
+    assert!(min >= 1, "scaling to zero would take the API down");
+    assert!(min <= max, "the CRD's CEL rule: minReplicaCount {min} > maxReplicaCount {max}");
+    assert!(max <= partitions, "maxReplicaCount {max} > {partitions} partitions: the rest would sit idle");
+
+    // Every change is an eager rebalance: scale down one replica at a time, after a window no
+    // shorter than the HPA's default. KEDA's release manifests bound both windows to 0..=3600
+    // (config/crd/patches/scaledobject_patch.yaml), which the vendored base CRD does not carry.
+    let behavior = &spec["advanced"]["horizontalPodAutoscalerConfig"]["behavior"];
+    let window = |direction: &str| behavior[direction]["stabilizationWindowSeconds"].as_u64().unwrap();
+    assert!(window("scaleUp") <= 3600 && window("scaleDown") <= 3600);
+    assert!(window("scaleDown") >= 300, "scale-down window {} s", window("scaleDown"));
+    let policies = behavior["scaleDown"]["policies"].as_array().unwrap();
+    assert!(!policies.is_empty(), "no scale-down policy: the HPA may remove every replica at once");
+    for policy in policies {
+        assert_eq!((&policy["type"], &policy["value"]), (&json!("Pods"), &json!(1)), "{policy}");
     }
 }
 
