@@ -7,6 +7,8 @@
 //!   events/s through consume → handler → Postgres → produce: one transaction per application
 //!   against group commit, WASM components against the same logic compiled natively (rounds
 //!   interleaved against drift), on a throwaway and on a durable Postgres.
+//! - `pipeline-replicas`: a backlog drained by 1, 2 and 3 `order-host` processes in one group
+//!   (`pipeline/replicas.rs`).
 //! - `pipeline-soak` (only when named, e.g. `cargo xtask bench soak`): 200,000 orders with
 //!   retention on; events/s, RSS and table sizes per tenth.
 //!
@@ -14,6 +16,8 @@
 
 #[path = "pipeline/native.rs"]
 mod native;
+#[path = "pipeline/replicas.rs"]
+mod replicas;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -32,9 +36,10 @@ fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with("--")).collect();
     let selected = |name: &str| args.is_empty() || args.iter().any(|a| name.contains(a.as_str()));
     let (demo, throughput) = (selected("pipeline-demo"), selected("pipeline-throughput"));
+    let replicas = selected("pipeline-replicas");
     // Minutes long: only when asked for by name.
     let soak = args.iter().any(|a| a.contains("soak"));
-    if !demo && !throughput && !soak {
+    if !demo && !throughput && !replicas && !soak {
         return Ok(());
     }
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf();
@@ -56,6 +61,9 @@ fn main() -> anyhow::Result<()> {
             drop(durable);
             let _ = std::fs::remove_dir_all(&dir);
             result?;
+        }
+        if replicas {
+            replicas::run(&pg, &root).await?;
         }
         if soak {
             run_soak(&pg, &root).await?;
@@ -209,13 +217,7 @@ async fn run_throughput(pg: &LocalPostgres, root: &std::path::Path, label: &str)
             ("STATUS_UPDATED_TOPIC", status.as_str()),
             ("DEAD_LETTER_TOPIC", dead.as_str()),
         ];
-        // The backlog: orders created and announced by a host with no handlers.
-        let mut vars = common.to_vec();
-        vars.extend([("HANDLERS_DIR", "/nonexistent"), ("KAFKA_GROUP_ID", "seed")]);
-        let seed = Host::start(&config(&vars)?).await?;
-        create_orders(&reqwest::Client::new(), &format!("http://{}", seed.addr), BACKLOG).await?;
-        wait_for(&seed.pool, "SELECT count(*) FROM outbox WHERE published_at IS NULL", 0).await?;
-        seed.shutdown().await?;
+        seed_backlog(&common, BACKLOG).await?;
 
         // A fresh group drains it: every order walks to shipped with no delays.
         let dir = handlers.path().display().to_string();
@@ -312,6 +314,16 @@ async fn run_throughput(pg: &LocalPostgres, root: &std::path::Path, label: &str)
     );
     println!("  wasm / native (batched)           {:.2}×", rate("batched wasm") / rate("batched native"));
     Ok(())
+}
+
+/// The backlog: `orders` orders created and announced by a host with no handlers.
+async fn seed_backlog(common: &[(&str, &str)], orders: usize) -> anyhow::Result<()> {
+    let mut vars = common.to_vec();
+    vars.extend([("HANDLERS_DIR", "/nonexistent"), ("KAFKA_GROUP_ID", "seed")]);
+    let seed = Host::start(&config(&vars)?).await?;
+    create_orders(&reqwest::Client::new(), &format!("http://{}", seed.addr), orders).await?;
+    wait_for(&seed.pool, "SELECT count(*) FROM outbox WHERE published_at IS NULL", 0).await?;
+    seed.shutdown().await
 }
 
 /// CPU time used so far by this process (the host, the embedded broker, the load client) and by

@@ -14,7 +14,6 @@ use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
 use rdkafka::statistics::Statistics;
 use rdkafka::{ClientConfig, ClientContext, Offset, TopicPartitionList};
-use tokio::sync::mpsc;
 
 use crate::events::Record;
 use crate::metrics::Metrics;
@@ -198,13 +197,16 @@ impl Incoming {
     }
 }
 
-/// Partitions this consumer lost, reported before they go so in-flight bookkeeping can be dropped.
-#[derive(Debug, Clone)]
-pub struct Revoked(pub Vec<(String, i32)>);
+/// Told, inside the rebalance callback, which partitions this consumer is losing, before any
+/// record of the next assignment can be received: in-flight bookkeeping for them must end there.
+pub type OnRevoke = Box<dyn Fn(&[(String, i32)]) + Send + Sync>;
 
 struct DispatchContext {
-    revoked: mpsc::UnboundedSender<Revoked>,
+    on_revoke: OnRevoke,
     metrics: Arc<Metrics>,
+    /// When this member last gave up its partitions: the group is stopped from then until the
+    /// next assignment (an eager rebalance), which `order_host_rebalance_pause_seconds` measures.
+    revoked_at: std::sync::Mutex<Option<std::time::Instant>>,
 }
 
 impl ClientContext for DispatchContext {
@@ -221,9 +223,32 @@ impl ClientContext for DispatchContext {
     }
 }
 
+/// Partitions as `topic/partition` for a log line.
+fn partition_names(tpl: &TopicPartitionList) -> String {
+    let names: Vec<String> =
+        tpl.elements().iter().map(|e| format!("{}/{}", e.topic(), e.partition())).collect();
+    names.join(",")
+}
+
 impl ConsumerContext for DispatchContext {
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Assign(tpl) => {
+                let paused = self.revoked_at.lock().unwrap().take().map(|at| at.elapsed());
+                if let Some(paused) = paused {
+                    self.metrics.rebalance_pause(paused);
+                }
+                tracing::info!(partitions = %partition_names(tpl), ?paused, "partitions assigned")
+            }
+            Rebalance::Revoke(_) => {}
+            Rebalance::Error(e) => tracing::warn!(error = %e, "rebalance failed"),
+        }
+    }
+
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Revoke(tpl) = rebalance {
+            tracing::info!(partitions = %partition_names(tpl), "partitions revoked");
+            *self.revoked_at.lock().unwrap() = Some(std::time::Instant::now());
             // Commit the completed prefix now, so the next owner starts there. Offsets are only
             // ever stored for completed work, so nothing beyond it is committed. Asynchronous:
             // this callback runs inside a poll on an async worker thread, and a synchronous commit
@@ -232,8 +257,12 @@ impl ConsumerContext for DispatchContext {
             if let Err(e) = consumer.commit_consumer_state(CommitMode::Async) {
                 tracing::debug!(error = %e, "commit on revoke (nothing stored yet is normal)");
             }
-            let parts = tpl.elements().iter().map(|e| (e.topic().to_string(), e.partition())).collect();
-            let _ = self.revoked.send(Revoked(parts));
+            // Synchronously, not through a channel: the dispatcher must not take a record of the
+            // next assignment while its bookkeeping still holds this one's partitions.
+            let parts: Vec<(String, i32)> =
+                tpl.elements().iter().map(|e| (e.topic().to_string(), e.partition())).collect();
+            (self.on_revoke)(&parts);
+            self.metrics.consumer_lag_revoked(&parts);
         }
     }
 }
@@ -252,8 +281,8 @@ impl Consumer {
         group_id: &str,
         topics: &[&str],
         metrics: Arc<Metrics>,
-    ) -> anyhow::Result<(Consumer, mpsc::UnboundedReceiver<Revoked>)> {
-        let (revoked, revoked_rx) = mpsc::unbounded_channel();
+        on_revoke: OnRevoke,
+    ) -> anyhow::Result<Consumer> {
         let inner: StreamConsumer<DispatchContext> = ClientConfig::new()
             .set("bootstrap.servers", brokers)
             .set("group.id", group_id)
@@ -262,11 +291,22 @@ impl Consumer {
             .set("enable.auto.commit", "true")
             .set("enable.auto.offset.store", "false")
             .set("auto.commit.interval.ms", "1000")
+            // A replica that dies without leaving (SIGKILL, a lost node) holds its partitions
+            // until its session times out: 10 s rather than librdkafka's 45 s, with a heartbeat
+            // every second so a live member is never mistaken for a dead one.
+            .set("session.timeout.ms", "10000")
+            .set("heartbeat.interval.ms", "1000")
+            // Also the rebalance timeout: how long the coordinator waits for members to rejoin
+            // an eager rebalance, and so the longest the group can stand still for one member.
+            // 60 s rather than 300 s. The cost: a replica whose every in-flight slot is stuck for
+            // a minute (Postgres away) stops polling and leaves the group, and rejoins when it
+            // polls again; its events are redelivered, which idempotency absorbs.
+            .set("max.poll.interval.ms", "60000")
             .set("statistics.interval.ms", STATS_INTERVAL_MS)
-            .create_with_context(DispatchContext { revoked, metrics })
+            .create_with_context(DispatchContext { on_revoke, metrics, revoked_at: Default::default() })
             .context("creating the Kafka consumer")?;
         inner.subscribe(topics).context("subscribing to the consumed topics")?;
-        Ok((Consumer { inner }, revoked_rx))
+        Ok(Consumer { inner })
     }
 
     /// The next record. Errors are per-fetch (an unknown topic, a broker hiccup) and not fatal.

@@ -95,6 +95,7 @@ pub struct Metrics {
     in_flight: Family<PartitionLabels, Gauge>,
     keys_running: Gauge,
     events_waiting_behind_key: Gauge,
+    rebalance_pause: Histogram,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -219,6 +220,7 @@ impl Metrics {
             in_flight: Family::default(),
             keys_running: Gauge::default(),
             events_waiting_behind_key: Gauge::default(),
+            rebalance_pause: Histogram::new(exponential_buckets(0.01, 2.0, 14)),
         };
         m.register()
     }
@@ -329,6 +331,11 @@ impl Metrics {
             "Per assigned partition: events consumed and not yet finished",
             self.in_flight.clone(),
         );
+        r.register(
+            "rebalance_pause_seconds",
+            "From giving up partitions in an eager rebalance to the next assignment: the time this member consumed nothing",
+            self.rebalance_pause.clone(),
+        );
         r.register("dispatch_keys_running", "Keys (orders) with an event running", self.keys_running.clone());
         r.register(
             "dispatch_events_waiting_behind_key",
@@ -372,6 +379,10 @@ impl Metrics {
         self.task_deaths.get_or_create(&TaskLabels { task }).inc();
     }
 
+    pub fn rebalance_pause(&self, paused: Duration) {
+        self.rebalance_pause.observe(paused.as_secs_f64());
+    }
+
     pub fn relay_slots_owned(&self, slots: usize) {
         self.relay_slots_owned.set(slots as i64);
     }
@@ -400,6 +411,13 @@ impl Metrics {
 
     pub fn consumer_lag(&self, topic: &str, partition: i32, lag: i64) {
         self.consumer_lag.get_or_create(&PartitionLabels { topic: topic.to_string(), partition }).set(lag);
+    }
+
+    /// Partitions this consumer no longer holds show no lag (rather than their last value).
+    pub fn consumer_lag_revoked(&self, partitions: &[(String, i32)]) {
+        for (topic, partition) in partitions {
+            self.consumer_lag.remove(&PartitionLabels { topic: topic.clone(), partition: *partition });
+        }
     }
 
     /// `route` is the matched route template (`/api/orders/{id}`), never the raw path, so the

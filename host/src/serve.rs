@@ -88,8 +88,14 @@ impl Host {
         };
         let relay = parts.spawn_relay(relay_shutdown_rx);
         let k = &config.kafka;
-        let (consumer, revoked) =
-            Consumer::new(brokers, &k.group_id, &[&k.created_topic, &k.status_topic], parts.metrics.clone())?;
+        let backlog = parts.backlog.clone();
+        let consumer = Consumer::new(
+            brokers,
+            &k.group_id,
+            &[&k.created_topic, &k.status_topic],
+            parts.metrics.clone(),
+            Box::new(move |revoked| backlog.revoke(revoked)),
+        )?;
         let dispatcher = Shared {
             pool: dispatch_pool,
             invoker: parts.invoker.clone(),
@@ -106,7 +112,7 @@ impl Host {
         background.push(parts.supervisor.spawn(
             "dispatcher",
             shutdown_rx.clone(),
-            dispatch::run(dispatcher, consumer, revoked),
+            dispatch::run(dispatcher, consumer),
         ));
 
         let listener = tokio::net::TcpListener::bind(config.http_addr)

@@ -137,10 +137,7 @@ pub async fn claim(conn: &mut PgConnection, slots: &[i16], limit: i64) -> sqlx::
 }
 
 pub async fn mark_published(conn: &mut PgConnection, ids: &[i64]) -> sqlx::Result<()> {
-    sqlx::query("UPDATE outbox SET published_at = now() WHERE id = ANY($1)")
-        .bind(ids)
-        .execute(conn)
-        .await?;
+    sqlx::query("UPDATE outbox SET published_at = now() WHERE id = ANY($1)").bind(ids).execute(conn).await?;
     Ok(())
 }
 

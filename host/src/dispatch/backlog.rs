@@ -13,39 +13,65 @@ use std::time::{Duration, Instant};
 use super::Job;
 
 /// Per partition: offsets consumed but not finished (with when each was consumed), and the next
-/// offset to be consumed.
+/// offset to be consumed; per assignment.
+///
+/// Why assignments are counted: after an eager rebalance a partition can come back to this
+/// consumer while events taken under the previous assignment still run, and the new assignment
+/// redelivers from the committed prefix, so one offset can be in flight twice. Were the old
+/// event's completion counted against the new bookkeeping, it could remove the new delivery's
+/// entry, and the committable prefix would run past an event not yet applied. A completion counts
+/// only for the assignment it was consumed under.
 #[derive(Debug, Default)]
 pub(super) struct Tracker {
     parts: HashMap<(String, i32), Part>,
+    /// Bumped at every revocation; a partition's bookkeeping belongs to the value current when
+    /// its first record of an assignment was taken.
+    assignment: u64,
 }
 
 #[derive(Debug)]
 struct Part {
     in_flight: BTreeMap<i64, Instant>,
     next: i64,
+    assignment: u64,
 }
 
 impl Tracker {
-    pub(super) fn begin(&mut self, topic: &str, partition: i32, offset: i64) {
-        let part = self
-            .parts
-            .entry((topic.to_string(), partition))
-            .or_insert_with(|| Part { in_flight: BTreeMap::new(), next: offset });
+    /// Records `offset` as taken; returns the assignment it belongs to, for [`Tracker::complete`].
+    pub(super) fn begin(&mut self, topic: &str, partition: i32, offset: i64) -> u64 {
+        let assignment = self.assignment;
+        let part = self.parts.entry((topic.to_string(), partition)).or_insert_with(|| Part {
+            in_flight: BTreeMap::new(),
+            next: offset,
+            assignment,
+        });
         part.in_flight.insert(offset, Instant::now());
         part.next = part.next.max(offset + 1);
+        part.assignment
     }
 
     /// Marks `offset` finished and returns the offset up to which everything is finished (the
-    /// position to commit), or `None` for a partition no longer tracked (revoked). The caller
-    /// stores it before releasing the tracker, so positions are stored in increasing order.
-    pub(super) fn complete(&mut self, topic: &str, partition: i32, offset: i64) -> Option<i64> {
+    /// position to commit), or `None` when it was taken under an assignment that has since been
+    /// revoked. The caller stores it before releasing the tracker, so positions are stored in
+    /// increasing order.
+    pub(super) fn complete(
+        &mut self,
+        topic: &str,
+        partition: i32,
+        offset: i64,
+        assignment: u64,
+    ) -> Option<i64> {
         let part = self.parts.get_mut(&(topic.to_string(), partition))?;
+        if part.assignment != assignment {
+            return None;
+        }
         part.in_flight.remove(&offset);
         Some(part.in_flight.first_key_value().map_or(part.next, |(o, _)| *o))
     }
 
     pub(super) fn revoke(&mut self, topic: &str, partition: i32) {
         self.parts.remove(&(topic.to_string(), partition));
+        self.assignment += 1;
     }
 }
 
@@ -102,6 +128,15 @@ impl Backlog {
         self.lanes.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Ends the bookkeeping of partitions this consumer is losing (called from the rebalance
+    /// callback, before any record of the next assignment is taken).
+    pub fn revoke(&self, partitions: &[(String, i32)]) {
+        let mut tracker = self.tracker();
+        for (topic, partition) in partitions {
+            tracker.revoke(topic, *partition);
+        }
+    }
+
     /// Every partition with a position, sorted by topic and partition.
     pub fn partitions(&self) -> Vec<PartitionInFlight> {
         let tracker = self.tracker();
@@ -145,17 +180,36 @@ mod tests {
     #[test]
     fn only_the_contiguous_prefix_is_committable() {
         let mut t = Tracker::default();
-        for o in 10..15 {
-            t.begin("t", 0, o);
-        }
-        assert_eq!(t.complete("t", 0, 12), Some(10), "10 and 11 are still running");
-        assert_eq!(t.complete("t", 0, 10), Some(11));
-        assert_eq!(t.complete("t", 0, 11), Some(13), "12 finished earlier");
-        assert_eq!(t.complete("t", 0, 14), Some(13));
-        assert_eq!(t.complete("t", 0, 13), Some(15), "all done: commit past the last");
-        t.begin("t", 1, 3);
+        let a = (10..15).map(|o| t.begin("t", 0, o)).last().unwrap();
+        assert_eq!(t.complete("t", 0, 12, a), Some(10), "10 and 11 are still running");
+        assert_eq!(t.complete("t", 0, 10, a), Some(11));
+        assert_eq!(t.complete("t", 0, 11, a), Some(13), "12 finished earlier");
+        assert_eq!(t.complete("t", 0, 14, a), Some(13));
+        assert_eq!(t.complete("t", 0, 13, a), Some(15), "all done: commit past the last");
+        let b = t.begin("t", 1, 3);
         t.revoke("t", 1);
-        assert_eq!(t.complete("t", 1, 3), None, "a revoked partition stores nothing");
+        assert_eq!(t.complete("t", 1, 3, b), None, "a revoked partition stores nothing");
+    }
+
+    /// The failure this guards against (the three-replica process test once ended with one event
+    /// committed past and never applied, across rebalances that gave partitions back to the same
+    /// replicas): partition 0 comes back to the same consumer while offset 7 of the old assignment still runs; the new
+    /// assignment redelivers 5..=8. The old 7 finishing must not clear the new 7, or the prefix
+    /// would be stored past an event not yet applied once 5, 6 and 8 finish.
+    #[test]
+    fn a_completion_from_a_revoked_assignment_never_moves_the_new_prefix() {
+        let mut t = Tracker::default();
+        let old = (5..=8).map(|o| t.begin("t", 0, o)).last().unwrap();
+        t.complete("t", 0, 5, old);
+        t.revoke("t", 0);
+        let new = (5..=8).map(|o| t.begin("t", 0, o)).last().unwrap();
+        assert_ne!(old, new);
+        assert_eq!(t.complete("t", 0, 7, old), None, "the old delivery of 7 finishing counts for nothing");
+        for o in [5, 6, 8] {
+            t.complete("t", 0, o, new);
+        }
+        assert_eq!(t.complete("t", 0, 6, new), Some(7), "the new 7 still holds the prefix");
+        assert_eq!(t.complete("t", 0, 7, new), Some(9));
     }
 
     #[test]
@@ -164,13 +218,13 @@ mod tests {
         backlog.tracker().begin("b", 2, 7);
         backlog.tracker().begin("a", 0, 1);
         backlog.tracker().begin("a", 0, 2);
-        backlog.tracker().complete("a", 0, 1);
+        backlog.tracker().complete("a", 0, 1, 0);
         let parts = backlog.partitions();
-        assert_eq!(parts.iter().map(|p| (p.topic.as_str(), p.partition, p.events)).collect::<Vec<_>>(), [
-            ("a", 0, 1),
-            ("b", 2, 1)
-        ]);
-        backlog.tracker().complete("a", 0, 2);
+        assert_eq!(
+            parts.iter().map(|p| (p.topic.as_str(), p.partition, p.events)).collect::<Vec<_>>(),
+            [("a", 0, 1), ("b", 2, 1)]
+        );
+        backlog.tracker().complete("a", 0, 2, 0);
         assert_eq!(backlog.partitions()[0].oldest, Duration::ZERO, "none in flight, no age");
     }
 }

@@ -19,12 +19,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use sqlx::PgPool;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio::task::JoinSet;
 
 use crate::config::{DispatchConfig, KafkaConfig, Topics};
 use crate::handler_set::HandlerSet;
-use crate::kafka::{Consumer, Incoming, Revoked};
+use crate::kafka::{Consumer, Incoming};
 use crate::metrics::Metrics;
 use crate::runtime::Invoke;
 use crate::supervise::{Supervisor, panic_message};
@@ -54,6 +54,9 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
 
 struct Job {
     record: Incoming,
+    /// Which assignment of its partition it was consumed under ([`Backlog`]): finishing it
+    /// counts towards the committable prefix only while that assignment lasts.
+    assignment: u64,
     /// When it was queued behind its key's running event, for the admin API's busy keys.
     queued_at: Instant,
     _permit: OwnedSemaphorePermit,
@@ -67,7 +70,7 @@ struct State {
 
 /// Consumes until `shutdown`, then stops fetching, gives in-flight events `drain_timeout` to
 /// finish, commits what finished and leaves the group.
-pub async fn run(shared: Shared, consumer: Consumer, mut revoked: mpsc::UnboundedReceiver<Revoked>) {
+pub async fn run(shared: Shared, consumer: Consumer) {
     let mut shutdown = shared.shutdown.clone();
     let permits = Arc::new(Semaphore::new(shared.config.max_in_flight));
     let drain_timeout = shared.config.drain_timeout;
@@ -85,13 +88,6 @@ pub async fn run(shared: Shared, consumer: Consumer, mut revoked: mpsc::Unbounde
         let record = loop {
             let next = tokio::select! {
                 r = state.consumer.recv() => Some(r),
-                Some(Revoked(parts)) = revoked.recv() => {
-                    let mut tracker = state.shared.backlog.tracker();
-                    for (topic, partition) in parts {
-                        tracker.revoke(&topic, partition);
-                    }
-                    None
-                }
                 // A lane that ends (or panics) while no record arrives is reported at once.
                 Some(joined) = tasks.join_next() => {
                     report_lane(&state.shared, joined);
@@ -108,13 +104,13 @@ pub async fn run(shared: Shared, consumer: Consumer, mut revoked: mpsc::Unbounde
                 None => {}
             }
         };
-        state.shared.backlog.tracker().begin(&record.topic, record.partition, record.offset);
+        let assignment = state.shared.backlog.tracker().begin(&record.topic, record.partition, record.offset);
         // Records without a key keep their partition's order.
         let key = record
             .key
             .clone()
             .unwrap_or_else(|| format!("{}/{}", record.topic, record.partition).into_bytes());
-        let job = Job { record, queued_at: Instant::now(), _permit: permit };
+        let job = Job { record, assignment, queued_at: Instant::now(), _permit: permit };
         let mut lanes = state.shared.backlog.lanes();
         match lanes.get_mut(&key) {
             Some(queue) => queue.push_back(job),
@@ -172,7 +168,7 @@ async fn run_key(state: Arc<State>, key: Vec<u8>, first: Job) {
             // Stored under the lock: two lanes of one partition finishing together must not store
             // their positions in the opposite order (the stored offset would move backwards).
             let mut tracker = state.shared.backlog.tracker();
-            if let Some(next) = tracker.complete(&r.topic, r.partition, r.offset) {
+            if let Some(next) = tracker.complete(&r.topic, r.partition, r.offset, job.assignment) {
                 state.consumer.store(&r.topic, r.partition, next);
             }
         }

@@ -96,7 +96,8 @@ pub async fn run(
                 match p.transient {
                     None => {
                         backoff = Duration::from_millis(50);
-                        let idle = p.refused_retry_in.map_or(config.poll_interval, |d| d.min(config.poll_interval));
+                        let idle =
+                            p.refused_retry_in.map_or(config.poll_interval, |d| d.min(config.poll_interval));
                         // Slots nobody owns (their relay died) are taken at the next rebalance.
                         if p.owned < SLOTS as usize { idle.min(REBALANCE_EVERY) } else { idle }
                     }
@@ -238,7 +239,9 @@ impl Relay<'_> {
                 tracing::error!(error = %fatal, "Kafka producer hit a fatal error; replaced it")
             }
             Ok(None) => {}
-            Err(e) => tracing::error!(error = %format!("{e:#}"), "replacing the failed Kafka producer failed"),
+            Err(e) => {
+                tracing::error!(error = %format!("{e:#}"), "replacing the failed Kafka producer failed")
+            }
         }
     }
 }

@@ -1257,10 +1257,7 @@ async fn a_busy_key_shows_its_waiting_events_on_the_admin_api_and_in_metrics() {
     use sqlx::Connection;
     let mut conn = sqlx::PgConnection::connect(&t.database_url).await.unwrap();
     let mut holder = conn.begin().await.unwrap();
-    sqlx::query("LOCK TABLE processed_events IN ACCESS EXCLUSIVE MODE")
-        .execute(&mut *holder)
-        .await
-        .unwrap();
+    sqlx::query("LOCK TABLE processed_events IN ACCESS EXCLUSIVE MODE").execute(&mut *holder).await.unwrap();
     let brokers = t.broker.bootstrap_servers().to_string();
     for i in 0..5 {
         produce(&brokers, "order.created", "busy-key", &[], format!("{{\"n\":{i}}}").as_bytes()).await;
@@ -1276,7 +1273,8 @@ async fn a_busy_key_shows_its_waiting_events_on_the_admin_api_and_in_metrics() {
     assert_eq!(view["top_keys"][0]["key"], "busy-key", "{view}");
     assert_eq!(view["events_waiting"], 4, "other-key has nothing queued: {view}");
     assert_eq!(view["keys_running"], 2, "{view}");
-    let in_flight: u64 = view["partitions"].as_array().unwrap().iter().map(|p| p["in_flight"].as_u64().unwrap()).sum();
+    let in_flight: u64 =
+        view["partitions"].as_array().unwrap().iter().map(|p| p["in_flight"].as_u64().unwrap()).sum();
     assert_eq!(in_flight, 6, "{view}");
     let text = t.get_text("/metrics").await;
     assert_eq!(metric(&text, "order_host_dispatch_events_waiting_behind_key"), Some(4.0), "{text}");
@@ -1294,8 +1292,8 @@ async fn a_busy_key_shows_its_waiting_events_on_the_admin_api_and_in_metrics() {
     holder.rollback().await.unwrap();
     eventually("every event to finish", Duration::from_secs(30), || async {
         let (_, v) = backlog("").await;
-        let done = v["keys_running"] == 0
-            && v["partitions"].as_array().unwrap().iter().all(|p| p["in_flight"] == 0);
+        let done =
+            v["keys_running"] == 0 && v["partitions"].as_array().unwrap().iter().all(|p| p["in_flight"] == 0);
         done.then_some(())
     })
     .await;
