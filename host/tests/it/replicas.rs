@@ -424,7 +424,8 @@ mod processes {
         let progress =
             group_progress(&cluster.brokers, GROUP, &["order.created", "order.status-updated"]).await;
         out += &format!("group progress (topic, partition, committed, high): {progress:?}\n");
-        for port in cluster.live.lock().unwrap().clone() {
+        let live = cluster.live.lock().unwrap().clone();
+        for port in live {
             let text = match cluster.http.get(format!("http://127.0.0.1:{port}/metrics")).send().await {
                 Ok(r) => r.text().await.unwrap_or_default(),
                 Err(e) => format!("unreachable: {e}"),
