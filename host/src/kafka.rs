@@ -291,17 +291,10 @@ impl Consumer {
             .set("enable.auto.commit", "true")
             .set("enable.auto.offset.store", "false")
             .set("auto.commit.interval.ms", "1000")
-            // A replica that dies without leaving (SIGKILL, a lost node) holds its partitions
-            // until its session times out: 10 s rather than librdkafka's 45 s, with a heartbeat
-            // every second so a live member is never mistaken for a dead one.
-            .set("session.timeout.ms", "10000")
-            .set("heartbeat.interval.ms", "1000")
-            // Also the rebalance timeout: how long the coordinator waits for members to rejoin
-            // an eager rebalance, and so the longest the group can stand still for one member.
-            // 60 s rather than 300 s. The cost: a replica whose every in-flight slot is stuck for
-            // a minute (Postgres away) stops polling and leaves the group, and rejoins when it
-            // polls again; its events are redelivered, which idempotency absorbs.
-            .set("max.poll.interval.ms", "60000")
+            // Session (45 s) and rebalance (300 s) timeouts stay librdkafka's defaults. 10 s and
+            // 60 s were tried: against tansu, which re-assigns a killed member that has not yet
+            // timed out, a host killed and restarted at once then found half its partitions
+            // held by its dead predecessor for longer than the fault test waits.
             .set("statistics.interval.ms", STATS_INTERVAL_MS)
             .create_with_context(DispatchContext { on_revoke, metrics, revoked_at: Default::default() })
             .context("creating the Kafka consumer")?;
