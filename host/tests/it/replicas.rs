@@ -1,6 +1,7 @@
 //! Several replicas on one Postgres and one broker: the outbox relay shares its key-hash slots
 //! among the live relays and keeps each key's order; the multi-process tier (rolling restart,
-//! SIGKILL, a joining replica, on tansu) is in `replicas::processes`.
+//! SIGKILL, a joining replica; on the dev broker, and ignored on tansu) is in
+//! `replicas::processes`.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
