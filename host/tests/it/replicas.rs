@@ -253,6 +253,7 @@ mod processes {
     /// keeps dead members assigned while the group is stable) or the host. Run it with
     /// `cargo xtask test --test it -- --ignored replicas::processes`.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    // tracking: issue 15 (runs of records committed past and never applied on tansu 0.6)
     #[ignore = "loses a run of records in about one run in three on tansu 0.6; cause not found"]
     async fn three_replicas_on_tansu() {
         let (_tansu, brokers) = start_tansu(&TOPICS).await;
