@@ -194,8 +194,7 @@ async fn run_throughput(pg: &LocalPostgres, root: &std::path::Path, label: &str)
     println!("pipeline throughput, {label}");
     // Rounds interleave the modes so drift on a noisy machine hits them alike.
     let runs: Vec<&Mode> = (0..ROUNDS).flat_map(|_| MODES.iter()).collect();
-    let topics: Vec<String> =
-        (0..runs.len()).flat_map(|i| ["created", "status", "dead"].map(|t| format!("r{i}.{t}"))).collect();
+    let topics = Round::topics("r", runs.len());
     let names: Vec<&str> = topics.iter().map(String::as_str).collect();
     let broker = EmbeddedBroker::start(&names, 3)?;
     let handlers = throughput_handlers(root)?;
@@ -204,19 +203,9 @@ async fn run_throughput(pg: &LocalPostgres, root: &std::path::Path, label: &str)
     let mut results: Vec<(&str, Run)> = Vec::new();
     let bar = indicatif::ProgressBar::new(runs.len() as u64);
     for (i, mode) in runs.into_iter().enumerate() {
-        sqlx::query(&format!("CREATE DATABASE throughput_{i}")).execute(&admin).await?;
-        let url = pg.url(&format!("throughput_{i}"));
-        let (created, status, dead) = (format!("r{i}.created"), format!("r{i}.status"), format!("r{i}.dead"));
-        let common = [
-            ("HTTP_ADDR", "127.0.0.1:0"),
-            ("DATABASE_URL", url.as_str()),
-            ("KAFKA_BROKERS", broker.bootstrap_servers()),
-            ("KAFKA_TOPIC", created.as_str()),
-            ("KAFKA_STATUS_TOPIC", status.as_str()),
-            ("ORDER_CREATED_TOPIC", created.as_str()),
-            ("STATUS_UPDATED_TOPIC", status.as_str()),
-            ("DEAD_LETTER_TOPIC", dead.as_str()),
-        ];
+        let round = Round::create(pg, &admin, &broker, "r", i).await?;
+        let common = round.vars();
+        let status = &round.status;
         seed_backlog(&common, BACKLOG).await?;
 
         // A fresh group drains it: every order walks to shipped with no delays.
@@ -260,7 +249,7 @@ async fn run_throughput(pg: &LocalPostgres, root: &std::path::Path, label: &str)
                     percentile_cont(0.5) WITHIN GROUP (ORDER BY EXTRACT(EPOCH FROM p.applied - o.published_at)) * 1000
              FROM o JOIN p ON p.event_id = o.ce_id",
         )
-        .bind(&status)
+        .bind(status)
         .fetch_one(&host.pool)
         .await?;
         let (shipped,): (i64,) = sqlx::query_as("SELECT count(*) FROM orders WHERE status = 'shipped'")
@@ -314,6 +303,54 @@ async fn run_throughput(pg: &LocalPostgres, root: &std::path::Path, label: &str)
     );
     println!("  wasm / native (batched)           {:.2}×", rate("batched wasm") / rate("batched native"));
     Ok(())
+}
+
+/// One round's own database and topics, so no round sees another's records.
+struct Round {
+    url: String,
+    brokers: String,
+    created: String,
+    status: String,
+    dead: String,
+}
+
+impl Round {
+    /// Topics `{prefix}{i}.created|status|dead` for `rounds` rounds, for the embedded broker.
+    fn topics(prefix: &str, rounds: usize) -> Vec<String> {
+        (0..rounds).flat_map(|i| ["created", "status", "dead"].map(|t| format!("{prefix}{i}.{t}"))).collect()
+    }
+
+    async fn create(
+        pg: &LocalPostgres,
+        admin: &sqlx::PgPool,
+        broker: &EmbeddedBroker,
+        prefix: &str,
+        i: usize,
+    ) -> anyhow::Result<Round> {
+        let db = format!("{prefix}round_{i}");
+        sqlx::query(&format!("CREATE DATABASE {db}")).execute(admin).await?;
+        Ok(Round {
+            url: pg.url(&db),
+            brokers: broker.bootstrap_servers().to_string(),
+            created: format!("{prefix}{i}.created"),
+            status: format!("{prefix}{i}.status"),
+            dead: format!("{prefix}{i}.dead"),
+        })
+    }
+
+    /// The host's settings every process of the round shares.
+    fn vars(&self) -> [(&str, &str); 8] {
+        [
+            ("HTTP_ADDR", "127.0.0.1:0"),
+            ("DATABASE_URL", &self.url),
+            ("KAFKA_BROKERS", &self.brokers),
+            ("KAFKA_TOPIC", &self.created),
+            ("KAFKA_STATUS_TOPIC", &self.status),
+            ("ORDER_CREATED_TOPIC", &self.created),
+            ("STATUS_UPDATED_TOPIC", &self.status),
+            ("DEAD_LETTER_TOPIC", &self.dead),
+        ]
+    }
 }
 
 /// The backlog: `orders` orders created and announced by a host with no handlers.

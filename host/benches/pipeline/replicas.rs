@@ -50,8 +50,7 @@ fn series(metrics: &str, name: &str) -> f64 {
 pub(super) async fn run(pg: &LocalPostgres, root: &std::path::Path) -> anyhow::Result<()> {
     println!("pipeline replicas: {BACKLOG} orders backlogged, drained by 1, 2 and 3 order-host processes");
     let runs: Vec<usize> = (0..ROUNDS).flat_map(|_| REPLICAS).collect();
-    let topics: Vec<String> =
-        (0..runs.len()).flat_map(|i| ["created", "status", "dead"].map(|t| format!("n{i}.{t}"))).collect();
+    let topics = Round::topics("n", runs.len());
     let names: Vec<&str> = topics.iter().map(String::as_str).collect();
     let broker = EmbeddedBroker::start(&names, 3)?;
     let handlers = throughput_handlers(root)?;
@@ -59,19 +58,8 @@ pub(super) async fn run(pg: &LocalPostgres, root: &std::path::Path) -> anyhow::R
     let mut results: Vec<(usize, f64)> = Vec::new();
     let bar = indicatif::ProgressBar::new(runs.len() as u64);
     for (i, n) in runs.into_iter().enumerate() {
-        sqlx::query(&format!("CREATE DATABASE replicas_{i}")).execute(&admin).await?;
-        let url = pg.url(&format!("replicas_{i}"));
-        let (created, status, dead) = (format!("n{i}.created"), format!("n{i}.status"), format!("n{i}.dead"));
-        let common = [
-            ("HTTP_ADDR", "127.0.0.1:0"),
-            ("DATABASE_URL", url.as_str()),
-            ("KAFKA_BROKERS", broker.bootstrap_servers()),
-            ("KAFKA_TOPIC", created.as_str()),
-            ("KAFKA_STATUS_TOPIC", status.as_str()),
-            ("ORDER_CREATED_TOPIC", created.as_str()),
-            ("STATUS_UPDATED_TOPIC", status.as_str()),
-            ("DEAD_LETTER_TOPIC", dead.as_str()),
-        ];
+        let round = Round::create(pg, &admin, &broker, "n", i).await?;
+        let (common, url, created) = (round.vars(), &round.url, &round.created);
         seed_backlog(&common, BACKLOG).await?;
 
         let live = tempfile::tempdir()?;
@@ -92,9 +80,9 @@ pub(super) async fn run(pg: &LocalPostgres, root: &std::path::Path) -> anyhow::R
                 anyhow::Ok(Replica { child, port })
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
-        settle(&replicas, &created).await?;
+        settle(&replicas, created).await?;
 
-        let pool = sqlx::PgPool::connect(&url).await?;
+        let pool = sqlx::PgPool::connect(url).await?;
         let (pg_before, replicas_before) =
             (Cpu::now(), replicas.iter().map(Replica::cpu).collect::<Vec<_>>());
         install_handlers(handlers.path(), live.path())?;
