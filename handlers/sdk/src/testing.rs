@@ -52,10 +52,10 @@ pub fn sample_order(status: OrderStatus) -> Order {
         customer_name: "Ada Lovelace".into(),
         customer_email: "ada@metalbear.com".into(),
         shipping_address: ShippingAddress {
-            line1: "1 Analytical Way".into(),
-            line2: String::new(),
+            street: "1 Analytical Way".into(),
             city: "London".into(),
-            postal_code: "N1 9GU".into(),
+            state: String::new(),
+            zip_code: "N1 9GU".into(),
             country: "GB".into(),
         },
         items: vec![

@@ -91,10 +91,10 @@ fn to_order(o: &wit::Order) -> sdk::Order {
         customer_name: o.customer_name.clone(),
         customer_email: o.customer_email.clone(),
         shipping_address: sdk::ShippingAddress {
-            line1: a.line1.clone(),
-            line2: a.line2.clone(),
+            street: a.street.clone(),
             city: a.city.clone(),
-            postal_code: a.postal_code.clone(),
+            state: a.state.clone(),
+            zip_code: a.zip_code.clone(),
             country: a.country.clone(),
         },
         items: o

@@ -84,10 +84,10 @@ impl From<&Order> for wit::Order {
             customer_name: o.customer_name.clone(),
             customer_email: o.customer_email.clone(),
             shipping_address: wit::ShippingAddress {
-                line1: o.address.street.clone(),
-                line2: o.address.state.clone(),
+                street: o.address.street.clone(),
                 city: o.address.city.clone(),
-                postal_code: o.address.zip_code.clone(),
+                state: o.address.state.clone(),
+                zip_code: o.address.zip_code.clone(),
                 country: o.address.country.clone(),
             },
             items: o
@@ -130,5 +130,57 @@ impl From<wit::OrderStatus> for Status {
             wit::OrderStatus::Delivered => Status::Delivered,
             wit::OrderStatus::Cancelled => Status::Cancelled,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::db::orders::{Address, Item};
+
+    /// Each address field reaches the guest under its own name; `state` once went to `line2`.
+    #[test]
+    fn a_handler_sees_the_order_as_stored_field_for_field() {
+        let id = uuid::Uuid::new_v4();
+        let order = Order {
+            id,
+            order_number: "MM-10001".into(),
+            tracking_token: "t".into(),
+            customer_name: "Ada".into(),
+            customer_email: "ada@example.com".into(),
+            address: Address {
+                street: "1 Main St".into(),
+                city: "Springfield".into(),
+                state: "IL".into(),
+                zip_code: "62701".into(),
+                country: "US".into(),
+            },
+            total_cents: 2500,
+            status: Status::Confirmed,
+            holds_stock: false,
+            source_topic: None,
+            created_at: chrono::DateTime::from_timestamp_millis(1_700_000_000_000).unwrap(),
+            updated_at: chrono::DateTime::from_timestamp_millis(1_700_000_000_000).unwrap(),
+            items: vec![Item {
+                id: 1,
+                order_id: id,
+                product_id: "3".into(),
+                product_name: "Mug".into(),
+                quantity: 2,
+                price_cents: 1250,
+                created_at: chrono::DateTime::from_timestamp_millis(1_700_000_000_000).unwrap(),
+            }],
+        };
+        let seen = wit::Order::from(&order);
+        let a = &seen.shipping_address;
+        assert_eq!(
+            [&a.street, &a.city, &a.state, &a.zip_code, &a.country],
+            ["1 Main St", "Springfield", "IL", "62701", "US"]
+        );
+        assert_eq!(
+            (seen.total_cents, seen.created_at, seen.status),
+            (2500, 1_700_000_000_000, wit::OrderStatus::Confirmed)
+        );
+        assert_eq!((seen.items[0].quantity, seen.items[0].unit_price_cents), (2, 1250));
     }
 }
