@@ -13,7 +13,7 @@ use host::runtime::{NoOrders, Registry, Runtime};
 use sdk::Handler;
 
 #[path = "../tests/it/support/mod.rs"]
-#[allow(dead_code)] // the benchmark uses a few of the tests' helpers
+#[allow(dead_code, unused_imports)] // the benchmark uses a few of the tests' helpers and re-exports
 mod support;
 
 fn invoke(c: &mut Criterion) {

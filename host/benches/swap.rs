@@ -11,7 +11,7 @@ use host::runtime::{HandlerSpec, Origin, Runtime};
 use host::serve::Host;
 
 #[path = "../tests/it/support/mod.rs"]
-#[allow(dead_code)] // the benchmark uses a few of the tests' helpers
+#[allow(dead_code, unused_imports)] // the benchmark uses a few of the tests' helpers and re-exports
 mod support;
 
 const ROUNDS: usize = 5;

@@ -1,12 +1,13 @@
 //! `order-host`: the host binary. `order-host` (or `order-host serve`) runs the service;
-//! `order-host check` loads and checks the handlers in `HANDLERS_DIR` and exits.
+//! `order-host check` loads and checks the handlers in `HANDLERS_DIR` and exits; `order-host
+//! golden NAME CASES` replays a handler's golden cases through its component.
 
 use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use host::config::Config;
-use host::runtime::{Registry, Runtime};
+use host::runtime::{Registry, Runtime, golden};
 use host::serve::{Host, termination_signal};
 
 #[derive(Parser)]
@@ -38,6 +39,14 @@ enum Command {
     /// Load every handler in HANDLERS_DIR, check it against the world and list it; exits non-zero
     /// if any file was rejected.
     Check,
+    /// Replay a handler's golden cases (its crate's `cases.json`) through its component in
+    /// HANDLERS_DIR and report every case whose answer differs; exits non-zero if any does.
+    Golden {
+        /// The handler's name in the manifest.
+        name: String,
+        /// The `cases.json` to replay.
+        cases: std::path::PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -111,6 +120,21 @@ fn run(cli: Cli, config: Config) -> anyhow::Result<ExitCode> {
                 eprintln!("rejected {p}");
             }
             Ok(if problems.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+        }
+        Command::Golden { name, cases } => {
+            let runtime = Runtime::new(&config.runtime)?;
+            let cases = golden::read_cases(&cases)?;
+            let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+            let mismatches = rt.block_on(golden::replay(&runtime, &config.handlers_dir, &name, &cases))?;
+            for m in &mismatches {
+                eprintln!("MISMATCH {:?}\n  want {:?}\n  got  {:?}", m.case, m.case.actions, m.got);
+            }
+            println!(
+                "{name}: {} golden cases through the component, {} differ",
+                cases.len(),
+                mismatches.len()
+            );
+            Ok(if mismatches.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
         }
     }
 }

@@ -22,26 +22,47 @@ pub struct Args {
     /// target/debug/order-host). The Dockerfile passes the release binary it has just built.
     #[arg(long)]
     checker: Option<PathBuf>,
-    /// Only these handlers (default: every crate in handlers/ with [package.metadata.handler]).
+    /// The handlers workspace to build (default: handlers/).
+    #[arg(long)]
+    workspace: Option<PathBuf>,
+    /// Where the components and handlers.toml go (default: target/handlers/).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Only these handlers (default: every crate in the workspace with [package.metadata.handler]).
     names: Vec<String>,
+}
+
+impl Args {
+    /// Builds only `name`, of `workspace`, into `out`.
+    pub fn one(name: &str, workspace: PathBuf, out: PathBuf) -> Args {
+        Args { workspace: Some(workspace), out: Some(out), names: vec![name.to_string()], ..Args::default() }
+    }
+
+    pub fn workspace(&self) -> PathBuf {
+        self.workspace.clone().unwrap_or_else(|| project_root().join("handlers"))
+    }
+
+    pub fn out(&self) -> PathBuf {
+        self.out.clone().unwrap_or_else(|| project_root().join("target/handlers"))
+    }
 }
 
 pub fn run(sh: &Shell, args: &Args) -> anyhow::Result<()> {
     let root = project_root();
-    let handlers: Vec<_> =
-        wasm::members(&root.join("handlers"))?.into_iter().filter(|m| m.metadata.is_some()).collect();
+    let workspace = args.workspace();
+    let handlers: Vec<_> = wasm::members(&workspace)?.into_iter().filter(|m| m.metadata.is_some()).collect();
     for name in &args.names {
         if !handlers.iter().any(|h| &h.name == name) {
             let known: Vec<_> = handlers.iter().map(|h| h.name.as_str()).collect();
-            bail!("no handler named `{name}`; handlers/ has: {}", known.join(", "));
+            bail!("no handler named `{name}`; {} has: {}", workspace.display(), known.join(", "));
         }
     }
     let selected: Vec<_> =
         handlers.into_iter().filter(|h| args.names.is_empty() || args.names.contains(&h.name)).collect();
     let names: Vec<String> = selected.iter().map(|h| h.name.clone()).collect();
-    let built = wasm::build(sh, &root.join("handlers"), &names, !args.debug)?;
+    let built = wasm::build(sh, &workspace, &names, !args.debug)?;
 
-    let out_dir = root.join("target/handlers");
+    let out_dir = args.out();
     std::fs::create_dir_all(&out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
     let manifest_path = out_dir.join(MANIFEST_FILE);
     let mut manifest = match std::fs::read_to_string(&manifest_path) {
@@ -51,10 +72,12 @@ pub fn run(sh: &Shell, args: &Args) -> anyhow::Result<()> {
 
     let mut changed: Vec<(HandlerManifest, Vec<u8>)> = Vec::new();
     for (member, wasm_path) in selected.iter().zip(&built) {
-        let spec: HandlerSpec =
-            member.metadata.clone().expect("filtered above").try_into().with_context(|| {
-                format!("handlers/{}/Cargo.toml: invalid [package.metadata.handler]", member.name)
-            })?;
+        let spec: HandlerSpec = member
+            .metadata
+            .clone()
+            .expect("filtered above")
+            .try_into()
+            .with_context(|| format!("{}/Cargo.toml: invalid [package.metadata.handler]", member.name))?;
         spec.validate().map_err(|e| anyhow::anyhow!("handler `{}`: {e}", member.name))?;
         let bytes = std::fs::read(wasm_path).with_context(|| format!("reading {}", wasm_path.display()))?;
         let sha = sha256_hex(&bytes);
@@ -77,7 +100,7 @@ pub fn run(sh: &Shell, args: &Args) -> anyhow::Result<()> {
         }
     }
     if !changed.is_empty() {
-        check_with_host(sh, &changed, args.checker.as_deref())?;
+        check_with_host(sh, &changed, args.checker.as_deref(), &out_dir)?;
         for (entry, bytes) in &changed {
             write_atomically(&out_dir.join(&entry.file), bytes)?;
         }
@@ -94,9 +117,10 @@ fn check_with_host(
     sh: &Shell,
     changed: &[(HandlerManifest, Vec<u8>)],
     checker: Option<&Path>,
+    out_dir: &Path,
 ) -> anyhow::Result<()> {
     let root = project_root();
-    let staging = root.join("target/handlers-staging");
+    let staging = out_dir.with_file_name(".handlers-staging");
     let _ = std::fs::remove_dir_all(&staging);
     std::fs::create_dir_all(&staging).with_context(|| format!("creating {}", staging.display()))?;
     for (entry, bytes) in changed {

@@ -6,8 +6,10 @@ mod build_handlers;
 mod dead_letters;
 mod deploy_handlers;
 mod dev;
+mod handler_test;
 mod lint;
 mod loadgen;
+mod new_handler;
 mod test;
 #[cfg(test)]
 mod tidy;
@@ -29,6 +31,11 @@ enum Command {
     /// Build handlers/* for wasm32-wasip2, check them against the world, and write
     /// target/handlers/<name>.wasm plus handlers.toml.
     BuildHandlers(build_handlers::Args),
+    /// Scaffold a handler crate in handlers/: trait impl, manifest table, golden cases. The build
+    /// and the tests pick it up with no other edit.
+    NewHandler(new_handler::Args),
+    /// One handler's native tests, then its golden cases through the built component.
+    HandlerTest(handler_test::Args),
     /// Run the whole product locally: handlers, a private Postgres, the host with the embedded
     /// Kafka broker and DEMO_MODE, until Ctrl-C.
     Dev(dev::Args),
@@ -54,6 +61,8 @@ fn main() -> anyhow::Result<()> {
     sh.change_dir(project_root());
     match Cli::parse().command {
         Command::BuildHandlers(args) => build_handlers::run(&sh, &args),
+        Command::NewHandler(args) => new_handler::run(&sh, &args),
+        Command::HandlerTest(args) => handler_test::run(&sh, &args),
         Command::Dev(args) => dev::run(&sh, &args),
         Command::Test(args) => test::run(&sh, &args),
         Command::Loadgen(args) => loadgen::run(&args),

@@ -22,30 +22,54 @@ pub struct Member {
     pub metadata: Option<toml::Value>,
 }
 
-/// Lists the members of the workspace at `dir` (its `Cargo.toml` `[workspace] members`).
+/// Lists the members of the workspace at `dir` (its `Cargo.toml` `[workspace] members`, less
+/// `exclude`), by package name.
 pub fn members(dir: &Path) -> anyhow::Result<Vec<Member>> {
     let manifest = read_toml(&dir.join("Cargo.toml"))?;
-    let paths = manifest
-        .get("workspace")
-        .and_then(|w| w.get("members"))
-        .and_then(|m| m.as_array())
-        .with_context(|| format!("{} has no [workspace] members", dir.display()))?;
-    paths
-        .iter()
-        .map(|p| {
-            let p = p.as_str().context("workspace member is not a string")?;
-            let package = read_toml(&dir.join(p).join("Cargo.toml"))?;
-            let package = package.get("package").context("member has no [package]")?;
-            Ok(Member {
-                name: package
-                    .get("name")
-                    .and_then(|n| n.as_str())
-                    .context("package has no name")?
-                    .to_string(),
-                metadata: package.get("metadata").and_then(|m| m.get("handler")).cloned(),
-            })
-        })
-        .collect()
+    let workspace =
+        manifest.get("workspace").with_context(|| format!("{} has no [workspace]", dir.display()))?;
+    let strings = |key: &str| -> Vec<String> {
+        let values = workspace.get(key).and_then(|m| m.as_array()).cloned().unwrap_or_default();
+        values.iter().filter_map(|v| v.as_str().map(str::to_string)).collect()
+    };
+    let exclude = strings("exclude");
+    let mut paths = Vec::new();
+    for pattern in strings("members") {
+        paths.extend(expand(dir, &pattern)?.into_iter().filter(|p| !exclude.contains(p)));
+    }
+    if paths.is_empty() {
+        bail!("{} has no [workspace] members", dir.display());
+    }
+    paths.iter().map(|p| member(&dir.join(p))).collect()
+}
+
+/// A member path, or every directory a trailing `*` matches. Only that one glob form, which is
+/// all our workspaces use; `cargo metadata` would do the rest at the cost of resolving the whole
+/// dependency graph on every call.
+fn expand(dir: &Path, pattern: &str) -> anyhow::Result<Vec<String>> {
+    let Some(prefix) = pattern.strip_suffix('*') else { return Ok(vec![pattern.to_string()]) };
+    if prefix.contains(['*', '?', '[']) || !(prefix.is_empty() || prefix.ends_with('/')) {
+        bail!("workspace member pattern {pattern:?}: only `*` or `dir/*` is supported");
+    }
+    let parent = dir.join(prefix);
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(&parent).with_context(|| format!("listing {}", parent.display()))? {
+        let entry = entry?;
+        if entry.file_type()?.is_dir() && !entry.file_name().to_string_lossy().starts_with('.') {
+            found.push(format!("{prefix}{}", entry.file_name().to_string_lossy()));
+        }
+    }
+    found.sort();
+    Ok(found)
+}
+
+fn member(dir: &Path) -> anyhow::Result<Member> {
+    let package = read_toml(&dir.join("Cargo.toml"))?;
+    let package = package.get("package").with_context(|| format!("{} has no [package]", dir.display()))?;
+    Ok(Member {
+        name: package.get("name").and_then(|n| n.as_str()).context("package has no name")?.to_string(),
+        metadata: package.get("metadata").and_then(|m| m.get("handler")).cloned(),
+    })
 }
 
 fn read_toml(path: &Path) -> anyhow::Result<toml::Table> {

@@ -57,7 +57,7 @@ mod tests {
 
     #[test]
     fn golden_cases() {
-        sdk::testing::check_cases::<Notifier>("notifier");
+        sdk::check_cases!(Notifier);
     }
 
     #[test]

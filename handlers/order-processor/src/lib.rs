@@ -52,11 +52,11 @@ sdk::export_handler!(OrderProcessor);
 #[cfg(test)]
 mod tests {
     use super::*;
-    use sdk::testing::{TestHost, check_cases, sample_event, sample_order};
+    use sdk::testing::{TestHost, sample_event, sample_order};
 
     #[test]
     fn golden_cases() {
-        check_cases::<OrderProcessor>("order-processor");
+        sdk::check_cases!(OrderProcessor);
     }
 
     #[test]

@@ -134,6 +134,11 @@ impl Action {
         Action::SetStatus(SetStatus { status, delay_ms })
     }
 
+    /// A log line the host emits, tagged with the handler, order and event, if the answer commits.
+    pub fn log(level: LogLevel, message: impl Into<String>) -> Action {
+        Action::Log(LogEntry { level, message: message.into() })
+    }
+
     /// Sends the customer an email.
     pub fn email(subject: impl Into<String>, body: impl Into<String>) -> Action {
         Action::NotifyCustomer(Notification {

@@ -1,5 +1,6 @@
 //! Native test support: a [`TestHost`] standing in for the real imports, and the golden cases in
-//! `handlers/testdata/cases.json` that the host's runtime tests replay through real components.
+//! each handler crate's `cases.json`, which the host replays through the built component too
+//! (`cargo xtask handler-test NAME` runs both).
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
@@ -102,10 +103,11 @@ pub fn sample_update(previous: OrderStatus, current: OrderStatus) -> StatusUpdat
     }
 }
 
-/// One golden case: a handler, an event, the config, and the actions it must return.
+/// One golden case: an event, the config, and the actions the handler must return. A handler's
+/// cases live in its crate's `cases.json`, a JSON array of these.
 #[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Case {
-    pub handler: String,
     /// `order-created` or `status-updated`.
     pub event: String,
     /// For `status-updated`: the previous status.
@@ -113,14 +115,15 @@ pub struct Case {
     pub previous: Option<String>,
     /// The order's status (order-created) or the new status (status-updated).
     pub status: String,
+    /// `DEMO_MODE` for this case.
     pub demo: bool,
     /// Actions in [`describe`] form.
     pub actions: Vec<String>,
 }
 
-/// The golden cases, embedded at compile time.
-pub fn cases() -> Vec<Case> {
-    serde_json::from_str(include_str!("../../testdata/cases.json")).expect("cases.json parses")
+/// Parses a `cases.json`.
+pub fn cases(json: &str) -> Vec<Case> {
+    serde_json::from_str(json).unwrap_or_else(|e| panic!("cases.json does not parse: {e}"))
 }
 
 pub fn parse_status(s: &str) -> OrderStatus {
@@ -163,10 +166,12 @@ pub fn describe(action: &Action) -> String {
     }
 }
 
-/// Runs every golden case of handler `name` through `H` natively and checks the answers.
-pub fn check_cases<H: crate::Handler>(name: &str) {
-    let mut ran = 0;
-    for case in cases().into_iter().filter(|c| c.handler == name) {
+/// Runs the golden cases in `cases_json` through `H` natively and checks the answers. Use
+/// [`check_cases!`](crate::check_cases), which reads the calling crate's own `cases.json`.
+pub fn check_cases<H: crate::Handler>(cases_json: &str) {
+    let cases = cases(cases_json);
+    assert!(!cases.is_empty(), "cases.json has no golden cases: add at least one per event handled");
+    for case in cases {
         let host = TestHost::with_config(&[("DEMO_MODE", if case.demo { "true" } else { "false" })]);
         let result = match case.event.as_str() {
             "order-created" => H::on_order_created(
@@ -188,7 +193,13 @@ pub fn check_cases<H: crate::Handler>(name: &str) {
         let got: Vec<String> =
             result.unwrap_or_else(|e| panic!("{case:?} failed: {e:?}")).iter().map(describe).collect();
         assert_eq!(got, case.actions, "{case:?}");
-        ran += 1;
     }
-    assert!(ran > 0, "no golden cases for handler {name}");
+}
+
+/// Checks handler type `$ty` against the `cases.json` beside the calling crate's `Cargo.toml`.
+#[macro_export]
+macro_rules! check_cases {
+    ($ty:ty) => {
+        $crate::testing::check_cases::<$ty>(include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/cases.json")))
+    };
 }

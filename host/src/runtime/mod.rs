@@ -8,6 +8,7 @@
 mod cache;
 mod convert;
 mod error;
+pub mod golden;
 mod host_api;
 mod registry;
 mod stats;

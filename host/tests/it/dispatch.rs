@@ -5,8 +5,8 @@
 
 use std::time::Duration;
 
-use crate::support::logs;
 use crate::support::service::*;
+use crate::support::{logs, metric_value};
 use serde_json::{Value, json};
 
 const SHIPPED: &[&str] = &["order-created", "status-updated"];
@@ -300,10 +300,6 @@ async fn a_postgres_outage_is_retried_past_the_attempt_limit_and_never_dead_lett
 }
 
 /// One metric's value from a text exposition: the line starting with `series` (name and labels).
-fn metric(text: &str, series: &str) -> Option<f64> {
-    text.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_count_what_the_pipeline_did() {
     let dir = handlers_dir(&[("handlers", "order-processor", SHIPPED), ("handlers", "notifier", SHIPPED)]);
@@ -327,7 +323,7 @@ async fn metrics_count_what_the_pipeline_did() {
             );
             let text = r.text().await.ok()?;
             let applied = |h: &str| {
-                metric(
+                metric_value(
                     &text,
                     &format!(r#"order_host_handler_events_total{{handler="{h}",outcome="applied"}}"#),
                 )
@@ -343,7 +339,7 @@ async fn metrics_count_what_the_pipeline_did() {
         },
     )
     .await;
-    let series = |s: &str| metric(&text, s).unwrap_or_else(|| panic!("no {s} in\n{text}"));
+    let series = |s: &str| metric_value(&text, s).unwrap_or_else(|| panic!("no {s} in\n{text}"));
     assert_eq!(
         series(r#"order_host_handler_events_total{handler="order-processor",outcome="applied"}"#),
         4.0
@@ -461,7 +457,7 @@ fn empty_dir(dir: &std::path::Path) {
 
 async fn waiting_for_handler(t: &TestHost) -> Option<f64> {
     let text = t.http.get(t.url("/metrics")).send().await.ok()?.text().await.ok()?;
-    metric(&text, "order_host_events_waiting_for_handler")
+    metric_value(&text, "order_host_events_waiting_for_handler")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -859,7 +855,7 @@ async fn a_panicking_key_lane_is_a_death_that_fails_readiness_and_commits_nothin
     assert!(failed.starts_with("dispatch key lane: a bug on the key lane"), "{ready}");
     let text = t.http.get(t.url("/metrics")).send().await.unwrap().text().await.unwrap();
     assert_eq!(
-        metric(&text, r#"order_host_background_task_deaths_total{task="dispatch key lane"}"#),
+        metric_value(&text, r#"order_host_background_task_deaths_total{task="dispatch key lane"}"#),
         Some(1.0)
     );
     let brokers = t.broker.bootstrap_servers().to_string();
@@ -894,7 +890,7 @@ async fn a_producer_with_a_fatal_error_fails_readiness_and_is_replaced_without_l
     })
     .await;
     let text = t.get_text("/metrics").await;
-    assert_eq!(metric(&text, "order_host_kafka_producer_replaced_total"), Some(1.0), "{text}");
+    assert_eq!(metric_value(&text, "order_host_kafka_producer_replaced_total"), Some(1.0), "{text}");
     assert_eq!(t.get("/readyz").await.0, 200, "ready again once replaced");
     t.host.shutdown().await.unwrap();
 }
@@ -924,7 +920,8 @@ async fn a_due_timer_held_by_another_replica_is_waited_for_without_spinning() {
         .await
         .unwrap();
 
-    let held = |text: &str| metric(text, "order_host_timer_scheduler_passes_total{found=\"held_elsewhere\"}");
+    let held =
+        |text: &str| metric_value(text, "order_host_timer_scheduler_passes_total{found=\"held_elsewhere\"}");
     let first = eventually("the scheduler to find the timer held", Duration::from_secs(20), || async {
         held(&t.get_text("/metrics").await)
     })
@@ -1117,7 +1114,7 @@ async fn one_failing_application_fails_alone(batch_max: &str) {
         // The failing application was first part of a grouped batch, then isolated one by one
         // with the applications that shared its batch.
         let text = t.get_text("/metrics").await;
-        let series = |s: &str| metric(&text, s).unwrap_or_else(|| panic!("no {s} in\n{text}"));
+        let series = |s: &str| metric_value(&text, s).unwrap_or_else(|| panic!("no {s} in\n{text}"));
         let one_by_one_count = series("order_host_dispatch_batch_applications_count{path=\"one_by_one\"}");
         let one_by_one_sum = series("order_host_dispatch_batch_applications_sum{path=\"one_by_one\"}");
         assert_eq!(one_by_one_count, 1.0, "{text}");
@@ -1225,12 +1222,12 @@ async fn retention_prunes_old_bookkeeping_and_keeps_what_a_redelivery_or_redrive
     assert_eq!(t.count("outbox WHERE published_at IS NULL").await, 1, "the unpublished row was kept");
     let text = t.get_text("/metrics").await;
     assert_eq!(
-        metric(&text, "order_host_retention_deleted_rows_total{table=\"processed_events\"}"),
+        metric_value(&text, "order_host_retention_deleted_rows_total{table=\"processed_events\"}"),
         Some(7.0),
         "{text}"
     );
     assert_eq!(
-        metric(&text, "order_host_retention_deleted_rows_total{table=\"outbox\"}"),
+        metric_value(&text, "order_host_retention_deleted_rows_total{table=\"outbox\"}"),
         Some(3.0),
         "{text}"
     );
@@ -1277,8 +1274,8 @@ async fn a_busy_key_shows_its_waiting_events_on_the_admin_api_and_in_metrics() {
         view["partitions"].as_array().unwrap().iter().map(|p| p["in_flight"].as_u64().unwrap()).sum();
     assert_eq!(in_flight, 6, "{view}");
     let text = t.get_text("/metrics").await;
-    assert_eq!(metric(&text, "order_host_dispatch_events_waiting_behind_key"), Some(4.0), "{text}");
-    assert_eq!(metric(&text, "order_host_dispatch_keys_running"), Some(2.0), "{text}");
+    assert_eq!(metric_value(&text, "order_host_dispatch_events_waiting_behind_key"), Some(4.0), "{text}");
+    assert_eq!(metric_value(&text, "order_host_dispatch_keys_running"), Some(2.0), "{text}");
     let oldest: f64 = text
         .lines()
         .filter(|l| l.starts_with("order_host_dispatch_oldest_in_flight_seconds{"))

@@ -20,5 +20,6 @@ mod e2e;
 mod queue_split;
 mod replicas;
 mod runtime;
+mod scaffold;
 mod swap;
 mod traces;

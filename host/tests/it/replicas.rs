@@ -6,6 +6,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use crate::support::metric_value;
 use crate::support::service::*;
 use host::kafka::EmbeddedBroker;
 use host::serve::Host;
@@ -15,10 +16,7 @@ const CHECK_TOPIC: &str = "relay.check";
 
 async fn metric(http: &reqwest::Client, host: &Host, name: &str) -> f64 {
     let text = http.get(format!("http://{}/metrics", host.addr)).send().await.unwrap().text().await.unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix(name).and_then(|v| v.strip_prefix(' ')))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| panic!("{name} missing from /metrics:\n{text}"))
+    metric_value(&text, name).unwrap_or_else(|| panic!("{name} missing from /metrics:\n{text}"))
 }
 
 /// Writes `rows` outbox rows for `CHECK_TOPIC` in one transaction, spread over `keys` keys, each

@@ -1,5 +1,5 @@
-//! Shared by the integration tests: where the built components are, and the sample order the
-//! golden cases in `handlers/testdata/cases.json` are about (the same one `sdk::testing` builds).
+//! Shared by the integration tests: where the built components are, and (re-exported from
+//! `host::runtime::golden`) the sample order and events the golden cases are about.
 
 pub mod logs;
 pub mod mirrord;
@@ -10,8 +10,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use host::config::RuntimeConfig;
-use host::runtime::wit::{EventMeta, LineItem, Order, OrderStatus, ShippingAddress, StatusUpdate};
-use host::runtime::{Event, HandlerSpec, LoadedHandler, Runtime};
+pub use host::runtime::golden::{order_created, sample_order, status_updated};
+use host::runtime::{HandlerSpec, LoadedHandler, Runtime};
 
 pub fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
@@ -36,78 +36,9 @@ pub fn load_fixture(rt: &Runtime, name: &str, timeout_ms: u64, memory: u64) -> A
     Arc::new(rt.load(manifest, &component("fixtures", name), &Default::default()).expect("fixture loads"))
 }
 
-pub fn sample_order(status: OrderStatus) -> Order {
-    Order {
-        id: "6f1c2d3e-0000-4000-8000-000000000042".into(),
-        order_number: "MM-10042".into(),
-        customer_name: "Ada Lovelace".into(),
-        customer_email: "ada@metalbear.com".into(),
-        shipping_address: ShippingAddress {
-            street: "1 Analytical Way".into(),
-            city: "London".into(),
-            state: String::new(),
-            zip_code: "N1 9GU".into(),
-            country: "GB".into(),
-        },
-        items: vec![
-            LineItem {
-                product_id: "1".into(),
-                name: "MetalBear Mug".into(),
-                quantity: 2,
-                unit_price_cents: 1499,
-            },
-            LineItem {
-                product_id: "7".into(),
-                name: "MetalBear Cap".into(),
-                quantity: 1,
-                unit_price_cents: 2199,
-            },
-        ],
-        total_cents: 2 * 1499 + 2199,
-        status,
-        created_at: 1_790_000_000_000,
-    }
-}
-
-pub fn sample_meta(topic: &str) -> EventMeta {
-    EventMeta {
-        event_id: "evt-1".into(),
-        topic: topic.into(),
-        partition: 0,
-        offset: 7,
-        key: Some(sample_order(OrderStatus::Pending).id),
-        headers: vec![("customer_email".into(), b"ada@metalbear.com".to_vec())],
-        attempt: 1,
-    }
-}
-
-pub fn order_created(status: OrderStatus) -> Event {
-    Event::OrderCreated { meta: sample_meta("order.created"), order: sample_order(status) }
-}
-
-pub fn status_updated(previous: OrderStatus, current: OrderStatus) -> Event {
-    Event::StatusUpdated {
-        meta: sample_meta("order.status-updated"),
-        update: StatusUpdate {
-            order: sample_order(current),
-            previous,
-            current,
-            changed_at: 1_790_000_005_000,
-            cause: "handler:order-processor@0123456789ab".into(),
-        },
-    }
-}
-
-pub fn parse_status(s: &str) -> OrderStatus {
-    match s {
-        "pending" => OrderStatus::Pending,
-        "processing" => OrderStatus::Processing,
-        "confirmed" => OrderStatus::Confirmed,
-        "shipped" => OrderStatus::Shipped,
-        "delivered" => OrderStatus::Delivered,
-        "cancelled" => OrderStatus::Cancelled,
-        other => panic!("unknown status {other:?}"),
-    }
+/// The value of one series (name and labels exactly as exposed) in a Prometheus text exposition.
+pub fn metric_value(text: &str, series: &str) -> Option<f64> {
+    text.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok())
 }
 
 /// The same component with a custom section appended: identical behaviour, a different sha256,
