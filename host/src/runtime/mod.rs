@@ -5,6 +5,7 @@
 //! Only this module knows wasmtime. Callers see [`LoadedHandler`], [`Event`], [`wit`] values and
 //! [`DispatchError`].
 
+mod backtrace;
 mod cache;
 mod convert;
 mod error;
@@ -419,7 +420,18 @@ fn classify(error: wasmtime::Error, state: &StoreState) -> DispatchError {
         return DispatchError::Host(anyhow::anyhow!("{}", failure.0));
     }
     let trap = error.downcast_ref::<Trap>().copied();
-    let detail = format!("{:#}", anyhow::Error::from(error));
+    let at = error.downcast_ref::<wasmtime::WasmBacktrace>().and_then(backtrace::render);
+    let error = anyhow::Error::from(error);
+    let detail = match &at {
+        // The chain's own rendering of the backtrace is many lines of addresses; the trap's
+        // message and the compact form say the same on one line.
+        Some(at) => format!("{}; {at}", error.root_cause()),
+        None => format!("{error:#}"),
+    };
+    let with_at = |message: String| match &at {
+        Some(at) => format!("{message}; {at}"),
+        None => message,
+    };
     if state.limiter.exceeded() {
         let message = format!(
             "the guest asked for more than its {} byte memory limit ({detail})",
@@ -430,12 +442,12 @@ fn classify(error: wasmtime::Error, state: &StoreState) -> DispatchError {
     match trap {
         Some(Trap::Interrupt) => DispatchError::Trap {
             kind: TrapKind::Deadline,
-            message: format!("did not finish within its {} ms deadline", state.timeout_ms),
+            message: with_at(format!("did not finish within its {} ms deadline", state.timeout_ms)),
         },
         Some(Trap::UnreachableCodeReached) => DispatchError::Trap {
             kind: TrapKind::Panic,
             message: match &state.last_error_log {
-                Some(panic) => panic.clone(),
+                Some(panic) => with_at(panic.clone()),
                 None => detail,
             },
         },

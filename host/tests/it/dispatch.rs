@@ -827,6 +827,26 @@ async fn a_handler_returning_malformed_values_is_blamed_retried_and_dead_lettere
     t.host.shutdown().await.unwrap();
 }
 
+/// A guest panic is dead-lettered with the panic message and the guest backtrace in one header, so
+/// whoever reads the dead letter sees where in the handler it happened.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trapping_handler_is_dead_lettered_with_its_guest_backtrace() {
+    let dir = handlers_dir(&[("fixtures", "panicker", &["order-created"])]);
+    let extra = [("DISPATCH_MAX_ATTEMPTS", "1")];
+    let t = TestHost::start_with(Some(dir.path()), 1, &extra).await;
+    let (_, order) = t.post("/api/orders", &order_body("panic@x.io", &[("7", 1)])).await;
+    let dead =
+        consume(t.broker.bootstrap_servers(), "order.dead-letter", 1, Duration::from_secs(30), |_| true)
+            .await;
+    assert_eq!(dead[0].key, order["id"].as_str().unwrap());
+    let h = &dead[0].headers;
+    assert_eq!((h["x-dlq-handler"].as_str(), h["x-dlq-class"].as_str()), ("panicker", "trap"));
+    let error = &h["x-dlq-error"];
+    assert!(error.contains("fixture panics on purpose") && error.contains("panicker/src/lib.rs:9"), "{h:?}");
+    assert!(error.contains("; at <panicker::") && error.contains("_export_on_order_created_cabi"), "{h:?}");
+    t.host.shutdown().await.unwrap();
+}
+
 /// Handler logic that panics: a bug in the host's own code on a key lane.
 struct PanickingInvoker;
 

@@ -134,6 +134,16 @@ async fn a_panic_is_a_trap_carrying_the_panic_message() {
     let (err, _) = failing_fixture(&rt, "panicker", 500, 16 << 20).await;
     assert!(matches!(err, DispatchError::Trap { kind: TrapKind::Panic, .. }), "{err}");
     assert!(err.to_string().contains("fixture panics on purpose for MM-10042"), "{err}");
+    // The guest backtrace, one line, names the handler's function and leaves out the panic
+    // machinery of the standard library.
+    let message = err.to_string();
+    let at = message.split_once("; at ").map(|(_, at)| at).unwrap_or_else(|| panic!("no backtrace: {err}"));
+    assert!(
+        at.starts_with("<panicker::") && at.contains(" <- sdk::bindings::_export_on_order_created_cabi"),
+        "{err}"
+    );
+    assert!(!at.contains("std::") && !at.contains("abort") && !at.contains('\n'), "{err}");
+    assert!(message.contains("panicker/src/lib.rs:9"), "the panic names its line: {err}");
     good_handler_still_works(&rt).await;
 }
 
