@@ -878,3 +878,160 @@ async fn an_outbox_row_the_broker_refuses_is_parked_and_holds_back_only_its_key(
     assert!(text.lines().any(|l| l == "order_host_outbox_parked 1"), "{text}");
     t.host.shutdown().await.unwrap();
 }
+
+/// What MetalMart's React frontend declares in its `types.ts` for the JSON it reads, transcribed
+/// field by field (name and TypeScript type; `?` marks an optional field). Our product and order
+/// JSON must carry every field with a value of that type, or its pages break with no error.
+const METALMART_TYPES: &[(&str, &[(&str, &str)])] = &[
+    (
+        "Product",
+        &[
+            ("id", "string"),
+            ("name", "string"),
+            ("description", "string"),
+            ("price", "number"),
+            ("category", "string"),
+            ("image_url", "string"),
+            ("created_at", "date"),
+        ],
+    ),
+    (
+        "ShippingAddress",
+        &[
+            ("street", "string"),
+            ("city", "string"),
+            ("state", "string"),
+            ("zip_code", "string"),
+            ("country", "string"),
+        ],
+    ),
+    (
+        "OrderItem",
+        &[
+            ("id", "string"),
+            ("order_id", "string"),
+            ("product_id", "string"),
+            ("product_name", "string"),
+            ("quantity", "number"),
+            ("price_at_time", "number"),
+            ("created_at", "date"),
+        ],
+    ),
+    (
+        "Order",
+        &[
+            ("id", "string"),
+            ("order_number", "string"),
+            ("customer_email", "string"),
+            ("customer_name", "string"),
+            ("shipping_address", "ShippingAddress"),
+            ("total_amount", "number"),
+            ("status", "OrderStatus"),
+            ("tracking_token", "string"),
+            ("items", "OrderItem[]"),
+            ("created_at", "date"),
+            ("updated_at", "date"),
+        ],
+    ),
+    (
+        "CheckoutResponse",
+        &[
+            ("success", "boolean"),
+            ("order_id", "string"),
+            ("order_number", "string"),
+            ("tracking_token", "string"),
+            ("total_amount", "number"),
+            ("status", "OrderStatus"),
+        ],
+    ),
+    (
+        "Inventory",
+        &[
+            ("product_id", "string"),
+            ("stock_quantity", "number"),
+            ("reserved_quantity", "number"),
+            ("available_quantity", "number"),
+        ],
+    ),
+];
+
+/// `OrderStatus` in `types.ts`: a string union.
+const METALMART_STATUSES: [&str; 6] =
+    ["pending", "processing", "confirmed", "shipped", "delivered", "cancelled"];
+
+/// Checks `value` against MetalMart's type `ty`, naming the path of the first mismatch.
+fn conforms(value: &Value, ty: &str, path: &str) -> Result<(), String> {
+    let wrong = || format!("{path}: {value} is not a {ty}");
+    let ok = match ty {
+        "string" => value.is_string(),
+        "number" => value.is_number(),
+        "boolean" => value.is_boolean(),
+        "date" => value.as_str().is_some_and(|s| chrono::DateTime::parse_from_rfc3339(s).is_ok()),
+        "OrderStatus" => value.as_str().is_some_and(|s| METALMART_STATUSES.contains(&s)),
+        list if list.ends_with("[]") => {
+            let items = value.as_array().ok_or_else(wrong)?;
+            let inner = &list[..list.len() - 2];
+            for (i, item) in items.iter().enumerate() {
+                conforms(item, inner, &format!("{path}[{i}]"))?;
+            }
+            true
+        }
+        named => {
+            let (_, fields) = METALMART_TYPES
+                .iter()
+                .find(|(name, _)| *name == named)
+                .unwrap_or_else(|| panic!("no MetalMart type {named}"));
+            let object = value.as_object().ok_or_else(wrong)?;
+            for (field, field_ty) in fields.iter() {
+                let (field, optional) = field.strip_suffix('?').map_or((*field, false), |f| (f, true));
+                match object.get(field) {
+                    None | Some(Value::Null) if optional => {}
+                    None => return Err(format!("{path}.{field} is missing ({named} needs it)")),
+                    Some(v) => conforms(v, field_ty, &format!("{path}.{field}"))?,
+                }
+            }
+            true
+        }
+    };
+    if ok { Ok(()) } else { Err(wrong()) }
+}
+
+#[tokio::test]
+async fn product_and_order_json_carry_every_field_metalmart_types_declare() {
+    let t = TestHost::start().await;
+    let (_, products) = t.get("/api/products").await;
+    conforms(&products, "Product[]", "GET /api/products").unwrap();
+    let (_, product) = t.get("/api/products/3").await;
+    conforms(&product, "Product", "GET /api/products/3").unwrap();
+    let (_, inventory) = t.get("/api/inventory/3").await;
+    conforms(&inventory, "Inventory", "GET /api/inventory/3").unwrap();
+
+    let (code, placed) =
+        t.post("/api/checkout", &order_body("types@metalbear.com", &[("3", 2), ("5", 1)])).await;
+    assert_eq!(code, 201, "{placed}");
+    conforms(&placed, "CheckoutResponse", "POST /api/checkout").unwrap();
+    conforms(&placed["order"], "Order", "POST /api/checkout .order").unwrap();
+    let (code, direct) = t.post("/api/orders", &order_body("types@metalbear.com", &[("1", 1)])).await;
+    assert_eq!(code, 201, "{direct}");
+    conforms(&direct, "Order", "POST /api/orders").unwrap();
+    let id = placed["order_id"].as_str().unwrap();
+    for path in [
+        format!("/api/orders/{id}"),
+        format!("/api/orders/track/{}", direct["tracking_token"].as_str().unwrap()),
+    ] {
+        let (code, order) = t.get(&path).await;
+        assert_eq!(code, 200, "{path}: {order}");
+        conforms(&order, "Order", &format!("GET {path}")).unwrap();
+    }
+    let (_, listed) = t.get("/api/orders?email=types@metalbear.com").await;
+    conforms(&listed, "Order[]", "GET /api/orders").unwrap();
+    assert_eq!(listed.as_array().map(Vec::len), Some(2));
+
+    // The check itself fails on a missing field and on a wrong type.
+    let mut broken = product.clone();
+    broken.as_object_mut().unwrap().remove("created_at");
+    assert!(conforms(&broken, "Product", "p").unwrap_err().contains("p.created_at is missing"));
+    broken["created_at"] = json!(12);
+    assert!(conforms(&broken, "Product", "p").is_err());
+    t.host.shutdown().await.unwrap();
+}
