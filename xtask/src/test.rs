@@ -1,8 +1,8 @@
 //! `cargo xtask test`: the README's test command and what CI runs. Builds the handler components
 //! and the hostile test fixtures, installs the tansu broker the end-to-end tier runs against (once
-//! per machine), the Kubernetes schema validator the `k8s/` checks use (a venv under `target/`) and
-//! playwright-core for the browser test, then runs the host workspace's tests and the handlers'
-//! native unit tests.
+//! per machine), the Python tools (a venv under `target/`: the Kubernetes schema validator the
+//! `k8s/` checks use, and schemathesis for the API contract test) and playwright-core for the
+//! browser test, then runs the host workspace's tests and the handlers' native unit tests.
 
 use anyhow::Context;
 use xshell::{Shell, cmd};
@@ -20,7 +20,7 @@ pub fn run(sh: &Shell, args: &Args) -> anyhow::Result<()> {
     build_handlers::run(sh, &build_handlers::Args::default())?;
     build_fixtures(sh)?;
     let tansu = ensure_tansu(sh)?;
-    let validator = ensure_kubernetes_validate(sh)?;
+    let python = ensure_python_tools(sh)?;
     ensure_browser_driver(sh)?;
     let rest = &args.rest;
     // A filtered run is an edit-test loop; the whole suite (CI's run) holds the lint gates.
@@ -33,7 +33,8 @@ pub fn run(sh: &Shell, args: &Args) -> anyhow::Result<()> {
         .run()?;
     cmd!(sh, "cargo test --workspace {rest...}")
         .env("TANSU_BIN", tansu)
-        .env("KUBERNETES_VALIDATE", validator)
+        .env("KUBERNETES_VALIDATE", python.kubernetes_validate)
+        .env("SCHEMATHESIS", python.schemathesis)
         .run()?;
     Ok(())
 }
@@ -71,23 +72,44 @@ fn ensure_tansu(sh: &Shell) -> anyhow::Result<std::path::PathBuf> {
 /// validation needs no network once it is installed.
 const KUBERNETES_VALIDATE_VERSION: &str = "1.37.0";
 
-/// Installs kubernetes-validate into a venv under `target/` (once per clone) and checks that
-/// kubectl, which renders the overlays, is on PATH.
-fn ensure_kubernetes_validate(sh: &Shell) -> anyhow::Result<std::path::PathBuf> {
+/// The schemathesis release the API contract test (`host/tests/it/contract.rs`) runs.
+const SCHEMATHESIS_VERSION: &str = "4.32.5";
+
+/// The Python tools' entry points in their venv.
+struct PythonTools {
+    kubernetes_validate: std::path::PathBuf,
+    schemathesis: std::path::PathBuf,
+}
+
+/// Installs the pinned Python tools into one venv under `target/` (once per clone, again when a
+/// pin changes) and checks that kubectl, which renders the overlays, is on PATH.
+fn ensure_python_tools(sh: &Shell) -> anyhow::Result<PythonTools> {
     cmd!(sh, "kubectl version --client")
         .quiet()
         .ignore_stdout()
         .run()
         .context("kubectl (with kustomize) must be on PATH: the k8s/ tests render the overlays with it")?;
-    let venv = project_root().join("target/k8s-validate");
-    let bin = venv.join("bin/kubernetes-validate");
-    if !bin.is_file() {
-        println!("installing kubernetes-validate {KUBERNETES_VALIDATE_VERSION} into {}", venv.display());
+    let venv = project_root().join("target/py-tools");
+    let tools = PythonTools {
+        kubernetes_validate: venv.join("bin/kubernetes-validate"),
+        schemathesis: venv.join("bin/st"),
+    };
+    // What was installed is recorded beside the venv: a changed pin installs again.
+    let pins =
+        format!("kubernetes-validate=={KUBERNETES_VALIDATE_VERSION}\nschemathesis=={SCHEMATHESIS_VERSION}\n");
+    let installed = venv.join("installed.txt");
+    if std::fs::read_to_string(&installed).ok().as_deref() != Some(pins.as_str()) {
+        println!("installing {} into {}", pins.trim().replace('\n', ", "), venv.display());
         cmd!(sh, "python3 -m venv {venv}").run()?;
+        let requirements = venv.join("requirements.txt");
+        std::fs::write(&requirements, &pins)?;
         let pip = venv.join("bin/pip");
-        cmd!(sh, "{pip} install --quiet kubernetes-validate=={KUBERNETES_VALIDATE_VERSION}").run()?;
+        cmd!(sh, "{pip} install --quiet -r {requirements}")
+            .run()
+            .context("installing the Python test tools")?;
+        std::fs::write(&installed, &pins)?;
     }
-    Ok(bin)
+    Ok(tools)
 }
 
 /// Installs playwright-core for the storefront's browser test from the committed lockfile (once

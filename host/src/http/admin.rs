@@ -186,8 +186,9 @@ impl From<SetError> for ApiError {
 }
 
 /// Every handler the host knows, with its serving version and invocation figures.
-#[utoipa::path(get, path = "/admin/handlers", tag = "admin",
-    responses((status = 200, body = [HandlerView]), (status = 401, body = super::ErrorBody)))]
+#[utoipa::path(get, path = "/admin/handlers", tag = "admin", security(("admin_token" = [])),
+    responses((status = 200, body = [HandlerView]), (status = 401, body = super::ErrorBody, description = "missing or wrong bearer token"),
+        (status = 404, body = super::ErrorBody, description = "`admin_disabled`: `ADMIN_TOKEN` is not set")))]
 pub async fn list_handlers(State(state): State<AppState>) -> Json<Vec<HandlerView>> {
     Json(admin(&state).handlers.list().iter().map(handler_view).collect())
 }
@@ -195,20 +196,36 @@ pub async fn list_handlers(State(state): State<AppState>) -> Json<Vec<HandlerVie
 /// Manifest fields for an upload; each one not given is inherited from the serving version (or
 /// the manifest defaults for a new handler).
 #[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct UploadParams {
-    /// Comma-separated: `order-created`, `status-updated`.
+    /// Comma-separated: `order-created`, `status-updated` (whitespace around each is ignored).
+    #[param(pattern = r"^(order-created|status-updated)(,(order-created|status-updated))*$")]
     pub events: Option<String>,
+    /// At least 1.
+    #[param(minimum = 1)]
     pub timeout_ms: Option<u64>,
+    /// At least 65536 (one wasm page), and at most the host's `HANDLER_MAX_MEMORY_BYTES` (400
+    /// `invalid_component` above it).
+    #[param(minimum = 65536)]
     pub memory_limit_bytes: Option<u64>,
 }
 
+/// The raw bytes of a WebAssembly component (built for `wasm32-wasip2`), not empty.
+#[derive(ToSchema)]
+#[schema(value_type = String, format = Binary)]
+pub struct ComponentBytes(pub Vec<u8>);
+
 /// Uploads a new version of `name` (the raw component bytes as the body) and swaps it in.
-#[utoipa::path(put, path = "/admin/handlers/{name}", tag = "admin",
-    params(("name" = String, Path), UploadParams),
-    request_body(content = Vec<u8>, content_type = "application/wasm"),
-    responses((status = 200, body = HandlerView), (status = 400, body = super::ErrorBody),
-        (status = 401, body = super::ErrorBody), (status = 413, body = super::ErrorBody),
-        (status = 429, body = super::ErrorBody, description = "too many uploads at once")))]
+#[utoipa::path(put, path = "/admin/handlers/{name}", tag = "admin", security(("admin_token" = [])),
+    params(("name" = String, Path, description = "1 to 64 ASCII letters, digits, `-` or `_`",
+            pattern = r"^[A-Za-z0-9_-]{1,64}$"), UploadParams),
+    request_body(content = ComponentBytes, content_type = "application/wasm"),
+    responses((status = 200, body = HandlerView),
+        (status = 400, body = super::ErrorBody, description = "`invalid_query`, `invalid_name`, or `invalid_component` (empty body, not a WebAssembly component, wrong world, bad manifest values)"),
+        (status = 401, body = super::ErrorBody, description = "missing or wrong bearer token"), (status = 404, body = super::ErrorBody, description = "`admin_disabled`: `ADMIN_TOKEN` is not set"),
+        (status = 413, body = super::ErrorBody, description = "over `HANDLER_UPLOAD_MAX_BYTES`"),
+        (status = 429, body = super::ErrorBody, description = "too many uploads at once"),
+        (status = 500, body = super::ErrorBody, description = "the loader task failed")))]
 pub async fn put_handler(
     State(state): State<AppState>,
     Path(name): Path<String>,
@@ -296,8 +313,9 @@ fn parse_event(e: &str) -> Result<EventKind, ApiError> {
 
 /// Outbox records the relay gave up on (the broker refused them for good, too often), oldest
 /// first, each with how many later records of its key wait behind it.
-#[utoipa::path(get, path = "/admin/outbox/parked", tag = "admin",
-    responses((status = 200, body = [crate::db::outbox::Parked]), (status = 401, body = super::ErrorBody)))]
+#[utoipa::path(get, path = "/admin/outbox/parked", tag = "admin", security(("admin_token" = [])),
+    responses((status = 200, body = [crate::db::outbox::Parked]), (status = 401, body = super::ErrorBody, description = "missing or wrong bearer token"),
+        (status = 404, body = super::ErrorBody, description = "`admin_disabled`: `ADMIN_TOKEN` is not set"), (status = 500, body = super::ErrorBody), (status = 503, body = super::ErrorBody, description = "database unavailable")))]
 pub async fn parked_outbox(
     State(state): State<AppState>,
 ) -> Result<Json<Vec<crate::db::outbox::Parked>>, ApiError> {
@@ -311,6 +329,7 @@ const MAX_TOP_KEYS: usize = 100;
 #[into_params(parameter_in = Query)]
 pub struct BacklogParams {
     /// How many of the busiest keys to list: 1 to 100 (default 20).
+    #[param(minimum = 1, maximum = 100)]
     pub top: Option<usize>,
 }
 
@@ -348,9 +367,10 @@ pub struct BusyKeyView {
 
 /// Where this replica's dispatcher has events waiting: per partition, and the keys with the most
 /// events queued behind their running one (a slow or retrying order holds up only its own key).
-#[utoipa::path(get, path = "/admin/dispatch/backlog", tag = "admin", params(BacklogParams),
-    responses((status = 200, body = BacklogView), (status = 400, body = super::ErrorBody),
-        (status = 401, body = super::ErrorBody)))]
+#[utoipa::path(get, path = "/admin/dispatch/backlog", tag = "admin", params(BacklogParams), security(("admin_token" = [])),
+    responses((status = 200, body = BacklogView),
+        (status = 400, body = super::ErrorBody, description = "`invalid_query`: `top` is not 1 to 100"),
+        (status = 401, body = super::ErrorBody, description = "missing or wrong bearer token"), (status = 404, body = super::ErrorBody, description = "`admin_disabled`: `ADMIN_TOKEN` is not set")))]
 pub async fn dispatch_backlog(
     State(state): State<AppState>,
     params: Result<Query<BacklogParams>, QueryRejection>,
@@ -395,10 +415,13 @@ pub async fn dispatch_backlog(
 }
 
 /// Returns `name` to the version before the current one (or restores a deleted handler).
-#[utoipa::path(post, path = "/admin/handlers/{name}/rollback", tag = "admin",
+#[utoipa::path(post, path = "/admin/handlers/{name}/rollback", tag = "admin", security(("admin_token" = [])),
     params(("name" = String, Path)),
-    responses((status = 200, body = HandlerView), (status = 401, body = super::ErrorBody),
-        (status = 404, body = super::ErrorBody), (status = 409, body = super::ErrorBody)))]
+    responses((status = 200, body = HandlerView),
+        (status = 400, body = super::ErrorBody, description = "the path holds a NUL (`%00`) or is not UTF-8"),
+        (status = 401, body = super::ErrorBody, description = "missing or wrong bearer token"),
+        (status = 404, body = super::ErrorBody, description = "`handler_not_found`, or `admin_disabled`"),
+        (status = 409, body = super::ErrorBody, description = "`no_previous_version`")))]
 pub async fn rollback_handler(
     State(state): State<AppState>,
     Path(name): Path<String>,
@@ -410,10 +433,12 @@ pub async fn rollback_handler(
 }
 
 /// Unsubscribes `name`: events dispatched from now on skip it. A rollback brings it back.
-#[utoipa::path(delete, path = "/admin/handlers/{name}", tag = "admin",
+#[utoipa::path(delete, path = "/admin/handlers/{name}", tag = "admin", security(("admin_token" = [])),
     params(("name" = String, Path)),
-    responses((status = 200, body = HandlerView), (status = 401, body = super::ErrorBody),
-        (status = 404, body = super::ErrorBody)))]
+    responses((status = 200, body = HandlerView),
+        (status = 400, body = super::ErrorBody, description = "the path holds a NUL (`%00`) or is not UTF-8"),
+        (status = 401, body = super::ErrorBody, description = "missing or wrong bearer token"),
+        (status = 404, body = super::ErrorBody, description = "`handler_not_found`, or `admin_disabled`")))]
 pub async fn delete_handler(
     State(state): State<AppState>,
     Path(name): Path<String>,

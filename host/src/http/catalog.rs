@@ -46,6 +46,7 @@ pub struct InventoryJson {
 }
 
 #[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ProductFilter {
     /// Case-insensitive text in the name or description.
     q: Option<String>,
@@ -54,8 +55,10 @@ pub struct ProductFilter {
 }
 
 #[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct SearchQuery {
-    /// Case-insensitive text in the name or description.
+    /// Case-insensitive text in the name or description; required (may be empty, which matches
+    /// every product).
     q: String,
 }
 
@@ -70,7 +73,9 @@ async fn products(
 
 /// The catalogue, optionally filtered.
 #[utoipa::path(get, path = "/api/products", tag = "catalogue", params(ProductFilter),
-    responses((status = 200, body = Vec<ProductJson>)))]
+    responses((status = 200, body = Vec<ProductJson>),
+              (status = 400, body = ErrorBody, description = "the query does not parse (e.g. a repeated parameter) or holds a NUL (`%00`)"),
+              (status = 500, body = ErrorBody), (status = 503, body = ErrorBody, description = "database unavailable")))]
 pub async fn list_products(
     State(state): State<AppState>,
     Query(f): Query<ProductFilter>,
@@ -80,7 +85,9 @@ pub async fn list_products(
 
 /// Products whose name or description contains `q`.
 #[utoipa::path(get, path = "/api/products/search", tag = "catalogue", params(SearchQuery),
-    responses((status = 200, body = Vec<ProductJson>), (status = 400, body = ErrorBody)))]
+    responses((status = 200, body = Vec<ProductJson>),
+              (status = 400, body = ErrorBody, description = "`invalid_query`: `q` is missing or the query does not parse; or the query holds a NUL (`%00`)"),
+              (status = 500, body = ErrorBody), (status = 503, body = ErrorBody, description = "database unavailable")))]
 pub async fn search_products(
     State(state): State<AppState>,
     query: Result<Query<SearchQuery>, axum::extract::rejection::QueryRejection>,
@@ -93,8 +100,10 @@ pub async fn search_products(
 
 /// Products in one category.
 #[utoipa::path(get, path = "/api/products/category/{category}", tag = "catalogue",
-    params(("category" = String, Path, description = "e.g. `t-shirts`, `hoodies`, `accessories`")),
-    responses((status = 200, body = Vec<ProductJson>)))]
+    params(("category" = String, Path, description = "e.g. `t-shirts`, `hoodies`, `accessories`; an unknown one answers an empty list")),
+    responses((status = 200, body = Vec<ProductJson>),
+              (status = 400, body = ErrorBody, description = "the path holds a NUL (`%00`) or is not UTF-8"),
+              (status = 500, body = ErrorBody), (status = 503, body = ErrorBody, description = "database unavailable")))]
 pub async fn products_in_category(
     State(state): State<AppState>,
     Path(category): Path<String>,
@@ -105,7 +114,10 @@ pub async fn products_in_category(
 /// One product.
 #[utoipa::path(get, path = "/api/products/{id}", tag = "catalogue",
     params(("id" = String, Path, description = "MetalMart product id, `\"1\"`…`\"10\"`")),
-    responses((status = 200, body = ProductJson), (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = ProductJson),
+              (status = 400, body = ErrorBody, description = "the path holds a NUL (`%00`) or is not UTF-8; also the id `search`, which is `GET /api/products/search` without `q`"),
+              (status = 404, body = ErrorBody, description = "`product_not_found`"),
+              (status = 500, body = ErrorBody), (status = 503, body = ErrorBody, description = "database unavailable")))]
 pub async fn get_product(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -119,7 +131,10 @@ pub async fn get_product(
 /// Stock of one product.
 #[utoipa::path(get, path = "/api/inventory/{product_id}", tag = "catalogue",
     params(("product_id" = String, Path)),
-    responses((status = 200, body = InventoryJson), (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = InventoryJson),
+              (status = 400, body = ErrorBody, description = "the path holds a NUL (`%00`) or is not UTF-8"),
+              (status = 404, body = ErrorBody, description = "`product_not_found`"),
+              (status = 500, body = ErrorBody), (status = 503, body = ErrorBody, description = "database unavailable")))]
 pub async fn get_inventory(
     State(state): State<AppState>,
     Path(product_id): Path<String>,

@@ -37,6 +37,7 @@ pub struct ListParams {
     /// `next_cursor` of the previous page.
     pub cursor: Option<i64>,
     /// 1 to 500 (default 100).
+    #[param(minimum = 1, maximum = 500)]
     pub limit: Option<i64>,
 }
 
@@ -62,9 +63,12 @@ fn page_limit(limit: Option<i64>) -> Result<i64, ApiError> {
 }
 
 /// Dead letters matching the filters, oldest first, a page at a time.
-#[utoipa::path(get, path = "/admin/dead-letters", tag = "admin", params(ListParams),
-    responses((status = 200, body = Page), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
-        (status = 404, body = ErrorBody, description = "the admin API is off")))]
+#[utoipa::path(get, path = "/admin/dead-letters", tag = "admin", params(ListParams), security(("admin_token" = [])),
+    responses((status = 200, body = Page),
+        (status = 400, body = ErrorBody, description = "`invalid_query`: a parameter does not parse (`order_id`, `state`, `since`, `until`, `cursor`) or `limit` is not 1 to 500; or the query holds a NUL (`%00`)"),
+        (status = 401, body = ErrorBody, description = "missing or wrong bearer token"),
+        (status = 404, body = ErrorBody, description = "`admin_disabled`: `ADMIN_TOKEN` is not set"),
+        (status = 500, body = ErrorBody), (status = 503, body = ErrorBody, description = "database unavailable")))]
 pub async fn list(
     State(state): State<AppState>,
     params: Result<Query<ListParams>, QueryRejection>,
@@ -90,8 +94,9 @@ pub async fn list(
 pub struct RecordView {
     pub key: Option<String>,
     pub headers: Vec<HeaderView>,
-    /// The value as JSON when it is JSON, else as text (`hex:…` for binary); absent for none.
-    #[schema(value_type = Option<Object>)]
+    /// The value as JSON when it is JSON (any JSON value, not only an object), else as text
+    /// (`hex:…` for binary); null for none.
+    #[schema(value_type = Value)]
     pub value: Option<serde_json::Value>,
 }
 
@@ -146,9 +151,12 @@ fn not_found(id: i64) -> ApiError {
 }
 
 /// One dead letter, its record and the event it carries when it decodes.
-#[utoipa::path(get, path = "/admin/dead-letters/{id}", tag = "admin", params(("id" = i64, Path)),
-    responses((status = 200, body = Detail), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
-        (status = 404, body = ErrorBody)))]
+#[utoipa::path(get, path = "/admin/dead-letters/{id}", tag = "admin", params(("id" = i64, Path, description = "A dead letter id; anything but a 64-bit integer answers 400 `invalid_id`")), security(("admin_token" = [])),
+    responses((status = 200, body = Detail),
+        (status = 400, body = ErrorBody, description = "`invalid_id`"),
+        (status = 401, body = ErrorBody, description = "missing or wrong bearer token"),
+        (status = 404, body = ErrorBody, description = "`dead_letter_not_found`, or `admin_disabled`: `ADMIN_TOKEN` is not set"),
+        (status = 500, body = ErrorBody), (status = 503, body = ErrorBody, description = "database unavailable")))]
 pub async fn get(State(state): State<AppState>, Path(raw): Path<String>) -> Result<Json<Detail>, ApiError> {
     let id = parse_id(&raw)?;
     let (dead_letter, record) = dead_letters::get(&state.pool, id).await?.ok_or_else(|| not_found(id))?;
@@ -214,11 +222,14 @@ async fn redrive_one(state: &AppState, id: i64) -> Result<RedriveResult, ApiErro
 /// Runs the failed handler's serving version on the stored event. Its effects, the idempotency
 /// record's turn from dead-lettered to applied and the dead letter's new state commit together:
 /// a second redrive of the same dead letter changes nothing (409).
-#[utoipa::path(post, path = "/admin/dead-letters/{id}/redrive", tag = "admin", params(("id" = i64, Path)),
-    responses((status = 200, body = RedriveResult), (status = 400, body = ErrorBody),
-        (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
-        (status = 409, body = ErrorBody, description = "not open, an earlier dead letter of the order is open, no serving version, or undecodable"),
-        (status = 503, body = ErrorBody)))]
+#[utoipa::path(post, path = "/admin/dead-letters/{id}/redrive", tag = "admin", params(("id" = i64, Path, description = "A dead letter id; anything but a 64-bit integer answers 400 `invalid_id`")), security(("admin_token" = [])),
+    responses((status = 200, body = RedriveResult),
+        (status = 400, body = ErrorBody, description = "`invalid_id`"),
+        (status = 401, body = ErrorBody, description = "missing or wrong bearer token"),
+        (status = 404, body = ErrorBody, description = "`dead_letter_not_found`, or `admin_disabled`: `ADMIN_TOKEN` is not set"),
+        (status = 409, body = ErrorBody, description = "not open, busy, already settled, an earlier dead letter of the order is open, the handler is unsubscribed or not serving, or undecodable"),
+        (status = 500, body = ErrorBody),
+        (status = 503, body = ErrorBody, description = "`unavailable` or `database_unavailable`")))]
 pub async fn redrive(
     State(state): State<AppState>,
     Path(raw): Path<String>,
@@ -230,7 +241,13 @@ pub async fn redrive(
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DiscardRequest {
-    /// Why it will never be redriven; kept with the dead letter.
+    /// Why it will never be redriven; kept with the dead letter. Not blank; at most 1000
+    /// characters once surrounding whitespace is trimmed.
+    #[schema(
+        min_length = 1,
+        max_length = 1000,
+        pattern = r"[^\t-\r \u0085\u00A0\u1680\u2000-\u200A\u2028\u2029\u202F\u205F\u3000]"
+    )]
     pub reason: String,
 }
 
@@ -243,10 +260,16 @@ fn check_reason(reason: &str) -> Result<(), ApiError> {
 }
 
 /// Closes an open dead letter for good, with the operator's reason.
-#[utoipa::path(post, path = "/admin/dead-letters/{id}/discard", tag = "admin", params(("id" = i64, Path)),
+#[utoipa::path(post, path = "/admin/dead-letters/{id}/discard", tag = "admin", params(("id" = i64, Path, description = "A dead letter id; anything but a 64-bit integer answers 400 `invalid_id`")), security(("admin_token" = [])),
     request_body = DiscardRequest,
-    responses((status = 200, body = DeadLetter), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
-        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody, description = "not open")))]
+    responses((status = 200, body = DeadLetter),
+        (status = 400, body = ErrorBody, description = "`invalid_id`, `invalid_reason`, `malformed_json`, or `invalid_body` (wrong type, missing or unknown field, NUL character)"),
+        (status = 401, body = ErrorBody, description = "missing or wrong bearer token"),
+        (status = 404, body = ErrorBody, description = "`dead_letter_not_found`, or `admin_disabled`: `ADMIN_TOKEN` is not set"),
+        (status = 409, body = ErrorBody, description = "`not_open`"),
+        (status = 413, body = ErrorBody, description = "body over 64 KiB"),
+        (status = 415, body = ErrorBody, description = "no `application/json` content type"),
+        (status = 500, body = ErrorBody), (status = 503, body = ErrorBody, description = "database unavailable")))]
 pub async fn discard(
     State(state): State<AppState>,
     Path(raw): Path<String>,
@@ -274,6 +297,8 @@ pub struct BulkFilter {
     pub class: Option<String>,
     pub order_id: Option<Uuid>,
     /// 1 to 500 (default 100).
+    #[schema(minimum = 1, maximum = 500)]
+    #[serde(default, deserialize_with = "super::error::integral_opt")]
     pub limit: Option<i64>,
 }
 
@@ -309,8 +334,14 @@ pub struct BulkResult {
 /// Redrives the matching open dead letters one after another, oldest first, so one order's dead
 /// letters run in the order their events were consumed; one that fails leaves the later ones of
 /// its order refused (an earlier one is still open).
-#[utoipa::path(post, path = "/admin/dead-letters/redrive", tag = "admin", request_body = BulkFilter,
-    responses((status = 200, body = BulkResult), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
+#[utoipa::path(post, path = "/admin/dead-letters/redrive", tag = "admin", request_body = BulkFilter, security(("admin_token" = [])),
+    responses((status = 200, body = BulkResult),
+        (status = 400, body = ErrorBody, description = "`invalid_query` (`limit` not 1 to 500), `malformed_json`, or `invalid_body` (wrong type, unknown field, NUL character)"),
+        (status = 401, body = ErrorBody, description = "missing or wrong bearer token"),
+        (status = 404, body = ErrorBody, description = "`admin_disabled`: `ADMIN_TOKEN` is not set"),
+        (status = 413, body = ErrorBody, description = "body over 64 KiB"),
+        (status = 415, body = ErrorBody, description = "no `application/json` content type"),
+        (status = 500, body = ErrorBody), (status = 503, body = ErrorBody, description = "database unavailable")))]
 pub async fn redrive_bulk(
     State(state): State<AppState>,
     ApiJson(bulk): ApiJson<BulkFilter>,
@@ -347,8 +378,16 @@ pub struct BulkDiscard {
     pub class: Option<String>,
     pub order_id: Option<Uuid>,
     /// 1 to 500 (default 100).
+    #[schema(minimum = 1, maximum = 500)]
+    #[serde(default, deserialize_with = "super::error::integral_opt")]
     pub limit: Option<i64>,
-    /// Why they will never be redriven; kept with each.
+    /// Why they will never be redriven; kept with each. Not blank; at most 1000 characters once
+    /// surrounding whitespace is trimmed.
+    #[schema(
+        min_length = 1,
+        max_length = 1000,
+        pattern = r"[^\t-\r \u0085\u00A0\u1680\u2000-\u200A\u2028\u2029\u202F\u205F\u3000]"
+    )]
     pub reason: String,
 }
 
@@ -358,8 +397,14 @@ pub struct Discarded {
 }
 
 /// Discards the matching open dead letters, with one reason.
-#[utoipa::path(post, path = "/admin/dead-letters/discard", tag = "admin", request_body = BulkDiscard,
-    responses((status = 200, body = Discarded), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
+#[utoipa::path(post, path = "/admin/dead-letters/discard", tag = "admin", request_body = BulkDiscard, security(("admin_token" = [])),
+    responses((status = 200, body = Discarded),
+        (status = 400, body = ErrorBody, description = "`invalid_reason`, `invalid_query` (`limit` not 1 to 500), `malformed_json`, or `invalid_body` (wrong type, missing or unknown field, NUL character)"),
+        (status = 401, body = ErrorBody, description = "missing or wrong bearer token"),
+        (status = 404, body = ErrorBody, description = "`admin_disabled`: `ADMIN_TOKEN` is not set"),
+        (status = 413, body = ErrorBody, description = "body over 64 KiB"),
+        (status = 415, body = ErrorBody, description = "no `application/json` content type"),
+        (status = 500, body = ErrorBody), (status = 503, body = ErrorBody, description = "database unavailable")))]
 pub async fn discard_bulk(
     State(state): State<AppState>,
     ApiJson(req): ApiJson<BulkDiscard>,

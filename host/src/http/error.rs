@@ -165,6 +165,27 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
     }
 }
 
+/// An integer field of a JSON body. JSON Schema, and the clients generated from our document,
+/// count `26.0` as the integer 26; serde's `i64` refuses it. Anything with a fraction, out of
+/// range or not a number is still refused (400 `invalid_body`).
+pub fn integral<'de, D: serde::Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
+    use serde::Deserialize as _;
+    let n = serde_json::Number::deserialize(d)?;
+    // 2^63 as f64: the first float past i64::MAX.
+    const LIMIT: f64 = 9_223_372_036_854_775_808.0;
+    n.as_i64()
+        .or_else(|| n.as_f64().filter(|f| f.fract() == 0.0 && (-LIMIT..LIMIT).contains(f)).map(|f| f as i64))
+        .ok_or_else(|| serde::de::Error::custom(format!("invalid value: {n}, expected a 64-bit integer")))
+}
+
+/// [`integral`] for an optional field (`null` or absent is `None`; pair with `#[serde(default)]`).
+pub fn integral_opt<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
+    #[derive(serde::Deserialize)]
+    struct Wrap(#[serde(deserialize_with = "integral")] i64);
+    use serde::Deserialize as _;
+    Ok(Option::<Wrap>::deserialize(d)?.map(|Wrap(n)| n))
+}
+
 /// Whether JSON text holds a `\u0000` escape (an escaped backslash before `u0000` is not one).
 /// Raw NUL bytes cannot appear in valid JSON; the escape is the only way a NUL reaches a string,
 /// and no text the API stores may hold one (Postgres text cannot).
@@ -246,5 +267,23 @@ mod tests {
         assert!(has_nul_escape(br#"{"a":"\\\u0000"}"#), "an escaped backslash, then the escape");
         assert!(!has_nul_escape(br#"{"a":"\\u0000"}"#), "a literal backslash and text u0000");
         assert!(!has_nul_escape(br#"{"a":"\u0001 u0000"}"#));
+    }
+
+    #[test]
+    fn an_integral_number_is_an_integer_whatever_its_spelling() {
+        #[derive(serde::Deserialize, Debug)]
+        struct Body {
+            #[serde(deserialize_with = "integral")]
+            n: i64,
+            #[serde(default, deserialize_with = "integral_opt")]
+            m: Option<i64>,
+        }
+        let parse = |json: &str| serde_json::from_str::<Body>(json).map(|b| (b.n, b.m));
+        assert_eq!(parse(r#"{"n": 26}"#).unwrap(), (26, None));
+        assert_eq!(parse(r#"{"n": 26.0, "m": 1e2}"#).unwrap(), (26, Some(100)));
+        assert_eq!(parse(r#"{"n": -3, "m": null}"#).unwrap(), (-3, None));
+        for bad in [r#"{"n": 2.5}"#, r#"{"n": "2"}"#, r#"{"n": 1e19}"#, r#"{"n": 1, "m": 0.1}"#] {
+            assert!(parse(bad).is_err(), "{bad}");
+        }
     }
 }

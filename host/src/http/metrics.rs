@@ -15,7 +15,9 @@ use crate::metrics::{self, Metrics, Snapshot};
 
 /// Counters, histograms and the gauges read from Postgres now (outbox backlog, timers).
 #[utoipa::path(get, path = "/metrics", tag = "health",
-    responses((status = 200, description = "Prometheus / OpenMetrics text exposition", content_type = "application/openmetrics-text")))]
+    responses((status = 200, description = "Prometheus / OpenMetrics text exposition", content_type = "application/openmetrics-text"),
+              (status = 500, body = super::ErrorBody),
+              (status = 503, body = super::ErrorBody, description = "database unavailable")))]
 pub async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
     let (outbox_backlog, outbox_parked) = db::outbox::backlog(&state.pool).await?;
     let (timers_due, timers_scheduled, timers_parked) = db::effects::timer_counts(&state.pool).await?;

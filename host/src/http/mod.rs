@@ -54,16 +54,37 @@ pub struct AppState {
 
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "order-host", description = "MetalMart-compatible order, catalogue and checkout API"),
+    info(
+        title = "order-host",
+        description = "MetalMart-compatible order, catalogue and checkout API. No text anywhere in a request may \
+            hold a NUL character (U+0000): a `%00` in the path or query, or a `\\u0000` escape anywhere in a \
+            JSON body (even in a property the API ignores), is refused with 400. Errors answer an \
+            `ErrorBody` (but `/readyz` answers 503 with its `Readiness`)."
+    ),
     tags(
         (name = "catalogue", description = "Products and stock"),
         (name = "storefront", description = "The MetalMart web shop served by the host"),
         (name = "orders", description = "Orders, checkout, status and live tracking"),
         (name = "health", description = "Liveness and readiness"),
         (name = "admin", description = "Handler versions: list, upload, roll back, unsubscribe (bearer ADMIN_TOKEN)")
-    )
+    ),
+    modifiers(&AdminToken)
 )]
 struct ApiDoc;
+
+/// Declares the `admin_token` security scheme the admin API's operations name: `Authorization:
+/// Bearer <ADMIN_TOKEN>`.
+struct AdminToken;
+
+impl utoipa::Modify for AdminToken {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        openapi.components.get_or_insert_with(utoipa::openapi::Components::new).add_security_scheme(
+            "admin_token",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
 
 /// The application's routes and their OpenAPI document, built together.
 pub fn router_and_spec(state: AppState) -> (Router, utoipa::openapi::OpenApi) {

@@ -19,6 +19,7 @@ use crate::orders::{LineRequest, Status, cents_to_amount, validate_new_order};
 /// handled by a developer's local host.
 const MIRRORD_TOPIC_PREFIX: &str = "mirrord-tmp-";
 
+/// Free text without NUL characters; in a request every field is optional (empty when absent).
 #[derive(Serialize, Deserialize, ToSchema, Default, Clone)]
 #[serde(default)]
 pub struct AddressJson {
@@ -33,19 +34,63 @@ pub struct AddressJson {
 /// MetalMart's clients and ignored: names and prices come from the catalogue.
 #[derive(Deserialize, ToSchema)]
 pub struct LineJson {
+    /// A catalogue product id (`GET /api/products`); any other is refused with 400
+    /// `unknown_product`.
+    #[schema(value_type = CatalogueId)]
     pub product_id: String,
     /// 1 to 100.
+    #[schema(minimum = 1, maximum = 100)]
+    #[serde(deserialize_with = "super::error::integral")]
     pub quantity: i64,
+}
+
+/// The catalogue's product ids, MetalMart's `"1"`…`"10"`, as the document's enum for an order
+/// line's `product_id`. Only for the document: the catalogue table is the truth, and
+/// `api::the_openapi_document_matches_the_routes` checks that the two agree.
+#[derive(Serialize, ToSchema)]
+#[allow(dead_code)] // never built: it exists for its schema
+pub enum CatalogueId {
+    #[serde(rename = "1")]
+    P1,
+    #[serde(rename = "2")]
+    P2,
+    #[serde(rename = "3")]
+    P3,
+    #[serde(rename = "4")]
+    P4,
+    #[serde(rename = "5")]
+    P5,
+    #[serde(rename = "6")]
+    P6,
+    #[serde(rename = "7")]
+    P7,
+    #[serde(rename = "8")]
+    P8,
+    #[serde(rename = "9")]
+    P9,
+    #[serde(rename = "10")]
+    P10,
 }
 
 /// `POST /api/orders` and `POST /api/checkout` body.
 #[derive(Deserialize, ToSchema)]
 pub struct CreateOrderRequest {
+    /// One `@`, a non-empty local part of at most 64 bytes without whitespace or control
+    /// characters, and a domain of at least two dot-separated labels of ASCII letters, digits and
+    /// `-` (not first or last in a label); at most 254 bytes in all.
+    #[schema(format = Email, max_length = 254)]
     pub customer_email: String,
+    /// Not blank (not only whitespace); at most 200 characters.
+    #[schema(
+        min_length = 1,
+        max_length = 200,
+        pattern = r"[^\t-\r \u0085\u00A0\u1680\u2000-\u200A\u2028\u2029\u202F\u205F\u3000]"
+    )]
     pub customer_name: String,
     #[serde(default)]
     pub shipping_address: AddressJson,
     /// 1 to 50 lines.
+    #[schema(min_items = 1, max_items = 50)]
     pub items: Vec<LineJson>,
 }
 
@@ -159,15 +204,19 @@ pub struct StatusJson {
 
 #[derive(Deserialize, ToSchema)]
 pub struct StatusUpdateRequest {
-    /// One of `pending`, `processing`, `confirmed`, `shipped`, `delivered`, `cancelled`.
+    /// One of `pending`, `processing`, `confirmed`, `shipped`, `delivered`, `cancelled`; any other
+    /// string is refused with 400 `unknown_status`.
+    #[schema(value_type = Status)]
     pub status: String,
 }
 
 #[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ListQuery {
-    /// Only this customer's orders (case-insensitive).
+    /// Only this customer's orders (case-insensitive); empty means every customer's.
     email: Option<String>,
-    /// At most this many, newest first (default 100, at most 500).
+    /// At most this many, newest first: default 100. Any 64-bit integer is accepted and clamped
+    /// to 1..=500; only a value that is not a 64-bit integer is refused (400).
     limit: Option<i64>,
 }
 
@@ -209,8 +258,11 @@ async fn create(state: &AppState, req: CreateOrderRequest, reserve: bool) -> Res
 /// Places an order. Prices and names come from the catalogue; the `order.created` event is
 /// published through the outbox, so this succeeds even while Kafka is down.
 #[utoipa::path(post, path = "/api/orders", tag = "orders", request_body = CreateOrderRequest,
-    responses((status = 201, body = OrderJson), (status = 400, body = ErrorBody),
-              (status = 413, body = ErrorBody), (status = 415, body = ErrorBody)))]
+    responses((status = 201, body = OrderJson),
+              (status = 400, body = ErrorBody, description = "`malformed_json`, `invalid_body` (wrong type, missing field, NUL character), `validation_failed` (name, email, line count, quantity), `unknown_product`, or `invalid_value`"),
+              (status = 413, body = ErrorBody, description = "body over 64 KiB"),
+              (status = 415, body = ErrorBody, description = "no `application/json` content type"),
+              (status = 500, body = ErrorBody), (status = 503, body = ErrorBody, description = "database unavailable")))]
 pub async fn create_order(
     State(state): State<AppState>,
     ApiJson(req): ApiJson<CreateOrderRequest>,
@@ -222,8 +274,12 @@ pub async fn create_order(
 /// Reserves stock for every line and places the order, atomically: if any product lacks stock,
 /// nothing is reserved and nothing is created.
 #[utoipa::path(post, path = "/api/checkout", tag = "orders", request_body = CreateOrderRequest,
-    responses((status = 201, body = CheckoutJson), (status = 400, body = ErrorBody),
-              (status = 409, body = ErrorBody, description = "insufficient stock; names the product")))]
+    responses((status = 201, body = CheckoutJson),
+              (status = 400, body = ErrorBody, description = "`malformed_json`, `invalid_body` (wrong type, missing field, NUL character), `validation_failed` (name, email, line count, quantity), `unknown_product`, or `invalid_value`"),
+              (status = 409, body = ErrorBody, description = "insufficient stock; names the product"),
+              (status = 413, body = ErrorBody, description = "body over 64 KiB"),
+              (status = 415, body = ErrorBody, description = "no `application/json` content type"),
+              (status = 500, body = ErrorBody), (status = 503, body = ErrorBody, description = "database unavailable")))]
 pub async fn checkout(
     State(state): State<AppState>,
     ApiJson(req): ApiJson<CreateOrderRequest>,
@@ -243,7 +299,9 @@ pub async fn checkout(
 
 /// Orders, newest first.
 #[utoipa::path(get, path = "/api/orders", tag = "orders", params(ListQuery),
-    responses((status = 200, body = Vec<OrderJson>)))]
+    responses((status = 200, body = Vec<OrderJson>),
+              (status = 400, body = ErrorBody, description = "the query does not parse (`limit` not a 64-bit integer) or holds a NUL (`%00`)"),
+              (status = 500, body = ErrorBody), (status = 503, body = ErrorBody, description = "database unavailable")))]
 pub async fn list_orders(
     State(state): State<AppState>,
     Query(q): Query<ListQuery>,
@@ -254,8 +312,11 @@ pub async fn list_orders(
 }
 
 /// One order.
-#[utoipa::path(get, path = "/api/orders/{id}", tag = "orders", params(("id" = Uuid, Path)),
-    responses((status = 200, body = OrderJson), (status = 404, body = ErrorBody)))]
+#[utoipa::path(get, path = "/api/orders/{id}", tag = "orders", params(("id" = Uuid, Path, description = "The order id (a UUID); any other text answers 404 `order_not_found`")),
+    responses((status = 200, body = OrderJson),
+              (status = 400, body = ErrorBody, description = "the path holds a NUL (`%00`) or is not UTF-8"),
+              (status = 404, body = ErrorBody, description = "`order_not_found`"),
+              (status = 500, body = ErrorBody), (status = 503, body = ErrorBody, description = "database unavailable")))]
 pub async fn get_order(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -264,8 +325,12 @@ pub async fn get_order(
 }
 
 /// The order a tracking token belongs to.
-#[utoipa::path(get, path = "/api/orders/track/{token}", tag = "orders", params(("token" = String, Path)),
-    responses((status = 200, body = OrderJson), (status = 404, body = ErrorBody)))]
+#[utoipa::path(get, path = "/api/orders/track/{token}", tag = "orders",
+    params(("token" = String, Path, description = "The order's `tracking_token`; any other text answers 404")),
+    responses((status = 200, body = OrderJson),
+              (status = 400, body = ErrorBody, description = "the path holds a NUL (`%00`) or is not UTF-8"),
+              (status = 404, body = ErrorBody, description = "`tracking_token_not_found`"),
+              (status = 500, body = ErrorBody), (status = 503, body = ErrorBody, description = "database unavailable")))]
 pub async fn track_order(
     State(state): State<AppState>,
     Path(token): Path<String>,
@@ -277,8 +342,11 @@ pub async fn track_order(
 }
 
 /// An order's current status and where it was processed.
-#[utoipa::path(get, path = "/api/orders/{id}/status", tag = "orders", params(("id" = Uuid, Path)),
-    responses((status = 200, body = StatusJson), (status = 404, body = ErrorBody)))]
+#[utoipa::path(get, path = "/api/orders/{id}/status", tag = "orders", params(("id" = Uuid, Path, description = "The order id (a UUID); any other text answers 404 `order_not_found`")),
+    responses((status = 200, body = StatusJson),
+              (status = 400, body = ErrorBody, description = "the path holds a NUL (`%00`) or is not UTF-8"),
+              (status = 404, body = ErrorBody, description = "`order_not_found`"),
+              (status = 500, body = ErrorBody), (status = 503, body = ErrorBody, description = "database unavailable")))]
 pub async fn get_status(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -296,10 +364,15 @@ pub async fn get_status(
 
 /// Changes an order's status through the state machine; the change is recorded in the history
 /// and published on the status topic.
-#[utoipa::path(put, path = "/api/orders/{id}/status", tag = "orders", params(("id" = Uuid, Path)),
+#[utoipa::path(put, path = "/api/orders/{id}/status", tag = "orders", params(("id" = Uuid, Path, description = "The order id (a UUID); any other text answers 404 `order_not_found`")),
     request_body = StatusUpdateRequest,
-    responses((status = 200, body = StatusJson), (status = 400, body = ErrorBody, description = "unknown status"),
-              (status = 404, body = ErrorBody), (status = 409, body = ErrorBody, description = "illegal transition")))]
+    responses((status = 200, body = StatusJson),
+              (status = 400, body = ErrorBody, description = "`unknown_status`, `malformed_json`, `invalid_body` (wrong type, missing field, NUL character), or a NUL (`%00`) in the path"),
+              (status = 404, body = ErrorBody, description = "`order_not_found`"),
+              (status = 409, body = ErrorBody, description = "`illegal_transition`"),
+              (status = 413, body = ErrorBody, description = "body over 64 KiB"),
+              (status = 415, body = ErrorBody, description = "no `application/json` content type"),
+              (status = 500, body = ErrorBody), (status = 503, body = ErrorBody, description = "database unavailable")))]
 pub async fn put_status(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -324,8 +397,11 @@ pub async fn put_status(
 }
 
 /// Every status change of an order, oldest first, with its cause.
-#[utoipa::path(get, path = "/api/orders/{id}/history", tag = "orders", params(("id" = Uuid, Path)),
-    responses((status = 200, body = Vec<HistoryEntry>), (status = 404, body = ErrorBody)))]
+#[utoipa::path(get, path = "/api/orders/{id}/history", tag = "orders", params(("id" = Uuid, Path, description = "The order id (a UUID); any other text answers 404 `order_not_found`")),
+    responses((status = 200, body = Vec<HistoryEntry>),
+              (status = 400, body = ErrorBody, description = "the path holds a NUL (`%00`) or is not UTF-8"),
+              (status = 404, body = ErrorBody, description = "`order_not_found`"),
+              (status = 500, body = ErrorBody), (status = 503, body = ErrorBody, description = "database unavailable")))]
 pub async fn order_history(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -339,8 +415,11 @@ pub async fn order_history(
 }
 
 /// Messages the handlers sent the customer about this order, oldest first.
-#[utoipa::path(get, path = "/api/orders/{id}/notifications", tag = "orders", params(("id" = Uuid, Path)),
-    responses((status = 200, body = Vec<Notification>), (status = 404, body = ErrorBody)))]
+#[utoipa::path(get, path = "/api/orders/{id}/notifications", tag = "orders", params(("id" = Uuid, Path, description = "The order id (a UUID); any other text answers 404 `order_not_found`")),
+    responses((status = 200, body = Vec<Notification>),
+              (status = 400, body = ErrorBody, description = "the path holds a NUL (`%00`) or is not UTF-8"),
+              (status = 404, body = ErrorBody, description = "`order_not_found`"),
+              (status = 500, body = ErrorBody), (status = 503, body = ErrorBody, description = "database unavailable")))]
 pub async fn order_notifications(
     State(state): State<AppState>,
     Path(id): Path<String>,

@@ -60,7 +60,9 @@ pub async fn style() -> Response {
 /// A product image.
 #[utoipa::path(get, path = "/images/{file}", tag = "storefront",
     params(("file" = String, Path, description = "e.g. `mug.svg`")),
-    responses((status = 200, content_type = "image/svg+xml"), (status = 404, body = super::ErrorBody)))]
+    responses((status = 200, content_type = "image/svg+xml"),
+              (status = 400, body = super::ErrorBody, description = "the path holds a NUL (`%00`) or is not UTF-8"),
+              (status = 404, body = super::ErrorBody, description = "`no_image`")))]
 pub async fn image(Path(file): Path<String>) -> Result<Response, ApiError> {
     IMAGES
         .iter()

@@ -35,6 +35,23 @@ pub struct StatusEventJson {
     pub changed_at: DateTime<Utc>,
 }
 
+/// One event of the stream as it is framed on the wire, for the document: schemathesis and other
+/// SSE-aware clients check each event's fields against the response schema.
+#[derive(ToSchema)]
+#[allow(dead_code)] // never built: it exists for its schema
+pub struct StatusSseEvent {
+    /// Always `status`.
+    #[schema(pattern = "^status$")]
+    event: String,
+    /// The history row's id: a client that reconnects sees later ids only.
+    #[schema(pattern = "^[0-9]+$")]
+    id: String,
+    /// A `StatusEventJson` as JSON text: `order_id`, `status`, `previous_status`, `cause`,
+    /// `changed_at`.
+    #[schema(content_media_type = "application/json")]
+    data: String,
+}
+
 fn event(id: i64, body: &StatusEventJson) -> Event {
     Event::default().event("status").id(id.to_string()).json_data(body).expect("status events serialise")
 }
@@ -51,10 +68,13 @@ fn history_event(order_id: Uuid, h: db::orders::HistoryEntry) -> (i64, Event) {
 }
 
 /// Live status of one order as `text/event-stream`: one `status` event now, then one per change.
-#[utoipa::path(get, path = "/api/orders/{id}/events", tag = "orders", params(("id" = Uuid, Path)),
-    responses((status = 200, content_type = "text/event-stream", body = StatusEventJson,
-               description = "`status` events, the first being the current status"),
-              (status = 404, body = ErrorBody)))]
+#[utoipa::path(get, path = "/api/orders/{id}/events", tag = "orders",
+    params(("id" = Uuid, Path, description = "The order id (a UUID); any other text answers 404 `order_not_found`")),
+    responses((status = 200, content_type = "text/event-stream", body = StatusSseEvent,
+               description = "`status` events, the first being the current status; the stream stays open"),
+              (status = 400, body = ErrorBody, description = "the path holds a NUL (`%00`) or is not UTF-8"),
+              (status = 404, body = ErrorBody, description = "`order_not_found`"),
+              (status = 500, body = ErrorBody), (status = 503, body = ErrorBody, description = "database unavailable")))]
 pub async fn order_events(
     State(state): State<AppState>,
     Path(id): Path<String>,

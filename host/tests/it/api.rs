@@ -626,6 +626,13 @@ async fn the_openapi_document_matches_the_routes() {
             "{method} {path} is documented but not routed: {status} {body}"
         );
     }
+
+    // An order line's product ids are documented as an enum (what a client may send without an
+    // `unknown_product`): it must be exactly the catalogue.
+    let documented_ids = &spec["components"]["schemas"]["CatalogueId"]["enum"];
+    let (_, products) = t.get("/api/products").await;
+    let catalogue: Vec<&Value> = products.as_array().unwrap().iter().map(|p| &p["id"]).collect();
+    assert_eq!(documented_ids.as_array().unwrap().iter().collect::<Vec<_>>(), catalogue, "{spec}");
     t.host.shutdown().await.unwrap();
 }
 

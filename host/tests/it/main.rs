@@ -12,6 +12,7 @@ mod support;
 mod api;
 mod browser;
 mod cli;
+mod contract;
 mod crash;
 mod dead_letters;
 mod deploy;
