@@ -34,6 +34,7 @@ pub struct Config {
     pub admin: AdminConfig,
     pub pools: PoolConfig,
     pub retention: RetentionConfig,
+    pub journal: JournalConfig,
 }
 
 /// How long rows that exist only for the pipeline's own bookkeeping are kept. Orders, their
@@ -51,6 +52,9 @@ pub struct RetentionConfig {
     pub outbox: Duration,
     /// `RETENTION_INTERVAL_SECS`: how often the pruning pass runs.
     pub interval: Duration,
+    /// `JOURNAL_RETENTION_SECS`: invocation journal entries older than this are deleted (default
+    /// 3 days; diagnostics only, nothing depends on them). `0` keeps them.
+    pub journal: Duration,
 }
 
 impl Default for RetentionConfig {
@@ -59,7 +63,33 @@ impl Default for RetentionConfig {
             idempotency: Duration::from_secs(8 * 24 * 3600),
             outbox: Duration::from_secs(24 * 3600),
             interval: Duration::from_secs(60),
+            journal: Duration::from_secs(3 * 24 * 3600),
         }
+    }
+}
+
+/// Which handler invocations the journal records (`JOURNAL_MODE`): their input, answer, version
+/// and duration, readable per order on the admin API and replayed by `cargo xtask replay`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum JournalMode {
+    Off,
+    /// Every invocation for a fraction of orders, chosen by a hash of the order id, so a sampled
+    /// order's journal is complete: every handler, every attempt.
+    Sampled(f64),
+    All,
+}
+
+#[derive(Debug, Clone)]
+pub struct JournalConfig {
+    /// `JOURNAL_MODE` (`off`, `sampled`, `all`; default `sampled`) with `JOURNAL_SAMPLE_RATE`
+    /// (0 to 1, default 0.01: one order in a hundred). Its retention is
+    /// `RetentionConfig::journal`.
+    pub mode: JournalMode,
+}
+
+impl Default for JournalConfig {
+    fn default() -> Self {
+        JournalConfig { mode: JournalMode::Sampled(0.01) }
     }
 }
 
@@ -352,6 +382,22 @@ impl Config {
                     anyhow::ensure!(!d.is_zero(), "must be at least 1");
                     Ok(d)
                 })?,
+                journal: parse(&lookup, "JOURNAL_RETENTION_SECS", retention.journal, secs)?,
+            },
+            journal: JournalConfig {
+                mode: {
+                    let rate = parse(&lookup, "JOURNAL_SAMPLE_RATE", 0.01, |v| {
+                        let r: f64 = v.parse()?;
+                        anyhow::ensure!((0.0..=1.0).contains(&r), "must be between 0 and 1");
+                        Ok(r)
+                    })?;
+                    match text("JOURNAL_MODE", "sampled").as_str() {
+                        "off" => JournalMode::Off,
+                        "sampled" => JournalMode::Sampled(rate),
+                        "all" => JournalMode::All,
+                        other => bail!("invalid JOURNAL_MODE={other:?}: expected off, sampled or all"),
+                    }
+                },
             },
             dispatch: DispatchConfig {
                 max_in_flight: parse(&lookup, "DISPATCH_MAX_IN_FLIGHT", dispatch.max_in_flight, |v| {

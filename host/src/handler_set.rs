@@ -160,7 +160,11 @@ impl HandlerSet {
 
     /// Makes `handler` the serving version of its name (an upload).
     pub fn install(&self, handler: LoadedHandler, source: Source) -> Arc<LoadedHandler> {
-        let handler = Arc::new(handler);
+        self.install_shared(Arc::new(handler), source)
+    }
+
+    /// [`HandlerSet::install`] for a handler already shared (a promoted shadow candidate).
+    pub fn install_shared(&self, handler: Arc<LoadedHandler>, source: Source) -> Arc<LoadedHandler> {
         let mut slots = self.lock();
         let slot = slots.by_name.entry(handler.name.clone()).or_default();
         slot.replace(Some(Version { handler: handler.clone(), source, since: SystemTime::now() }));

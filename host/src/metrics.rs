@@ -96,6 +96,15 @@ pub struct Metrics {
     keys_running: Gauge,
     events_waiting_behind_key: Gauge,
     rebalance_pause: Histogram,
+    journal_dropped: Counter,
+    shadow_comparisons: Family<InvocationLabels, Counter>,
+    shadow_decisions: Family<DecisionLabels, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DecisionLabels {
+    handler: String,
+    decision: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -216,6 +225,9 @@ impl Metrics {
             retention_deleted: Family::default(),
             relay_slots_owned: Gauge::default(),
             relay_published: Counter::default(),
+            journal_dropped: Counter::default(),
+            shadow_comparisons: Family::default(),
+            shadow_decisions: Family::default(),
             oldest_in_flight: Family::default(),
             in_flight: Family::default(),
             keys_running: Gauge::default(),
@@ -344,10 +356,39 @@ impl Metrics {
         );
         r.register(
             "retention_deleted_rows",
-            "Rows deleted by the retention pass, by table (outbox: published records; processed_events: idempotency rows)",
+            "Rows deleted by the retention pass, by table (outbox: published records; processed_events: idempotency rows; invocations: journal entries)",
             self.retention_deleted.clone(),
         );
+        r.register(
+            "journal_dropped",
+            "Invocation journal entries dropped because the writer's queue was full",
+            self.journal_dropped.clone(),
+        );
+        r.register(
+            "shadow_comparisons",
+            "Shadow candidate invocations compared with the serving version, by result (identical, different, candidate_error, skipped: no capacity)",
+            self.shadow_comparisons.clone(),
+        );
+        r.register(
+            "shadow_decisions",
+            "Shadow candidates ended, by decision (promoted, aborted, dropped)",
+            self.shadow_decisions.clone(),
+        );
         self
+    }
+
+    pub fn journal_dropped(&self) {
+        self.journal_dropped.inc();
+    }
+
+    pub fn shadow_compared(&self, handler: &str, result: &'static str) {
+        self.shadow_comparisons
+            .get_or_create(&InvocationLabels { handler: handler.to_string(), result })
+            .inc();
+    }
+
+    pub fn shadow_decided(&self, handler: &str, decision: &'static str) {
+        self.shadow_decisions.get_or_create(&DecisionLabels { handler: handler.to_string(), decision }).inc();
     }
 
     pub fn retention_deleted(&self, table: &'static str, rows: u64) {

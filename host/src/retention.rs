@@ -1,5 +1,5 @@
 //! The retention pass: every `RETENTION_INTERVAL_SECS`, deletes published outbox rows and
-//! idempotency rows past their retention (see `config::RetentionConfig` for the safety argument).
+//! idempotency rows and invocation journal entries past their retention (see `config::RetentionConfig` for the safety argument).
 //! Every replica runs it; two passes racing delete each row once and the other finds it gone.
 
 use std::sync::Arc;
@@ -31,6 +31,9 @@ pub async fn run(
                 retention::prune_idempotency(&pool, config.idempotency).await,
                 &metrics,
             );
+        }
+        if !config.journal.is_zero() {
+            report("invocations", retention::prune_journal(&pool, config.journal).await, &metrics);
         }
     }
 }

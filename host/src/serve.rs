@@ -20,11 +20,13 @@ use crate::handler_set::HandlerSet;
 use crate::handler_watch::{self, WatchConfig};
 use crate::http::admin::Admin;
 use crate::http::{self, AppState, Probes};
+use crate::journal::Journal;
 use crate::kafka::{Consumer, EmbeddedBroker, Producer};
 use crate::metrics::Metrics;
 use crate::relay::{self, RelayConfig};
 use crate::retention;
 use crate::runtime::{Invoke, Runtime};
+use crate::shadow::ShadowSet;
 use crate::supervise::Supervisor;
 
 /// How long the producer retries one record before the relay sees it fail and backs off.
@@ -44,6 +46,8 @@ pub struct Host {
     server: JoinHandle<anyhow::Result<()>>,
     background: Vec<JoinHandle<()>>,
     relay: JoinHandle<()>,
+    /// Writes the invocation journal; stops with the relay.
+    journal_writer: Option<JoinHandle<()>>,
     producer: Arc<Producer>,
     supervisor: Arc<Supervisor>,
     /// Kept alive for the host's lifetime when `KAFKA_BROKERS=embedded`.
@@ -74,6 +78,9 @@ impl Host {
         let (relay_shutdown, relay_shutdown_rx) = watch::channel(false);
         let metrics = Arc::new(Metrics::new());
         let invoker = invoker.unwrap_or_else(|| runtime.clone());
+        let (journal, journal_writer) =
+            Journal::start(pool.clone(), config.journal.mode, metrics.clone(), relay_shutdown_rx.clone());
+        let shadows = Arc::new(ShadowSet::new(handlers.clone(), invoker.clone(), metrics.clone()));
         let parts = Parts {
             pool: pool.clone(),
             runtime,
@@ -82,11 +89,16 @@ impl Host {
             invoker,
             notices: Notices::new(),
             backlog: Arc::new(Backlog::default()),
+            journal: Arc::new(journal),
+            shadows,
             supervisor: Supervisor::new(metrics.clone()),
             metrics,
             shutdown: shutdown_rx.clone(),
         };
-        let relay = parts.spawn_relay(relay_shutdown_rx);
+        let relay = parts.spawn_relay(relay_shutdown_rx.clone());
+        // The journal's writer stops with the relay, after the dispatcher has stopped recording.
+        let journal_writer = journal_writer
+            .map(|writer| parts.supervisor.spawn("journal writer", relay_shutdown_rx.clone(), writer));
         let k = &config.kafka;
         let backlog = parts.backlog.clone();
         let consumer = Consumer::new(
@@ -107,6 +119,8 @@ impl Host {
             metrics: parts.metrics.clone(),
             supervisor: parts.supervisor.clone(),
             backlog: parts.backlog.clone(),
+            journal: parts.journal.clone(),
+            shadows: parts.shadows.clone(),
         };
         let mut background = parts.spawn_background(config);
         background.push(parts.supervisor.spawn(
@@ -130,6 +144,7 @@ impl Host {
             server,
             background,
             relay,
+            journal_writer,
             producer,
             supervisor,
             embedded,
@@ -156,7 +171,18 @@ impl Host {
     /// Stops accepting and fetching, lets in-flight requests and events finish (the dispatcher
     /// commits and leaves its group), then drains the relay and flushes the producer.
     pub async fn shutdown(self) -> anyhow::Result<()> {
-        let Host { pool, shutdown, relay_shutdown, server, background, relay, producer, embedded, .. } = self;
+        let Host {
+            pool,
+            shutdown,
+            relay_shutdown,
+            server,
+            background,
+            relay,
+            journal_writer,
+            producer,
+            embedded,
+            ..
+        } = self;
         let _ = shutdown.send(true);
         let served = server.await.context("joining the HTTP server")?;
         for task in background {
@@ -164,6 +190,9 @@ impl Host {
         }
         let _ = relay_shutdown.send(true);
         relay.await.context("joining the outbox relay")?;
+        if let Some(writer) = journal_writer {
+            writer.await.context("joining the journal writer")?;
+        }
         tokio::task::spawn_blocking(move || producer.flush(FLUSH_TIMEOUT)).await??;
         pool.close().await;
         // Last, once the producer is gone, so it does not log the broker vanishing.
@@ -184,6 +213,8 @@ struct Parts {
     notices: Notices,
     /// The dispatcher's in-flight events, read by `/metrics` and the admin API.
     backlog: Arc<Backlog>,
+    journal: Arc<Journal>,
+    shadows: Arc<ShadowSet>,
     metrics: Arc<Metrics>,
     supervisor: Arc<Supervisor>,
     shutdown: watch::Receiver<bool>,
@@ -272,6 +303,7 @@ impl Parts {
                 overlay: config.handler_config_overlay(),
                 max_upload_bytes: config.admin.max_upload_bytes,
                 uploads: tokio::sync::Semaphore::new(crate::http::admin::MAX_CONCURRENT_UPLOADS),
+                shadows: self.shadows.clone(),
                 redriver: Redriver {
                     pool: self.pool.clone(),
                     invoker: self.invoker,

@@ -60,7 +60,8 @@ pub fn run(sh: &Shell, args: &Args) -> anyhow::Result<()> {
     let selected: Vec<_> =
         handlers.into_iter().filter(|h| args.names.is_empty() || args.names.contains(&h.name)).collect();
     let names: Vec<String> = selected.iter().map(|h| h.name.clone()).collect();
-    let built = wasm::build(sh, &workspace, &names, !args.debug)?;
+    let profile = if args.debug { wasm::Profile::Debug } else { wasm::Profile::Release };
+    let built = wasm::build(sh, &workspace, &names, profile)?;
 
     let out_dir = args.out();
     std::fs::create_dir_all(&out_dir).with_context(|| format!("creating {}", out_dir.display()))?;

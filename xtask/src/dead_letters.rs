@@ -3,8 +3,10 @@
 //! a table, or the API's own JSON with `--json`. A bulk redrive or discard (no id) needs a filter
 //! or `--all`, so an empty command line never touches every dead letter.
 
-use anyhow::{Context, bail};
+use anyhow::bail;
 use serde_json::{Value, json};
+
+use crate::admin_api::{Api, Body, text};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -87,7 +89,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
 }
 
 async fn run_async(args: &Args) -> anyhow::Result<()> {
-    let api = Api::new(args)?;
+    let api = Api::new(&args.base_url, args.token.clone())?;
     match &args.command {
         Command::List { filters, state, limit, cursor } => {
             let mut query = vec![("state", state.clone()), ("limit", limit.to_string())];
@@ -95,17 +97,17 @@ async fn run_async(args: &Args) -> anyhow::Result<()> {
             query.extend(filters.class.clone().map(|c| ("class", c)));
             query.extend(filters.order_id.clone().map(|o| ("order_id", o)));
             query.extend(cursor.map(|c| ("cursor", c.to_string())));
-            let page = api.call(reqwest::Method::GET, "/admin/dead-letters", &query, None).await?;
+            let page = api.call(reqwest::Method::GET, "/admin/dead-letters", &query, Body::None).await?;
             print(args.json, &page, print_page)
         }
         Command::Show { id } => {
             let detail =
-                api.call(reqwest::Method::GET, &format!("/admin/dead-letters/{id}"), &[], None).await?;
+                api.call(reqwest::Method::GET, &format!("/admin/dead-letters/{id}"), &[], Body::None).await?;
             print(args.json, &detail, |d| println!("{}", serde_json::to_string_pretty(d).unwrap_or_default()))
         }
         Command::Redrive { id: Some(id), .. } => {
             let r = api
-                .call(reqwest::Method::POST, &format!("/admin/dead-letters/{id}/redrive"), &[], None)
+                .call(reqwest::Method::POST, &format!("/admin/dead-letters/{id}/redrive"), &[], Body::None)
                 .await?;
             print(args.json, &r, |r| {
                 println!("{id}: {} {}", text(&r["outcome"]), text(&r["reason"]));
@@ -114,20 +116,22 @@ async fn run_async(args: &Args) -> anyhow::Result<()> {
         Command::Redrive { id: None, filters, all } => {
             guard_bulk(filters, *all)?;
             let body = filters.body();
-            let r = api.call(reqwest::Method::POST, "/admin/dead-letters/redrive", &[], Some(body)).await?;
+            let r =
+                api.call(reqwest::Method::POST, "/admin/dead-letters/redrive", &[], Body::Json(body)).await?;
             print(args.json, &r, print_bulk)
         }
         Command::Discard { id: Some(id), reason, .. } => {
             let body = json!({"reason": reason});
             let path = format!("/admin/dead-letters/{id}/discard");
-            let r = api.call(reqwest::Method::POST, &path, &[], Some(body)).await?;
+            let r = api.call(reqwest::Method::POST, &path, &[], Body::Json(body)).await?;
             print(args.json, &r, |r| println!("{id}: {}", text(&r["state"])))
         }
         Command::Discard { id: None, reason, filters, all } => {
             guard_bulk(filters, *all)?;
             let mut body = filters.body();
             body["reason"] = json!(reason);
-            let r = api.call(reqwest::Method::POST, "/admin/dead-letters/discard", &[], Some(body)).await?;
+            let r =
+                api.call(reqwest::Method::POST, "/admin/dead-letters/discard", &[], Body::Json(body)).await?;
             print(args.json, &r, |r| println!("discarded {}", r["discarded"]))
         }
     }
@@ -142,43 +146,6 @@ fn guard_bulk(filters: &Filters, all: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The admin API at one base URL with one token.
-struct Api {
-    http: reqwest::Client,
-    base: String,
-    token: String,
-}
-
-impl Api {
-    fn new(args: &Args) -> anyhow::Result<Api> {
-        let token = args.token.clone().context("the admin token: pass --token or set ADMIN_TOKEN")?;
-        let base = args.base_url.trim_end_matches('/').to_string();
-        Ok(Api { http: reqwest::Client::new(), base, token })
-    }
-
-    /// One request; a non-2xx answer becomes an error carrying the API's message.
-    async fn call(
-        &self,
-        method: reqwest::Method,
-        path: &str,
-        query: &[(&str, String)],
-        body: Option<Value>,
-    ) -> anyhow::Result<Value> {
-        let mut request =
-            self.http.request(method, format!("{}{path}", self.base)).query(query).bearer_auth(&self.token);
-        if let Some(body) = body {
-            request = request.json(&body);
-        }
-        let response = request.send().await.with_context(|| format!("reaching {}", self.base))?;
-        let status = response.status();
-        let value: Value = response.json().await.unwrap_or(Value::Null);
-        if !status.is_success() {
-            bail!("{status}: {} ({})", text(&value["error"]["message"]), text(&value["error"]["code"]));
-        }
-        Ok(value)
-    }
-}
-
 fn print(as_json: bool, value: &Value, table: impl Fn(&Value)) -> anyhow::Result<()> {
     if as_json {
         println!("{}", serde_json::to_string_pretty(value)?);
@@ -189,14 +156,6 @@ fn print(as_json: bool, value: &Value, table: impl Fn(&Value)) -> anyhow::Result
 }
 
 /// A JSON value as plain text: strings without quotes, null as nothing.
-fn text(v: &Value) -> String {
-    match v {
-        Value::Null => String::new(),
-        Value::String(s) => s.clone(),
-        other => other.to_string(),
-    }
-}
-
 fn print_page(page: &Value) {
     println!("{:>6}  {:<9}  {:<16}  {:<16}  {:<36}  reason", "id", "state", "handler", "class", "order");
     for d in page["items"].as_array().into_iter().flatten() {

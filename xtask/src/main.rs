@@ -1,6 +1,7 @@
 //! `cargo xtask`: the project's build and test automation, in Rust so it runs wherever cargo does.
 //! One module per command; external programs run through `xshell`.
 
+mod admin_api;
 mod bench;
 mod build_handlers;
 mod dead_letters;
@@ -10,6 +11,7 @@ mod handler_test;
 mod lint;
 mod loadgen;
 mod new_handler;
+mod replay;
 mod test;
 #[cfg(test)]
 mod tidy;
@@ -49,6 +51,9 @@ enum Command {
     Lint,
     /// Dead letters through the admin API: list, show, redrive, discard (one, or in bulk by filter).
     DeadLetters(dead_letters::Args),
+    /// Run a candidate component against a handler's recorded invocations (the host's journal)
+    /// and print what it would answer differently; non-zero exit on any difference.
+    Replay(replay::Args),
     /// Run the benchmarks (criterion) after building what they load.
     Bench(bench::Args),
     /// Build the handlers and render the `order-handlers` ConfigMap into target/k8s/, applying it
@@ -68,6 +73,7 @@ fn main() -> anyhow::Result<()> {
         Command::Loadgen(args) => loadgen::run(&args),
         Command::Lint => lint::run(&sh),
         Command::DeadLetters(args) => dead_letters::run(&args),
+        Command::Replay(args) => replay::run(&args),
         Command::Bench(args) => bench::run(&sh, &args),
         Command::DeployHandlers(args) => deploy_handlers::run(&sh, &args),
     }

@@ -128,7 +128,7 @@ fn ensure_browser_driver(sh: &Shell) -> anyhow::Result<()> {
 pub fn build_fixtures(sh: &Shell) -> anyhow::Result<()> {
     let root = project_root();
     let names: Vec<String> = wasm::members(&root.join("fixtures"))?.into_iter().map(|m| m.name).collect();
-    let built = wasm::build(sh, &root.join("fixtures"), &names, true)?;
+    let built = wasm::build(sh, &root.join("fixtures"), &names, wasm::Profile::Named("fixtures"))?;
     let out = root.join("target/fixtures");
     std::fs::create_dir_all(&out)?;
     for (name, path) in names.iter().zip(built) {

@@ -98,22 +98,49 @@ pub fn ensure_target(sh: &Shell) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The cargo profile a workspace of components is built with.
+#[derive(Clone, Copy)]
+pub enum Profile {
+    Debug,
+    Release,
+    /// A custom profile the workspace defines; its output has a directory of its own.
+    Named(&'static str),
+}
+
+impl Profile {
+    fn args(self) -> Vec<&'static str> {
+        match self {
+            Profile::Debug => vec![],
+            Profile::Release => vec!["--release"],
+            Profile::Named(name) => vec!["--profile", name],
+        }
+    }
+
+    fn dir(self) -> &'static str {
+        match self {
+            Profile::Debug => "debug",
+            Profile::Release => "release",
+            Profile::Named(name) => name,
+        }
+    }
+}
+
 /// Builds `packages` of the workspace at `dir` and returns each one's `.wasm` path, in order.
 /// Everything shares the repository's one target directory.
-pub fn build(sh: &Shell, dir: &Path, packages: &[String], release: bool) -> anyhow::Result<Vec<PathBuf>> {
+pub fn build(sh: &Shell, dir: &Path, packages: &[String], profile: Profile) -> anyhow::Result<Vec<PathBuf>> {
     ensure_target(sh)?;
     let target_dir = crate::project_root().join("target");
     let manifest = dir.join("Cargo.toml");
-    let profile: &[&str] = if release { &["--release"] } else { &[] };
+    let profile_args = profile.args();
     let package_args: Vec<String> = packages.iter().flat_map(|p| ["-p".to_string(), p.clone()]).collect();
     cmd!(
         sh,
-        "cargo build --quiet --manifest-path {manifest} --target {TARGET} {profile...} {package_args...}"
+        "cargo build --quiet --manifest-path {manifest} --target {TARGET} {profile_args...} {package_args...}"
     )
     .env("CARGO_TARGET_DIR", &target_dir)
     .env("CARGO_TARGET_WASM32_WASIP2_RUSTFLAGS", STACK_FLAGS)
     .run()
     .with_context(|| format!("building {} for {TARGET}", dir.display()))?;
-    let out = target_dir.join(TARGET).join(if release { "release" } else { "debug" });
+    let out = target_dir.join(TARGET).join(profile.dir());
     Ok(packages.iter().map(|p| out.join(format!("{}.wasm", p.replace('-', "_")))).collect())
 }

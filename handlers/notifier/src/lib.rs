@@ -49,6 +49,7 @@ impl Handler for Notifier {
     }
 }
 
+#[cfg(feature = "export")]
 sdk::export_handler!(Notifier);
 
 #[cfg(test)]

@@ -6,6 +6,7 @@ pub mod batch;
 pub mod catalog;
 pub mod dead_letters;
 pub mod effects;
+pub mod journal;
 pub mod listen;
 pub mod orders;
 pub mod outbox;

@@ -38,6 +38,19 @@ pub async fn prune_idempotency(pool: &PgPool, older_than: Duration) -> sqlx::Res
     .await
 }
 
+/// Deletes invocation journal entries older than `older_than`; returns how many.
+pub async fn prune_journal(pool: &PgPool, older_than: Duration) -> sqlx::Result<u64> {
+    chunked(
+        pool,
+        "DELETE FROM invocations WHERE id IN (
+             SELECT id FROM invocations
+             WHERE at < now() - make_interval(secs => $1)
+             ORDER BY id LIMIT $2)",
+        older_than,
+    )
+    .await
+}
+
 async fn chunked(pool: &PgPool, sql: &str, older_than: Duration) -> sqlx::Result<u64> {
     let mut total = 0;
     loop {

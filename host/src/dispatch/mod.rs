@@ -30,6 +30,7 @@ use crate::runtime::Invoke;
 use crate::supervise::{Supervisor, panic_message};
 
 pub use self::backlog::{Backlog, BusyKey, Lanes as LaneView, PartitionInFlight};
+pub use self::process::DbOrders;
 
 /// What every event's processing needs. Shared by all key tasks.
 pub struct Shared {
@@ -47,6 +48,10 @@ pub struct Shared {
     pub supervisor: Arc<Supervisor>,
     /// What is in flight, kept where `/metrics` and the admin API can read it.
     pub backlog: Arc<Backlog>,
+    /// Records the invocations `JOURNAL_MODE` selects.
+    pub journal: Arc<crate::journal::Journal>,
+    /// Candidates that run after the serving version and are only compared.
+    pub shadows: Arc<crate::shadow::ShadowSet>,
 }
 
 /// How long shutdown waits for the consumer's final commit and group leave.

@@ -329,9 +329,14 @@ async fn try_once(
     let started = std::time::Instant::now();
     let invoke_span =
         tracing::info_span!("handler.invoke", handler = %h.name, version = %h.short_version(), attempt);
-    let result = shared.invoker.invoke(h, &event, orders).instrument(invoke_span).await;
-    h.stats.record(started.elapsed(), result.is_ok());
-    shared.metrics.invocation(&h.name, result.is_ok(), started.elapsed());
+    let result = shared.invoker.invoke(h, &event, orders.clone()).instrument(invoke_span).await;
+    let took = started.elapsed();
+    h.stats.record(took, result.is_ok());
+    shared.metrics.invocation(&h.name, result.is_ok(), took);
+    if shared.journal.wants(order.id) {
+        shared.journal.record(h, &event, order.id, &result, took);
+    }
+    shared.shadows.observe(h, &event, order.id, &result, took, orders);
     let actions = match result {
         Ok(a) => a,
         Err(e) => return Attempt::Failed(e),
@@ -643,7 +648,7 @@ async fn backoff(shared: &Shared, attempt: u32) -> Waited {
 }
 
 /// `host.get-order`, answered from Postgres.
-pub(super) struct DbOrders(pub(super) PgPool);
+pub struct DbOrders(pub PgPool);
 
 impl OrderSource for DbOrders {
     fn get_order<'a>(

@@ -37,6 +37,8 @@ pub struct Admin {
     pub uploads: tokio::sync::Semaphore,
     /// Runs dead letters again through their handlers' serving versions.
     pub redriver: crate::dispatch::redrive::Redriver,
+    /// Shadow candidates: started by an upload with `mode=shadow`.
+    pub shadows: Arc<crate::shadow::ShadowSet>,
 }
 
 /// Concurrent uploads: compiling is CPU-bound and a deploy uploads a handful of components.
@@ -136,6 +138,8 @@ pub struct HandlerView {
     pub current: Option<VersionView>,
     /// Earlier versions, newest first: what a rollback returns to.
     pub previous: Vec<VersionView>,
+    /// Its shadow candidate, running or the last one that ended (`GET …/shadow` has the rest).
+    pub shadow: Option<super::shadow::ShadowBrief>,
 }
 
 fn version_view(v: &Version) -> VersionView {
@@ -160,18 +164,20 @@ fn version_view(v: &Version) -> VersionView {
     }
 }
 
-fn handler_view(info: &HandlerInfo) -> HandlerView {
+fn handler_view(info: &HandlerInfo, admin: &Admin) -> HandlerView {
     HandlerView {
         name: info.name.clone(),
         subscribed: info.current.is_some(),
         current: info.current.as_ref().map(version_view),
         previous: info.previous.iter().map(version_view).collect(),
+        shadow: admin.shadows.get(&info.name).map(|s| super::shadow::brief(&s.report())),
     }
 }
 
-fn view_of(handlers: &HandlerSet, name: &str) -> HandlerView {
-    let info = handlers.list().into_iter().find(|i| i.name == name).expect("the handler was just changed");
-    handler_view(&info)
+pub(super) fn view_of(admin: &Admin, name: &str) -> HandlerView {
+    let info =
+        admin.handlers.list().into_iter().find(|i| i.name == name).expect("the handler was just changed");
+    handler_view(&info, admin)
 }
 
 impl From<SetError> for ApiError {
@@ -190,7 +196,8 @@ impl From<SetError> for ApiError {
     responses((status = 200, body = [HandlerView]), (status = 401, body = super::ErrorBody, description = "missing or wrong bearer token"),
         (status = 404, body = super::ErrorBody, description = "`admin_disabled`: `ADMIN_TOKEN` is not set")))]
 pub async fn list_handlers(State(state): State<AppState>) -> Json<Vec<HandlerView>> {
-    Json(admin(&state).handlers.list().iter().map(handler_view).collect())
+    let admin = admin(&state);
+    Json(admin.handlers.list().iter().map(|info| handler_view(info, admin)).collect())
 }
 
 /// Manifest fields for an upload; each one not given is inherited from the serving version (or
@@ -208,6 +215,51 @@ pub struct UploadParams {
     /// `invalid_component` above it).
     #[param(minimum = 65536)]
     pub memory_limit_bytes: Option<u64>,
+    /// `serve` (the default) swaps the upload in; `shadow` runs it beside the serving version on
+    /// every event, comparing answers and applying none, until it is promoted or dropped (202
+    /// with the shadow's report).
+    pub mode: Option<UploadMode>,
+    /// Shadow only: promote the candidate by itself after this many comparisons within bounds.
+    #[param(minimum = 1)]
+    pub promote_after: Option<u64>,
+    /// Shadow only: abort when more than this fraction of answers differ (0 to 1; below 20
+    /// comparisons the bound is taken of 20, so one early difference does not abort 0.05).
+    #[param(minimum = 0.0, maximum = 1.0)]
+    pub max_diff_rate: Option<f64>,
+    /// Shadow only: abort when the candidate traps or hits a limit more often than this.
+    pub max_errors: Option<u64>,
+}
+
+#[derive(Deserialize, ToSchema, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum UploadMode {
+    Serve,
+    Shadow,
+}
+
+impl UploadParams {
+    /// The shadow's policy when `mode=shadow`; policy fields without it are a mistake.
+    fn shadow_policy(&self) -> Result<Option<crate::shadow::Policy>, ApiError> {
+        let policy = crate::shadow::Policy {
+            promote_after: self.promote_after,
+            max_diff_rate: self.max_diff_rate,
+            max_errors: self.max_errors,
+        };
+        let invalid = |m: String| ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", m);
+        if self.mode != Some(UploadMode::Shadow) {
+            if policy != crate::shadow::Policy::default() {
+                return Err(invalid("promote_after, max_diff_rate and max_errors need mode=shadow".into()));
+            }
+            return Ok(None);
+        }
+        if let Some(rate) = policy.max_diff_rate.filter(|r| !(0.0..=1.0).contains(r)) {
+            return Err(invalid(format!("max_diff_rate must be between 0 and 1, not {rate}")));
+        }
+        if policy.promote_after == Some(0) {
+            return Err(invalid("promote_after must be at least 1".into()));
+        }
+        Ok(Some(policy))
+    }
 }
 
 /// The raw bytes of a WebAssembly component (built for `wasm32-wasip2`), not empty.
@@ -215,13 +267,16 @@ pub struct UploadParams {
 #[schema(value_type = String, format = Binary)]
 pub struct ComponentBytes(pub Vec<u8>);
 
-/// Uploads a new version of `name` (the raw component bytes as the body) and swaps it in.
+/// Uploads a new version of `name` (the raw component bytes as the body) and swaps it in, or,
+/// with `mode=shadow`, starts it as a shadow candidate of the serving version.
 #[utoipa::path(put, path = "/admin/handlers/{name}", tag = "admin", security(("admin_token" = [])),
     params(("name" = String, Path, description = "1 to 64 ASCII letters, digits, `-` or `_`",
             pattern = r"^[A-Za-z0-9_-]{1,64}$"), UploadParams),
     request_body(content = ComponentBytes, content_type = "application/wasm"),
-    responses((status = 200, body = HandlerView),
+    responses((status = 200, body = HandlerView, description = "swapped in (`mode=serve`)"),
+        (status = 202, body = super::shadow::ShadowView, description = "started as a shadow candidate (`mode=shadow`)"),
         (status = 400, body = super::ErrorBody, description = "`invalid_query`, `invalid_name`, or `invalid_component` (empty body, not a WebAssembly component, wrong world, bad manifest values)"),
+        (status = 409, body = super::ErrorBody, description = "`nothing_serving`: a shadow needs a serving version"),
         (status = 401, body = super::ErrorBody, description = "missing or wrong bearer token"), (status = 404, body = super::ErrorBody, description = "`admin_disabled`: `ADMIN_TOKEN` is not set"),
         (status = 413, body = super::ErrorBody, description = "over `HANDLER_UPLOAD_MAX_BYTES`"),
         (status = 429, body = super::ErrorBody, description = "too many uploads at once"),
@@ -244,19 +299,34 @@ pub async fn put_handler(
     let Query(params) =
         params.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", e.body_text()))?;
     check_upload_name(&name)?;
-    let bytes = read_component(body, admin.max_upload_bytes).await?;
+    let policy = params.shadow_policy()?;
     let spec = upload_spec(admin, &name, &params)?;
-    let manifest = spec.into_manifest(&name, &format!("{name}.wasm (uploaded)"), None);
+    let handler = load_component(admin, &name, spec, body).await?;
+    let Some(policy) = policy else {
+        let handler = admin.handlers.install(handler, Source::Upload);
+        tracing::info!(handler = %handler.cause(), "handler uploaded and swapped in");
+        return Ok(Json(view_of(admin, &name)).into_response());
+    };
+    let shadow = admin.shadows.start(handler, policy)?;
+    Ok((StatusCode::ACCEPTED, Json(super::shadow::shadow_view(&shadow))).into_response())
+}
+
+/// Reads, compiles and checks an uploaded component against the world, off the async threads;
+/// nothing changes yet. A component that does not fit is a 400 naming the problem.
+pub(super) async fn load_component(
+    admin: &Admin,
+    name: &str,
+    spec: HandlerSpec,
+    body: Body,
+) -> Result<LoadedHandler, ApiError> {
+    let bytes = read_component(body, admin.max_upload_bytes).await?;
+    let manifest = spec.into_manifest(name, &format!("{name}.wasm (uploaded)"), None);
     let (runtime, overlay) = (admin.runtime.clone(), admin.overlay.clone());
     let loaded: anyhow::Result<LoadedHandler> =
         tokio::task::spawn_blocking(move || runtime.load(manifest, &bytes, &overlay)).await.map_err(|e| {
             ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", format!("the loader failed: {e}"))
         })?;
-    let handler =
-        loaded.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_component", format!("{e:#}")))?;
-    let handler = admin.handlers.install(handler, Source::Upload);
-    tracing::info!(handler = %handler.cause(), "handler uploaded and swapped in");
-    Ok(Json(view_of(&admin.handlers, &name)).into_response())
+    loaded.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_component", format!("{e:#}")))
 }
 
 fn check_upload_name(name: &str) -> Result<(), ApiError> {
@@ -429,7 +499,7 @@ pub async fn rollback_handler(
     let admin = admin(&state);
     let handler = admin.handlers.rollback(&name)?;
     tracing::info!(handler = %handler.cause(), "handler rolled back");
-    Ok(Json(view_of(&admin.handlers, &name)))
+    Ok(Json(view_of(admin, &name)))
 }
 
 /// Unsubscribes `name`: events dispatched from now on skip it. A rollback brings it back.
@@ -446,5 +516,5 @@ pub async fn delete_handler(
     let admin = admin(&state);
     admin.handlers.remove(&name)?;
     tracing::info!(handler = %name, "handler unsubscribed");
-    Ok(Json(view_of(&admin.handlers, &name)))
+    Ok(Json(view_of(admin, &name)))
 }

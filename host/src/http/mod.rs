@@ -11,6 +11,7 @@ mod error;
 mod health;
 mod metrics;
 mod orders;
+mod shadow;
 mod storefront;
 mod stream;
 
@@ -92,6 +93,10 @@ pub fn router_and_spec(state: AppState) -> (Router, utoipa::openapi::OpenApi) {
         .routes(routes!(admin::list_handlers))
         .routes(routes!(admin::put_handler, admin::delete_handler))
         .routes(routes!(admin::rollback_handler))
+        .routes(routes!(shadow::get_shadow, shadow::drop_shadow))
+        .routes(routes!(shadow::promote_shadow))
+        .routes(routes!(shadow::replay))
+        .routes(routes!(shadow::order_invocations))
         .routes(routes!(admin::parked_outbox))
         .routes(routes!(admin::dispatch_backlog))
         .routes(routes!(dead_letters::list))

@@ -46,7 +46,8 @@ pub mod wit {
             default: tracing,
         },
         exports: { default: async },
-        additional_derives: [PartialEq],
+        // serde: the invocation journal records events and answers, and replay reads them back.
+        additional_derives: [PartialEq, serde::Serialize, serde::Deserialize],
     });
 
     pub use metalmart::orders::types::*;
@@ -56,7 +57,8 @@ pub mod wit {
 pub const WORLD: &str = "metalmart:orders/order-handler@0.1.0";
 
 /// One event for a handler.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum Event {
     OrderCreated { meta: wit::EventMeta, order: wit::Order },
     StatusUpdated { meta: wit::EventMeta, update: wit::StatusUpdate },

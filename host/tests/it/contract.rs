@@ -34,8 +34,12 @@ async fn every_generated_request_gets_the_answer_the_openapi_document_promises()
     let auth = format!("Authorization: Bearer {TOKEN}");
     let seed_arg = seed.to_string();
     let config = crate::support::root().join("host/tests/it/schemathesis.toml");
+    // schemathesis keeps a cache in its working directory: not in the repository.
+    let scratch = tempfile::tempdir().unwrap();
+    let cwd = scratch.path().to_path_buf();
     let run = tokio::task::spawn_blocking(move || {
         Command::new(schemathesis())
+            .current_dir(cwd)
             .args(["--config-file"])
             .arg(&config)
             .args(["run", &schema, "--checks", "all", "--max-examples", MAX_EXAMPLES, "--seed", &seed_arg])

@@ -22,5 +22,6 @@ mod queue_split;
 mod replicas;
 mod runtime;
 mod scaffold;
+mod shadow;
 mod swap;
 mod traces;

@@ -1,0 +1,303 @@
+//! Safe rollout: a shadow candidate runs beside the serving notifier on live orders and is only
+//! compared: an identical one is promoted by its policy, one that answers differently is aborted
+//! with the difference recorded, one that traps never touches the serving path. The invocation
+//! journal records what each handler saw and answered, replay runs a candidate against it and
+//! reports exactly the invocations it would change, and retention prunes the journal.
+
+use std::process::Command;
+use std::time::Duration;
+
+use crate::support::service::*;
+use crate::support::{component, metric_value, root, versioned};
+use serde_json::{Value, json};
+
+const TOKEN: &str = "shadow-admin-token";
+const SHIPPED: &[&str] = &["order-created", "status-updated"];
+
+async fn start(extra: &[(&str, &str)]) -> (TestHost, tempfile::TempDir) {
+    let dir = handlers_dir(&[("handlers", "order-processor", SHIPPED), ("handlers", "notifier", SHIPPED)]);
+    let mut env = vec![("ADMIN_TOKEN", TOKEN), ("DEMO_MODE", "true"), ("HANDLERS_RESCAN_SECS", "3600")];
+    env.extend_from_slice(extra);
+    (TestHost::start_with(Some(dir.path()), 3, &env).await, dir)
+}
+
+async fn admin(t: &TestHost, method: reqwest::Method, path: &str, body: Option<Vec<u8>>) -> (u16, Value) {
+    let mut r = t.http.request(method, t.url(path)).bearer_auth(TOKEN);
+    if let Some(b) = body {
+        r = r.header("content-type", "application/wasm").body(b);
+    }
+    let r = r.send().await.expect("admin request answered");
+    let status = r.status().as_u16();
+    (status, r.json().await.expect("admin responses are JSON"))
+}
+
+async fn shadow(t: &TestHost) -> Value {
+    let (code, body) = admin(t, reqwest::Method::GET, "/admin/handlers/notifier/shadow", None).await;
+    assert_eq!(code, 200, "{body}");
+    body
+}
+
+async fn place(t: &TestHost, email: &str) -> String {
+    let (code, order) = t.post("/api/orders", &order_body(email, &[("3", 1)])).await;
+    assert_eq!(code, 201, "{order}");
+    order["id"].as_str().unwrap().to_string()
+}
+
+async fn status_of(t: &TestHost, id: &str) -> String {
+    t.get(&format!("/api/orders/{id}")).await.1["status"].as_str().unwrap_or_default().to_string()
+}
+
+async fn until_status(t: &TestHost, id: &str, status: &str) {
+    eventually(&format!("order {id} to be {status}"), Duration::from_secs(30), || async {
+        (status_of(t, id).await == status).then_some(())
+    })
+    .await;
+}
+
+/// Waits for the order's four notifications (created, processing, confirmed, shipped).
+async fn four_notifications(t: &TestHost, id: &str) {
+    eventually(&format!("order {id}'s four notifications"), Duration::from_secs(20), || async {
+        (subjects(t, id).await.len() >= 4).then_some(())
+    })
+    .await;
+}
+
+async fn subjects(t: &TestHost, id: &str) -> Vec<String> {
+    let (_, n) = t.get(&format!("/api/orders/{id}/notifications")).await;
+    n.as_array().unwrap().iter().map(|n| n["subject"].as_str().unwrap().to_string()).collect()
+}
+
+/// Places an order and cancels it at once, before the processor moves it on.
+async fn place_and_cancel(t: &TestHost, email: &str) -> String {
+    let id = place(t, email).await;
+    let (code, body) = t.put(&format!("/api/orders/{id}/status"), &json!({"status": "cancelled"})).await;
+    assert_eq!(code, 200, "cancelled before the processor moved it: {body}");
+    id
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_identical_candidate_is_promoted_by_its_policy_and_nothing_is_applied_twice() {
+    let (t, _dir) = start(&[]).await;
+    let candidate = versioned(&component("handlers", "notifier"), "candidate");
+    let sha = host::runtime::sha256_hex(&candidate);
+    let path = "/admin/handlers/notifier?mode=shadow&promote_after=12&max_diff_rate=0&max_errors=0";
+    let (code, started) = admin(&t, reqwest::Method::PUT, path, Some(candidate)).await;
+    assert_eq!((code, started["state"].as_str()), (202, Some("running")), "{started}");
+
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        ids.push(place(&t, &format!("same{i}@metalbear.com")).await);
+    }
+    for id in &ids {
+        until_status(&t, id, "shipped").await;
+        four_notifications(&t, id).await;
+    }
+    let report = eventually("the policy to promote the candidate", Duration::from_secs(30), || async {
+        let s = shadow(&t).await;
+        (s["state"] == "promoted").then_some(s)
+    })
+    .await;
+    assert_eq!(report["decided_by"], "policy", "{report}");
+    assert!(report["compared"].as_u64().unwrap() >= 12, "{report}");
+    assert_eq!((report["different"].as_u64(), report["candidate_errors"].as_u64()), (Some(0), Some(0)));
+    let (_, list) = admin(&t, reqwest::Method::GET, "/admin/handlers", None).await;
+    let notifier = list.as_array().unwrap().iter().find(|h| h["name"] == "notifier").unwrap();
+    assert_eq!(notifier["current"]["version"], sha, "the candidate serves: {notifier}");
+    assert_eq!(notifier["shadow"]["state"], "promoted");
+    assert_eq!(notifier["previous"][0]["source"], "dir", "rollback returns to the old version");
+    // The shadow ran on every event, and no answer of it was applied: one notification per stage.
+    for id in &ids {
+        assert_eq!(subjects(&t, id).await.len(), 4, "order {id}");
+    }
+    let text = t.get_text("/metrics").await;
+    let decided = r#"order_host_shadow_decisions_total{handler="notifier",decision="promoted"}"#;
+    assert_eq!(metric_value(&text, decided), Some(1.0), "{text}");
+    t.host.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_candidate_that_answers_differently_is_aborted_with_the_difference_recorded() {
+    let (t, _dir) = start(&[]).await;
+    let serving_before = admin(&t, reqwest::Method::GET, "/admin/handlers", None).await.1;
+    let path = "/admin/handlers/notifier?mode=shadow&promote_after=1000&max_diff_rate=0";
+    let (code, started) = admin(&t, reqwest::Method::PUT, path, Some(component("fixtures", "shouty"))).await;
+    assert_eq!(code, 202, "{started}");
+
+    let kept = place(&t, "kept@metalbear.com").await;
+    until_status(&t, &kept, "shipped").await;
+    assert_eq!(shadow(&t).await["state"], "running", "identical answers so far");
+    let cancelled = place_and_cancel(&t, "cancel@metalbear.com").await;
+    let report = eventually("the difference to abort the candidate", Duration::from_secs(30), || async {
+        let s = shadow(&t).await;
+        (s["state"] == "aborted").then_some(s)
+    })
+    .await;
+    assert!(report["reason"].as_str().unwrap().contains("max_diff_rate=0"), "{report}");
+    assert_eq!(report["different"], 1, "{report}");
+    let diff = &report["diffs"][0];
+    assert_eq!(diff["order_id"], cancelled.as_str(), "{diff}");
+    assert_eq!(diff["input"]["status-updated"]["update"]["current"], "Cancelled", "{diff}");
+    let subject =
+        |side: &str| diff[side]["output"][0]["NotifyCustomer"]["subject"].as_str().unwrap().to_string();
+    assert!(
+        subject("serving").ends_with("cancelled") && subject("candidate").ends_with("CANCELLED"),
+        "{diff}"
+    );
+    // The serving answer was applied, the candidate's never, and the serving version stands.
+    eventually("the cancellation notice", Duration::from_secs(20), || async {
+        subjects(&t, &cancelled).await.iter().any(|s| s.ends_with("cancelled")).then_some(())
+    })
+    .await;
+    assert!(!subjects(&t, &cancelled).await.iter().any(|s| s.contains("CANCELLED")));
+    let serving_after = admin(&t, reqwest::Method::GET, "/admin/handlers", None).await.1;
+    let current = |list: &Value| {
+        list.as_array().unwrap().iter().find(|h| h["name"] == "notifier").unwrap()["current"]["version"]
+            .clone()
+    };
+    assert_eq!(current(&serving_before), current(&serving_after));
+    t.host.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trapping_candidate_never_touches_the_serving_path() {
+    let (t, _dir) = start(&[]).await;
+    // Refusals first: a shadow needs a serving version, policy fields need mode=shadow.
+    let panicker = component("fixtures", "panicker");
+    let (code, body) =
+        admin(&t, reqwest::Method::PUT, "/admin/handlers/nobody?mode=shadow", Some(panicker.clone())).await;
+    assert_eq!((code, body["error"]["code"].as_str()), (409, Some("nothing_serving")), "{body}");
+    let (code, body) =
+        admin(&t, reqwest::Method::PUT, "/admin/handlers/notifier?promote_after=3", Some(panicker.clone()))
+            .await;
+    assert_eq!((code, body["error"]["code"].as_str()), (400, Some("invalid_query")), "{body}");
+    let (code, _) = admin(&t, reqwest::Method::GET, "/admin/handlers/notifier/shadow", None).await;
+    assert_eq!(code, 404);
+
+    let (code, body) =
+        admin(&t, reqwest::Method::PUT, "/admin/handlers/notifier?mode=shadow", Some(panicker)).await;
+    assert_eq!(code, 202, "{body}");
+    let ids = [place(&t, "a@metalbear.com").await, place(&t, "b@metalbear.com").await];
+    for id in &ids {
+        until_status(&t, id, "shipped").await;
+        four_notifications(&t, id).await;
+    }
+    let report = eventually("both candidate traps to be counted", Duration::from_secs(20), || async {
+        let s = shadow(&t).await;
+        (s["candidate_errors"].as_u64() >= Some(2)).then_some(s)
+    })
+    .await;
+    assert_eq!(report["state"], "running", "no policy: it runs until told: {report}");
+    let trap = &report["diffs"][0]["candidate"];
+    assert_eq!(trap["outcome"], "trap", "{report}");
+    assert!(trap["output"].as_str().unwrap().contains("fixture panics on purpose"), "{report}");
+
+    for id in &ids {
+        assert_eq!(subjects(&t, id).await.len(), 4, "every serving notification, once: {id}");
+    }
+    let (code, dropped) = admin(&t, reqwest::Method::DELETE, "/admin/handlers/notifier/shadow", None).await;
+    assert_eq!((code, dropped["state"].as_str()), (200, Some("dropped")), "{dropped}");
+    let (code, body) =
+        admin(&t, reqwest::Method::POST, "/admin/handlers/notifier/shadow/promote", None).await;
+    assert_eq!((code, body["error"]["code"].as_str()), (409, Some("shadow_not_running")), "{body}");
+    t.host.shutdown().await.unwrap();
+}
+
+/// Runs `cargo xtask ARGS` from the repository root.
+fn xtask(args: &[&str]) -> (bool, String) {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let out = Command::new(cargo).arg("xtask").args(args).current_dir(root()).output().expect("cargo runs");
+    (
+        out.status.success(),
+        format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_journal_shows_what_each_handler_saw_and_replay_reports_exactly_the_changed_answers() {
+    let (t, _dir) = start(&[("JOURNAL_MODE", "all")]).await;
+    let shipped = [place(&t, "one@metalbear.com").await, place(&t, "two@metalbear.com").await];
+    let cancelled = place_and_cancel(&t, "three@metalbear.com").await;
+    for id in &shipped {
+        until_status(&t, id, "shipped").await;
+    }
+    // Every notifier invocation of the three orders: created + 3 changes each for the shipped
+    // ones, created + cancelled for the third.
+    let journal = |id: String| {
+        let t = &t;
+        async move { admin(t, reqwest::Method::GET, &format!("/admin/orders/{id}/invocations"), None).await.1 }
+    };
+    let entries =
+        eventually("the journal to hold every notifier invocation", Duration::from_secs(20), || async {
+            let mut notifier = 0;
+            for id in shipped.iter().chain([&cancelled]) {
+                let j = journal(id.clone()).await;
+                notifier += j.as_array().unwrap().iter().filter(|e| e["handler"] == "notifier").count();
+            }
+            (notifier == 10).then_some(notifier)
+        })
+        .await;
+    let first = journal(shipped[0].clone()).await;
+    let created = first.as_array().unwrap().iter().find(|e| e["handler"] == "order-processor").unwrap();
+    assert_eq!(created["input"]["order-created"]["order"]["id"], shipped[0].as_str(), "{created}");
+    assert_eq!(created["outcome"], "actions");
+    assert_eq!(created["output"][0]["SetStatus"]["status"], "Processing", "{created}");
+    assert_eq!(created["version"].as_str().map(str::len), Some(64));
+
+    // Replay through the API: the same notifier changes nothing; shouty changes the cancellation.
+    let same = versioned(&component("handlers", "notifier"), "same");
+    let (code, r) = admin(&t, reqwest::Method::POST, "/admin/handlers/notifier/replay", Some(same)).await;
+    assert_eq!(code, 200, "{r}");
+    assert_eq!((r["replayed"].as_u64(), r["different"].as_u64()), (Some(entries as u64), Some(0)), "{r}");
+    let (_, r) = admin(
+        &t,
+        reqwest::Method::POST,
+        "/admin/handlers/notifier/replay",
+        Some(component("fixtures", "shouty")),
+    )
+    .await;
+    assert_eq!(
+        (r["identical"].as_u64(), r["different"].as_u64()),
+        (Some(entries as u64 - 1), Some(1)),
+        "{r}"
+    );
+    assert_eq!(r["diffs"][0]["order_id"], cancelled.as_str(), "{r}");
+
+    // And from a terminal: the summary, the difference, a failing exit code.
+    let shouty = root().join("target/fixtures/shouty.wasm");
+    let (ok, out) = xtask(&[
+        "replay",
+        "--handler",
+        "notifier",
+        "--candidate",
+        shouty.to_str().unwrap(),
+        "--since",
+        "1h",
+        "--base-url",
+        &t.base,
+        "--token",
+        TOKEN,
+    ]);
+    assert!(!ok, "a changed answer fails the replay:\n{out}");
+    assert!(out.contains(&format!("{} identical, 1 different", entries - 1)), "{out}");
+    assert!(out.contains(&cancelled), "{out}");
+    t.host.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn journal_retention_removes_old_entries() {
+    let extra = [("JOURNAL_MODE", "all"), ("JOURNAL_RETENTION_SECS", "2"), ("RETENTION_INTERVAL_SECS", "1")];
+    let (t, _dir) = start(&extra).await;
+    let id = place(&t, "old@metalbear.com").await;
+    until_status(&t, &id, "shipped").await;
+    let path = format!("/admin/orders/{id}/invocations");
+    let recorded = admin(&t, reqwest::Method::GET, &path, None).await.1;
+    assert!(!recorded.as_array().unwrap().is_empty(), "recorded first: {recorded}");
+    eventually("the retention pass to prune the order's journal", Duration::from_secs(20), || async {
+        admin(&t, reqwest::Method::GET, &path, None).await.1.as_array().unwrap().is_empty().then_some(())
+    })
+    .await;
+    let text = t.get_text("/metrics").await;
+    let pruned = metric_value(&text, r#"order_host_retention_deleted_rows_total{table="invocations"}"#);
+    assert!(pruned >= Some(recorded.as_array().unwrap().len() as f64), "{pruned:?}");
+    t.host.shutdown().await.unwrap();
+}
