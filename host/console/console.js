@@ -1,4 +1,4 @@
-// The operator console: reads and acts through the admin API with the bearer token the operator
+// The operator console (handlers and their shadow candidates, dead letters): reads and acts through the admin API with the bearer token the operator
 // typed in (kept in sessionStorage for this tab only, never in the URL). No framework, no build.
 "use strict";
 
@@ -45,8 +45,83 @@ async function loadHandlers() {
     cell(row, v?.invocations);
     cell(row, v?.errors);
     cell(row, v?.p99_ms?.toFixed(2));
+    const s = h.shadow;
+    cell(row, s ? `${s.state}: ${s.compared} compared, ${s.different} different, ${s.candidate_errors} errors` : "");
+    if (s) {
+      row.classList.add("has-shadow");
+      row.addEventListener("click", () => showShadow(h.name));
+    }
     body.appendChild(row);
   }
+}
+
+// One side of a comparison, as a line: the actions' kinds and subjects, or the error.
+function answer(side) {
+  if (side.outcome !== "actions") return `${side.outcome}: ${side.output}`;
+  return side.output.map((a) => {
+    const [kind, body] = Object.entries(a)[0];
+    return `${kind} ${body.subject ?? body.status ?? body.message ?? ""}`.trim();
+  }).join("; ") || "(no actions)";
+}
+
+async function showShadow(name) {
+  const s = await api("GET", `/admin/handlers/${encodeURIComponent(name)}/shadow`);
+  const section = $("#shadow");
+  section.hidden = false;
+  section.dataset.handler = name;
+  section.dataset.state = s.state;
+  $("#shadow-handler").textContent = name;
+  const fields = $("#shadow-fields");
+  fields.replaceChildren();
+  const policy = [s.policy.promote_after && `promote after ${s.policy.promote_after}`,
+    s.policy.max_diff_rate != null && `max diff rate ${s.policy.max_diff_rate}`,
+    s.policy.max_errors != null && `max errors ${s.policy.max_errors}`].filter(Boolean).join(", ");
+  const rows = [["state", s.state], ["candidate", s.candidate_version.slice(0, 12)],
+    ["policy", policy || "none: promote or abort by hand"], ["decided by", s.decided_by], ["reason", s.reason],
+    ["compared", s.compared], ["identical", s.identical], ["different", s.different],
+    ["candidate errors", s.candidate_errors], ["skipped", s.skipped],
+    ["serving p50 / p99 ms", `${s.serving.p50_ms.toFixed(2)} / ${s.serving.p99_ms.toFixed(2)}`],
+    ["candidate p50 / p99 ms", `${s.candidate.p50_ms.toFixed(2)} / ${s.candidate.p99_ms.toFixed(2)}`]];
+  for (const [label, value] of rows) {
+    const dt = document.createElement("dt");
+    dt.textContent = label;
+    const dd = document.createElement("dd");
+    dd.textContent = value ?? "";
+    dd.dataset.field = label;
+    fields.append(dt, dd);
+  }
+  const body = $("#diffs tbody");
+  body.replaceChildren();
+  for (const d of [...s.diffs].reverse()) {
+    const row = document.createElement("tr");
+    row.className = "diff";
+    row.title = JSON.stringify(d.input, null, 2);
+    for (const text of [new Date(d.at).toLocaleString(), d.order_id, d.event_id, answer(d.serving), answer(d.candidate)]) {
+      cell(row, text);
+    }
+    body.appendChild(row);
+  }
+  $("#no-diffs").hidden = s.diffs.length > 0;
+  const running = s.state === "running";
+  $("#promote").disabled = !running;
+  $("#abort").disabled = !running;
+}
+
+async function decide(action) {
+  const name = $("#shadow").dataset.handler;
+  const result = $("#shadow-result");
+  try {
+    const path = `/admin/handlers/${encodeURIComponent(name)}/shadow`;
+    if (action === "promote") await api("POST", `${path}/promote`);
+    else await api("DELETE", path);
+    result.textContent = action === "promote" ? "promoted: it serves now" : "aborted";
+    result.className = "";
+  } catch (e) {
+    result.textContent = e.message;
+    result.className = "error";
+  }
+  result.dataset.outcome = result.textContent;
+  await Promise.all([loadHandlers(), showShadow(name)]);
 }
 
 function filterQuery() {
@@ -147,5 +222,7 @@ $("#login").addEventListener("submit", (event) => {
 $("#logout").addEventListener("click", () => { sessionStorage.removeItem(TOKEN_KEY); location.reload(); });
 $("#filters").addEventListener("submit", (event) => { event.preventDefault(); loadDeadLetters(); });
 $("#redrive").addEventListener("click", () => act("redrive"));
+$("#promote").addEventListener("click", () => decide("promote"));
+$("#abort").addEventListener("click", () => decide("abort"));
 $("#discard").addEventListener("click", () => act("discard"));
 if (token()) open();

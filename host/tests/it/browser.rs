@@ -11,7 +11,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use crate::support::service::*;
-use serde_json::Value;
+use serde_json::{Value, json};
 
 /// Stages long enough that the tracking page is open before the order ships, so the bar is seen
 /// moving rather than arriving finished.
@@ -120,6 +120,68 @@ async fn a_dead_letter_is_inspected_and_redriven_from_the_console() {
         (t.get(&format!("/api/orders/{id}")).await.1["status"] == "shipped").then_some(())
     })
     .await;
+    t.host.shutdown().await.unwrap();
+}
+
+/// The console's shadow view in a real browser: a candidate that answers a cancellation
+/// differently shows its counts and the difference and is aborted with a click; an identical one
+/// of another handler is promoted with a click and serves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shadow_candidates_are_inspected_aborted_and_promoted_from_the_console() {
+    const TOKEN: &str = "console-token";
+    let shipped: &[&str] = &["order-created", "status-updated"];
+    let dir = handlers_dir(&[("handlers", "order-processor", shipped), ("handlers", "notifier", shipped)]);
+    let t = TestHost::start_with(Some(dir.path()), 3, &[("ADMIN_TOKEN", TOKEN), ("DEMO_MODE", "true")]).await;
+    let shadow = |name: &'static str, bytes: Vec<u8>| {
+        let t = &t;
+        async move {
+            let r = t
+                .http
+                .put(t.url(&format!("/admin/handlers/{name}?mode=shadow")))
+                .bearer_auth(TOKEN)
+                .header("content-type", "application/wasm")
+                .body(bytes)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 202, "{}", r.text().await.unwrap());
+        }
+    };
+    shadow("notifier", crate::support::component("fixtures", "shouty")).await;
+    let identical =
+        crate::support::versioned(&crate::support::component("handlers", "order-processor"), "next");
+    let next = host::runtime::sha256_hex(&identical);
+    shadow("order-processor", identical).await;
+    let (_, order) = t.post("/api/orders", &order_body("shadow-console@x.io", &[("2", 1)])).await;
+    let id = order["id"].as_str().unwrap().to_string();
+    let (code, _) = t.put(&format!("/api/orders/{id}/status"), &json!({"status": "cancelled"})).await;
+    assert_eq!(code, 200);
+    eventually("the candidate's difference on the cancellation", Duration::from_secs(30), || async {
+        let r = t.http.get(t.url("/admin/handlers/notifier/shadow")).bearer_auth(TOKEN).send().await.unwrap();
+        (r.json::<Value>().await.unwrap()["different"] == 1).then_some(())
+    })
+    .await;
+
+    let screenshot = crate::support::root().join("target/browser/console-shadow.png");
+    std::fs::create_dir_all(screenshot.parent().unwrap()).unwrap();
+    let seen =
+        drive("shadow.mjs", vec![t.base.clone(), TOKEN.to_string(), screenshot.display().to_string()]).await;
+    assert!(seen["shadowCell"].as_str().unwrap().starts_with("running:"), "{seen}");
+    assert_eq!(seen["different"], "1", "{seen}");
+    assert!(seen["serving"].as_str().unwrap().contains("cancelled"), "{seen}");
+    assert!(seen["candidate"].as_str().unwrap().contains("CANCELLED"), "{seen}");
+    assert_eq!(
+        (seen["aborted"].as_str(), seen["abortDisabled"].as_bool()),
+        (Some("aborted"), Some(true)),
+        "{seen}"
+    );
+    assert_eq!(seen["candidateVersion"], &next[..12], "{seen}");
+    assert_eq!(seen["promoted"], "promoted: it serves now", "{seen}");
+    assert_eq!(
+        (seen["before"] != seen["after"], seen["after"].as_str()),
+        (true, Some(&next[..12])),
+        "{seen}"
+    );
     t.host.shutdown().await.unwrap();
 }
 
