@@ -7,6 +7,8 @@
 //!   events/s through consume → handler → Postgres → produce: one transaction per application
 //!   against group commit, WASM components against the same logic compiled natively (rounds
 //!   interleaved against drift), on a throwaway and on a durable Postgres.
+//! - `pipeline-shadow`: the same drain, batched WASM, with and without a shadow candidate (an
+//!   identical version) of each handler running on every event: what shadowing costs.
 //! - `pipeline-replicas`: a backlog drained by 1, 2 and 3 `order-host` processes in one group
 //!   (`pipeline/replicas.rs`).
 //! - `pipeline-soak` (only when named, e.g. `cargo xtask bench soak`): 200,000 orders with
@@ -37,9 +39,10 @@ fn main() -> anyhow::Result<()> {
     let selected = |name: &str| args.is_empty() || args.iter().any(|a| name.contains(a.as_str()));
     let (demo, throughput) = (selected("pipeline-demo"), selected("pipeline-throughput"));
     let replicas = selected("pipeline-replicas");
+    let shadow = selected("pipeline-shadow");
     // Minutes long: only when asked for by name.
     let soak = args.iter().any(|a| a.contains("soak"));
-    if !demo && !throughput && !replicas && !soak {
+    if !demo && !throughput && !replicas && !soak && !shadow {
         return Ok(());
     }
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf();
@@ -51,16 +54,21 @@ fn main() -> anyhow::Result<()> {
             run_demo(&pg, &root).await?;
         }
         if throughput {
-            run_throughput(&pg, &root, "Postgres without fsync, as in development").await?;
+            run_throughput(&pg, &root, "Postgres without fsync, as in development", &MODES).await?;
             // Where commits are real, one commit per application costs a WAL flush each.
             let dir =
                 std::env::temp_dir().join(format!("order-host-bench-durable-pg-{}", std::process::id()));
             let durable = LocalPostgres::start_with(&dir, Durability::Durable)?;
             let result =
-                run_throughput(&durable, &root, "durable Postgres: fsync and synchronous_commit on").await;
+                run_throughput(&durable, &root, "durable Postgres: fsync and synchronous_commit on", &MODES)
+                    .await;
             drop(durable);
             let _ = std::fs::remove_dir_all(&dir);
             result?;
+        }
+        if shadow {
+            run_throughput(&pg, &root, "a shadow of each handler on every event, and none", &SHADOW_MODES)
+                .await?;
         }
         if replicas {
             replicas::run(&pg, &root).await?;
@@ -181,19 +189,77 @@ struct Mode {
     /// `DISPATCH_MAX_IN_FLIGHT`.
     in_flight: &'static str,
     native: bool,
+    /// A shadow candidate (an identical version) of each handler, started before the drain.
+    shadow: bool,
 }
 
 const MODES: [Mode; 4] = [
-    Mode { name: "per-application wasm", batch_max: "1", in_flight: "256", native: false },
-    Mode { name: "batched wasm", batch_max: "128", in_flight: "256", native: false },
-    Mode { name: "batched native", batch_max: "128", in_flight: "256", native: true },
-    Mode { name: "batched wasm, 1024 in flight", batch_max: "128", in_flight: "1024", native: false },
+    Mode { name: "per-application wasm", batch_max: "1", in_flight: "256", native: false, shadow: false },
+    Mode { name: "batched wasm", batch_max: "128", in_flight: "256", native: false, shadow: false },
+    Mode { name: "batched native", batch_max: "128", in_flight: "256", native: true, shadow: false },
+    Mode {
+        name: "batched wasm, 1024 in flight",
+        batch_max: "128",
+        in_flight: "1024",
+        native: false,
+        shadow: false,
+    },
 ];
 
-async fn run_throughput(pg: &LocalPostgres, root: &std::path::Path, label: &str) -> anyhow::Result<()> {
+const SHADOW_MODES: [Mode; 2] = [
+    Mode { name: "batched wasm", batch_max: "128", in_flight: "256", native: false, shadow: false },
+    Mode { name: "batched wasm + shadows", batch_max: "128", in_flight: "256", native: false, shadow: true },
+];
+
+const ADMIN_TOKEN: &str = "bench-token";
+
+/// Starts an identical candidate of each shipped handler as its shadow, through the admin API.
+async fn start_shadows(host: &Host, root: &std::path::Path) -> anyhow::Result<()> {
+    let http = reqwest::Client::new();
+    for name in ["order-processor", "notifier"] {
+        let mut bytes = std::fs::read(root.join(format!("target/handlers/{name}.wasm")))?;
+        // A custom section: the same behaviour under another sha256.
+        bytes.extend_from_slice(&[0, 8, 7, b's', b'h', b'a', b'd', b'o', b'w', b'1']);
+        let r = http
+            .put(format!("http://{}/admin/handlers/{name}?mode=shadow", host.addr))
+            .bearer_auth(ADMIN_TOKEN)
+            .header("content-type", "application/wasm")
+            .body(bytes)
+            .send()
+            .await?;
+        anyhow::ensure!(r.status() == 202, "starting the {name} shadow: {}", r.text().await?);
+    }
+    Ok(())
+}
+
+/// Both shadows' compared, different and skipped events, and each side's invocation p50 (ms).
+async fn shadow_counts(host: &Host) -> anyhow::Result<(u64, u64, u64, String)> {
+    let http = reqwest::Client::new();
+    let (mut counts, mut p50s) = ((0, 0, 0), Vec::new());
+    for name in ["order-processor", "notifier"] {
+        let url = format!("http://{}/admin/handlers/{name}/shadow", host.addr);
+        let s: serde_json::Value = http.get(url).bearer_auth(ADMIN_TOKEN).send().await?.json().await?;
+        let n = |k: &str| s[k].as_u64().unwrap_or(0);
+        counts = (counts.0 + n("compared"), counts.1 + n("different"), counts.2 + n("skipped"));
+        let p50 = |side: &str| s[side]["p50_ms"].as_f64().unwrap_or(0.0) * 1000.0;
+        p50s.push(format!(
+            "{name} p50 serving {:.0} µs, candidate {:.0} µs",
+            p50("serving"),
+            p50("candidate")
+        ));
+    }
+    Ok((counts.0, counts.1, counts.2, p50s.join(", ")))
+}
+
+async fn run_throughput(
+    pg: &LocalPostgres,
+    root: &std::path::Path,
+    label: &str,
+    modes: &[Mode],
+) -> anyhow::Result<()> {
     println!("pipeline throughput, {label}");
     // Rounds interleave the modes so drift on a noisy machine hits them alike.
-    let runs: Vec<&Mode> = (0..ROUNDS).flat_map(|_| MODES.iter()).collect();
+    let runs: Vec<&Mode> = (0..ROUNDS).flat_map(|_| modes.iter()).collect();
     let topics = Round::topics("r", runs.len());
     let names: Vec<&str> = topics.iter().map(String::as_str).collect();
     let broker = EmbeddedBroker::start(&names, 3)?;
@@ -218,10 +284,15 @@ async fn run_throughput(pg: &LocalPostgres, root: &std::path::Path, label: &str)
             ("KAFKA_GROUP_ID", group.as_str()),
             ("DISPATCH_BATCH_MAX", mode.batch_max),
             ("DISPATCH_MAX_IN_FLIGHT", mode.in_flight),
+            ("ADMIN_TOKEN", ADMIN_TOKEN),
         ]);
         let invoker = mode.native.then(|| Arc::new(native::NativeHandlers) as Arc<dyn Invoke>);
         let cpu_before = Cpu::now();
         let host = Host::start_with(&config(&vars)?, invoker).await?;
+        // Before the group join completes (hundreds of ms), so before the first event.
+        if mode.shadow {
+            start_shadows(&host, root).await?;
+        }
         // order-processor and notifier each handle order-created and three status updates.
         wait_for(&host.pool, "SELECT count(*) FROM processed_events", 8 * BACKLOG as i64).await?;
         let cpu = Cpu::now().since(&cpu_before);
@@ -256,11 +327,24 @@ async fn run_throughput(pg: &LocalPostgres, root: &std::path::Path, label: &str)
             .fetch_one(&host.pool)
             .await?;
         anyhow::ensure!(shipped == BACKLOG as i64, "only {shipped} of {BACKLOG} orders shipped");
+        let shadowed = match mode.shadow {
+            true => {
+                let (compared, different, skipped, p50s) = shadow_counts(&host).await?;
+                anyhow::ensure!(
+                    different == 0,
+                    "an identical candidate answered differently {different} times"
+                );
+                format!(
+                    "; shadows compared {compared} of {applications} invocations ({skipped} skipped); {p50s}"
+                )
+            }
+            false => String::new(),
+        };
         host.shutdown().await?;
         bar.suspend(|| {
             println!(
-                "  round {} {:<28} {:>7.0} events/s  CPU per event: host {:>4.0} µs, Postgres {:>4.0} µs  {batches:.0} batches of {:.1}; median hop: relay {relay_hop:.0} ms, consume→apply {consume_hop:.0} ms",
-                i / MODES.len() + 1,
+                "  round {} {:<28} {:>7.0} events/s  CPU per event: host {:>4.0} µs, Postgres {:>4.0} µs  {batches:.0} batches of {:.1}; median hop: relay {relay_hop:.0} ms, consume→apply {consume_hop:.0} ms{shadowed}",
+                i / modes.len() + 1,
                 mode.name,
                 events as f64 / secs,
                 cpu.host.as_secs_f64() * 1e6 / events as f64,
@@ -281,7 +365,7 @@ async fn run_throughput(pg: &LocalPostgres, root: &std::path::Path, label: &str)
     println!(
         "pipeline throughput ({label}; {BACKLOG} orders backlogged, no stage delays, order-processor + notifier, median of {ROUNDS} interleaved rounds)"
     );
-    for mode in &MODES {
+    for mode in modes {
         let r = median(mode.name);
         let secs = r.window.as_secs_f64();
         println!(
@@ -297,11 +381,22 @@ async fn run_throughput(pg: &LocalPostgres, root: &std::path::Path, label: &str)
         let r = median(name);
         r.events as f64 / r.window.as_secs_f64()
     };
-    println!(
-        "  batched / per-application (wasm)  {:.2}×",
-        rate("batched wasm") / rate("per-application wasm")
-    );
-    println!("  wasm / native (batched)           {:.2}×", rate("batched wasm") / rate("batched native"));
+    let has = |name: &str| modes.iter().any(|m| m.name == name);
+    if has("per-application wasm") {
+        println!(
+            "  batched / per-application (wasm)  {:.2}×",
+            rate("batched wasm") / rate("per-application wasm")
+        );
+    }
+    if has("batched native") {
+        println!("  wasm / native (batched)           {:.2}×", rate("batched wasm") / rate("batched native"));
+    }
+    if has("batched wasm + shadows") {
+        println!(
+            "  with shadows / without (batched wasm)  {:.2}×",
+            rate("batched wasm + shadows") / rate("batched wasm")
+        );
+    }
     Ok(())
 }
 

@@ -21,7 +21,6 @@ use tokio::sync::Semaphore;
 use uuid::Uuid;
 
 use crate::handler_set::{HandlerSet, Source};
-use crate::journal::outcome_of;
 use crate::metrics::Metrics;
 use crate::runtime::{DispatchError, Event, Invoke, LoadedHandler, OrderSource, wit};
 
@@ -188,6 +187,34 @@ fn percentiles(us: &VecDeque<u64>) -> (f64, f64) {
     (at(0.5), at(0.99))
 }
 
+/// An answer in the form a comparison needs: compared as it is, turned into JSON only for a
+/// recorded difference (serialising every answer was most of a comparison's cost).
+#[derive(Debug, Clone, PartialEq)]
+enum Answer {
+    Actions(Vec<wit::Action>),
+    /// `handler-error`, `trap` or `host`, with the error's text.
+    Failed(&'static str, String),
+}
+
+impl Answer {
+    fn of(result: &Result<Vec<wit::Action>, DispatchError>) -> Answer {
+        match result {
+            Ok(actions) => Answer::Actions(actions.clone()),
+            Err(e @ DispatchError::Handler(_)) => Answer::Failed("handler-error", e.to_string()),
+            Err(e @ DispatchError::Trap { .. }) => Answer::Failed("trap", e.to_string()),
+            Err(e @ DispatchError::Host(_)) => Answer::Failed("host", e.to_string()),
+        }
+    }
+
+    /// `{"outcome": …, "output": …}`, as the journal records an answer.
+    fn to_json(&self) -> serde_json::Value {
+        match self {
+            Answer::Actions(actions) => serde_json::json!({"outcome": "actions", "output": actions}),
+            Answer::Failed(outcome, text) => serde_json::json!({"outcome": outcome, "output": text}),
+        }
+    }
+}
+
 /// Why a shadow request was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum ShadowError {
@@ -332,7 +359,7 @@ impl ShadowSet {
             return;
         };
         let (set, event) = (self.clone(), event.clone());
-        let served = outcome_of(served);
+        let served = Answer::of(served);
         let took_us = took.as_micros() as u64;
         tokio::spawn(async move {
             let started = std::time::Instant::now();
@@ -349,7 +376,7 @@ impl ShadowSet {
         shadow: &Shadow,
         event: &Event,
         order_id: Uuid,
-        served: (&'static str, serde_json::Value),
+        served: Answer,
         serving_us: u64,
         result: Result<Vec<wit::Action>, DispatchError>,
         candidate_us: u64,
@@ -361,7 +388,7 @@ impl ShadowSet {
             self.metrics.shadow_compared(name, "skipped");
             return;
         }
-        let candidate = outcome_of(&result);
+        let candidate = Answer::of(&result);
         let kind = match &result {
             Err(DispatchError::Trap { .. }) => "candidate_error",
             _ if candidate == served => "identical",
@@ -381,14 +408,13 @@ impl ShadowSet {
                 _ => t.candidate_errors += 1,
             }
             if kind != "identical" {
-                let side = |(outcome, output): (&str, serde_json::Value)| serde_json::json!({"outcome": outcome, "output": output});
                 let diff = Diff {
                     at: Utc::now(),
                     event_id: event.meta().event_id.clone(),
                     order_id,
                     input: serde_json::to_value(event).unwrap_or_default(),
-                    serving: side(served),
-                    candidate: side(candidate),
+                    serving: served.to_json(),
+                    candidate: candidate.to_json(),
                 };
                 push_bounded(&mut t.diffs, diff, DIFFS_KEPT);
             }
