@@ -133,6 +133,7 @@ fn signal(process: &Process, signal: &str) {
 /// with each transition recorded exactly once, and nothing is dead-lettered.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn faults_one_after_another_lose_nothing_and_apply_nothing_twice() {
+    let _alone = crate::support::process::exclusive().await;
     let database_url = fresh_database().await;
     let (tansu, brokers) = start_tansu(&TOPICS).await;
     let port = free_port();
@@ -250,7 +251,7 @@ async fn faults_one_after_another_lose_nothing_and_apply_nothing_twice() {
         if std::time::Instant::now() > deadline {
             panic!(
                 "{stuck} accepted orders did not ship within 180 s\n{}",
-                diagnose(&pool, logs.path()).await
+                diagnose(&pool, logs.path(), &brokers).await
             );
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -393,7 +394,7 @@ async fn a_malformed_handler_and_a_poison_outbox_row_hold_back_nothing_else() {
 
 /// What a stuck pipeline looks like, for a failure message: orders not shipped with their last
 /// step, outbox rows not published (parked or not), timers, and the end of each host log.
-async fn diagnose(pool: &sqlx::PgPool, logs: &std::path::Path) -> String {
+async fn diagnose(pool: &sqlx::PgPool, logs: &std::path::Path, brokers: &str) -> String {
     let rows = |sql: &'static str| async move {
         let rows: Vec<(String,)> = sqlx::query_as(sql).fetch_all(pool).await.unwrap_or_default();
         rows.into_iter().map(|(r,)| r).collect::<Vec<_>>().join("\n")
@@ -403,10 +404,26 @@ async fn diagnose(pool: &sqlx::PgPool, logs: &std::path::Path) -> String {
     out += &rows("SELECT o.id || ' ' || o.status || ' since ' || o.updated_at FROM orders o WHERE status <> 'shipped' LIMIT 20").await;
     out += "\noutbox not published:\n";
     out += &rows("SELECT id || ' ' || topic || ' attempts ' || attempts || ' parked ' || (parked_at IS NOT NULL) || ' ' || coalesce(last_error, '') FROM outbox WHERE published_at IS NULL LIMIT 20").await;
+    out += "\nwhat the handlers settled for the unshipped orders' events:\n";
+    out += &rows("SELECT o.id || ' ' || p.handler || ' ' || p.outcome || ' ' || p.topic || '/' || p.kafka_partition || '@' || p.kafka_offset || ' at ' || p.processed_at
+                  FROM orders o JOIN processed_events p ON p.event_id IN (SELECT convert_from(header_values[array_position(header_names, 'ce_id')], 'UTF8') FROM outbox WHERE key = convert_to(o.id::text, 'UTF8'))
+                  WHERE o.status <> 'shipped' LIMIT 40").await;
+    out += "\nthe unshipped orders' outbox records:\n";
+    out += &rows("SELECT o.id || ' ' || x.topic || ' published ' || coalesce(x.published_at::text, 'no') FROM orders o JOIN outbox x ON x.key = convert_to(o.id::text, 'UTF8') WHERE o.status <> 'shipped' LIMIT 40").await;
+    out += "\nthe group's committed offsets (topic, partition, committed, high watermark):\n";
+    out += &format!(
+        "{:?}",
+        group_progress(brokers, "order-processor", &["order.created", "order.status-updated"]).await
+    );
     out += "\ntimers:\n";
     out += &rows("SELECT order_id || ' ' || to_status || ' due ' || due_at || ' attempts ' || attempts FROM timers LIMIT 20").await;
     for log in ["first.log", "second.log"] {
         let text = std::fs::read_to_string(logs.join(log)).unwrap_or_default();
+        let assignments: Vec<&str> = text
+            .lines()
+            .filter(|l| l.contains("partitions assigned") || l.contains("partitions revoked"))
+            .collect();
+        out += &format!("\nassignments in {log}:\n{}", assignments.join("\n"));
         let lines: Vec<&str> = text.lines().filter(|l| l.contains("WARN") || l.contains("ERROR")).collect();
         out += &format!(
             "\nlast warnings and errors in {log}:\n{}",

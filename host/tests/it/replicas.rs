@@ -239,6 +239,7 @@ mod processes {
     /// On the dev broker (librdkafka's mock cluster in a process of its own).
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn three_replicas_survive_a_rolling_restart_a_kill_and_a_join_under_load() {
+        let _alone = crate::support::process::exclusive().await;
         let (_broker, brokers) = start_dev_broker();
         rolling_restart_kill_and_join(brokers).await;
     }

@@ -19,6 +19,14 @@ impl Drop for Process {
     }
 }
 
+/// Held by the multi-process fault tests for their whole run, so no two of them share the two
+/// cores: each measures timeouts and recovery of real processes (session expiry, restarts,
+/// broker freezes), and two of them side by side starved each other into missing their deadlines.
+pub async fn exclusive() -> tokio::sync::MutexGuard<'static, ()> {
+    static EXCLUSIVE: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    EXCLUSIVE.lock().await
+}
+
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
