@@ -84,16 +84,10 @@ async fn a_dead_letter_is_inspected_and_redriven_from_the_console() {
     let upload = |fixture: (&'static str, &'static str), events: &'static str| {
         let t = &t;
         async move {
-            let r = t
-                .http
-                .put(t.url(&format!("/admin/handlers/order-processor?events={events}")))
-                .bearer_auth(TOKEN)
-                .header("content-type", "application/wasm")
-                .body(crate::support::component(fixture.0, fixture.1))
-                .send()
-                .await
-                .unwrap();
-            assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+            let path = format!("/admin/handlers/order-processor?events={events}");
+            let bytes = crate::support::component(fixture.0, fixture.1);
+            let (code, body) = t.admin(TOKEN, reqwest::Method::PUT, &path, Some(bytes)).await;
+            assert_eq!(code, 200, "{body}");
         }
     };
     upload(("fixtures", "poison"), "order-created").await;
@@ -135,16 +129,9 @@ async fn shadow_candidates_are_inspected_aborted_and_promoted_from_the_console()
     let shadow = |name: &'static str, bytes: Vec<u8>| {
         let t = &t;
         async move {
-            let r = t
-                .http
-                .put(t.url(&format!("/admin/handlers/{name}?mode=shadow")))
-                .bearer_auth(TOKEN)
-                .header("content-type", "application/wasm")
-                .body(bytes)
-                .send()
-                .await
-                .unwrap();
-            assert_eq!(r.status(), 202, "{}", r.text().await.unwrap());
+            let path = format!("/admin/handlers/{name}?mode=shadow");
+            let (code, body) = t.admin(TOKEN, reqwest::Method::PUT, &path, Some(bytes)).await;
+            assert_eq!(code, 202, "{body}");
         }
     };
     shadow("notifier", crate::support::component("fixtures", "shouty")).await;
@@ -157,8 +144,8 @@ async fn shadow_candidates_are_inspected_aborted_and_promoted_from_the_console()
     let (code, _) = t.put(&format!("/api/orders/{id}/status"), &json!({"status": "cancelled"})).await;
     assert_eq!(code, 200);
     eventually("the candidate's difference on the cancellation", Duration::from_secs(30), || async {
-        let r = t.http.get(t.url("/admin/handlers/notifier/shadow")).bearer_auth(TOKEN).send().await.unwrap();
-        (r.json::<Value>().await.unwrap()["different"] == 1).then_some(())
+        let (_, shadow) = t.admin(TOKEN, reqwest::Method::GET, "/admin/handlers/notifier/shadow", None).await;
+        (shadow["different"] == 1).then_some(())
     })
     .await;
 

@@ -33,16 +33,9 @@ async fn call(t: &TestHost, method: reqwest::Method, path: &str, body: Option<Va
 }
 
 async fn upload(t: &TestHost, name: &str, bytes: Vec<u8>, events: &str) {
-    let r = t
-        .http
-        .put(t.url(&format!("/admin/handlers/{name}?events={events}")))
-        .bearer_auth(TOKEN)
-        .header("content-type", "application/wasm")
-        .body(bytes)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    let path = format!("/admin/handlers/{name}?events={events}");
+    let (code, body) = t.admin(TOKEN, reqwest::Method::PUT, &path, Some(bytes)).await;
+    assert_eq!(code, 200, "{body}");
 }
 
 /// The poison fixture serves as a broken order-processor: it fails `poison…` orders.

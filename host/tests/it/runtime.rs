@@ -413,3 +413,31 @@ async fn time_waiting_in_a_host_import_does_not_count_against_the_deadline() {
     let (err, _) = failing_fixture(&rt, "looper", 100, 16 << 20).await;
     assert!(err.to_string().contains("deadline"), "{err}");
 }
+
+/// The host replays golden cases about its own copy of the sample order (`runtime::golden`, so
+/// `order-host golden` needs no handler crate); it must be the order the handlers' native tests
+/// use (`sdk::testing`), field for field, or the two runs would test different inputs.
+#[test]
+fn the_hosts_golden_sample_order_is_the_sdks() {
+    for (host_status, sdk_status) in [
+        (OrderStatus::Pending, sdk::OrderStatus::Pending),
+        (OrderStatus::Cancelled, sdk::OrderStatus::Cancelled),
+    ] {
+        let (h, s) = (golden::sample_order(host_status), sdk::testing::sample_order(sdk_status));
+        let (ha, sa) = (&h.shipping_address, &s.shipping_address);
+        assert_eq!(
+            (&h.id, &h.order_number, &h.customer_name, &h.customer_email, h.total_cents, h.created_at),
+            (&s.id, &s.order_number, &s.customer_name, &s.customer_email, s.total_cents, s.created_at)
+        );
+        assert_eq!(
+            [&ha.street, &ha.city, &ha.state, &ha.zip_code, &ha.country],
+            [&sa.street, &sa.city, &sa.state, &sa.zip_code, &sa.country]
+        );
+        let host_items: Vec<_> =
+            h.items.iter().map(|i| (&i.product_id, &i.name, i.quantity, i.unit_price_cents)).collect();
+        let sdk_items: Vec<_> =
+            s.items.iter().map(|i| (&i.product_id, &i.name, i.quantity, i.unit_price_cents)).collect();
+        assert_eq!(host_items, sdk_items);
+        assert_eq!(h.status.as_str(), s.status.as_str());
+    }
+}

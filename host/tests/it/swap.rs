@@ -34,13 +34,7 @@ fn write_notifier(dir: &Path, bytes: &[u8]) {
 }
 
 async fn admin(t: &TestHost, method: reqwest::Method, path: &str, body: Option<Vec<u8>>) -> (u16, Value) {
-    let mut r = t.http.request(method, t.url(path)).bearer_auth(TOKEN);
-    if let Some(b) = body {
-        r = r.header("content-type", "application/wasm").body(b);
-    }
-    let r = r.send().await.expect("admin request answered");
-    let status = r.status().as_u16();
-    (status, r.json().await.expect("admin responses are JSON"))
+    t.admin(TOKEN, method, path, body).await
 }
 
 /// Rolls `notifier` back and checks it now serves `bytes`.

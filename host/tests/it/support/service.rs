@@ -167,6 +167,22 @@ impl TestHost {
         decode(r).await
     }
 
+    /// An admin API request with the bearer `token`; a body is a component, sent as
+    /// `application/wasm`.
+    pub async fn admin(
+        &self,
+        token: &str,
+        method: reqwest::Method,
+        path: &str,
+        component: Option<Vec<u8>>,
+    ) -> (u16, serde_json::Value) {
+        let mut r = self.http.request(method, self.url(path)).bearer_auth(token);
+        if let Some(bytes) = component {
+            r = r.header("content-type", "application/wasm").body(bytes);
+        }
+        decode(r.send().await.expect("admin request answered")).await
+    }
+
     /// Sends raw bytes with the given content type.
     pub async fn raw(
         &self,
