@@ -31,8 +31,8 @@ pub struct Journal {
 }
 
 impl Journal {
-    /// A journal that records nothing (`JOURNAL_MODE=off`, and tests that do not need one).
-    pub fn off(metrics: Arc<Metrics>) -> Journal {
+    /// A journal that records nothing (`JOURNAL_MODE=off`).
+    fn off(metrics: Arc<Metrics>) -> Journal {
         Journal { mode: JournalMode::Off, queue: None, metrics }
     }
 
@@ -76,7 +76,7 @@ impl Journal {
         took: Duration,
     ) {
         let Some(queue) = &self.queue else { return };
-        let (outcome, output) = outcome_of(result);
+        let answer = Answer::of(result);
         let entry = NewInvocation {
             handler: h.name.clone(),
             version: h.version.clone(),
@@ -84,8 +84,8 @@ impl Journal {
             order_id,
             attempt: event.meta().attempt.min(i32::MAX as u32) as i32,
             input: serde_json::to_value(event).unwrap_or(serde_json::Value::Null),
-            outcome,
-            output,
+            outcome: answer.outcome(),
+            output: answer.output(),
             duration_us: took.as_micros().min(i64::MAX as u128) as i64,
         };
         if queue.try_send(entry).is_err() {
@@ -94,13 +94,43 @@ impl Journal {
     }
 }
 
-/// `actions` with the action list, or the kind of failure with its text.
-pub fn outcome_of(result: &Result<Vec<wit::Action>, DispatchError>) -> (&'static str, serde_json::Value) {
-    match result {
-        Ok(actions) => ("actions", serde_json::to_value(actions).unwrap_or_default()),
-        Err(e @ DispatchError::Handler(_)) => ("handler-error", e.to_string().into()),
-        Err(e @ DispatchError::Trap { .. }) => ("trap", e.to_string().into()),
-        Err(e @ DispatchError::Host(_)) => ("host", e.to_string().into()),
+/// A handler's answer as the journal records it and shadows and replay compare it: the actions,
+/// or the kind of failure (`handler-error`, `trap`, `host`) with its text.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Answer {
+    Actions(Vec<wit::Action>),
+    Failed(&'static str, String),
+}
+
+impl Answer {
+    pub fn of(result: &Result<Vec<wit::Action>, DispatchError>) -> Answer {
+        match result {
+            Ok(actions) => Answer::Actions(actions.clone()),
+            Err(e @ DispatchError::Handler(_)) => Answer::Failed("handler-error", e.to_string()),
+            Err(e @ DispatchError::Trap { .. }) => Answer::Failed("trap", e.to_string()),
+            Err(e @ DispatchError::Host(_)) => Answer::Failed("host", e.to_string()),
+        }
+    }
+
+    /// `actions`, or the kind of failure.
+    pub fn outcome(&self) -> &'static str {
+        match self {
+            Answer::Actions(_) => "actions",
+            Answer::Failed(kind, _) => kind,
+        }
+    }
+
+    /// The actions as a JSON array, or the error's text.
+    pub fn output(&self) -> serde_json::Value {
+        match self {
+            Answer::Actions(actions) => serde_json::to_value(actions).unwrap_or_default(),
+            Answer::Failed(_, text) => text.as_str().into(),
+        }
+    }
+
+    /// `{"outcome": …, "output": …}`.
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({"outcome": self.outcome(), "output": self.output()})
     }
 }
 

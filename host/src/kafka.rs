@@ -215,7 +215,9 @@ impl ClientContext for DispatchContext {
         for (topic, t) in &statistics.topics {
             for (partition, p) in &t.partitions {
                 // -1 is librdkafka's internal "unassigned" partition; a lag of -1 means unknown.
-                if *partition >= 0 && p.consumer_lag >= 0 {
+                // librdkafka keeps reporting partitions it no longer holds (`desired` false): their
+                // series were removed at revocation and must not come back.
+                if *partition >= 0 && p.desired && p.consumer_lag >= 0 {
                     self.metrics.consumer_lag(topic, *partition, p.consumer_lag);
                 }
             }

@@ -21,8 +21,9 @@ use tokio::sync::Semaphore;
 use uuid::Uuid;
 
 use crate::handler_set::{HandlerSet, Source};
+use crate::journal::Answer;
 use crate::metrics::Metrics;
-use crate::runtime::{DispatchError, Event, Invoke, LoadedHandler, OrderSource, wit};
+use crate::runtime::{DispatchError, Event, InvocationStats, Invoke, LoadedHandler, OrderSource, wit};
 
 /// Shadow invocations running at once across all candidates; beyond it a comparison is skipped
 /// (and counted) rather than queued, so a slow candidate never builds a backlog behind the
@@ -30,8 +31,6 @@ use crate::runtime::{DispatchError, Event, Invoke, LoadedHandler, OrderSource, w
 const CONCURRENT: usize = 8;
 /// Differences kept per shadow, newest last.
 const DIFFS_KEPT: usize = 20;
-/// Durations kept per side for the percentiles.
-const TIMINGS_KEPT: usize = 2048;
 /// Below this many comparisons a rate bound tolerates `max_diff_rate × MIN_SAMPLE` differences,
 /// so one early difference does not abort a 5% bound; a bound of 0 still aborts on the first.
 const MIN_SAMPLE: u64 = 20;
@@ -48,12 +47,33 @@ pub struct Policy {
 }
 
 /// Where a shadow stands.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub enum Phase {
+    #[default]
     Running,
-    Promoted { at: DateTime<Utc>, by: Decider },
-    Aborted { at: DateTime<Utc>, reason: String },
-    Dropped { at: DateTime<Utc> },
+    Promoted {
+        at: DateTime<Utc>,
+        by: Decider,
+    },
+    Aborted {
+        at: DateTime<Utc>,
+        reason: String,
+    },
+    Dropped {
+        at: DateTime<Utc>,
+    },
+}
+
+impl Phase {
+    /// The API's state and the decision metric's label.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Phase::Running => "running",
+            Phase::Promoted { .. } => "promoted",
+            Phase::Aborted { .. } => "aborted",
+            Phase::Dropped { .. } => "dropped",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -82,34 +102,69 @@ pub struct Report {
     pub candidate_version: String,
     pub policy: Policy,
     pub started: DateTime<Utc>,
-    pub phase: Phase,
-    pub compared: u64,
-    pub identical: u64,
-    pub different: u64,
-    pub candidate_errors: u64,
-    pub skipped: u64,
+    pub counts: Counts,
     /// p50 and p99 of each side's invocation time, in milliseconds.
     pub serving_ms: (f64, f64),
     pub candidate_ms: (f64, f64),
     pub diffs: Vec<Diff>,
 }
 
+/// Where a shadow stands and what it has compared: what the handler listing shows.
+#[derive(Debug, Clone)]
+pub struct Counts {
+    pub phase: Phase,
+    pub compared: u64,
+    pub identical: u64,
+    pub different: u64,
+    pub candidate_errors: u64,
+    pub skipped: u64,
+}
+
 pub struct Shadow {
     pub candidate: Arc<LoadedHandler>,
     pub policy: Policy,
     pub started: DateTime<Utc>,
+    /// Each side's invocation times over the compared events, for the percentiles.
+    serving_time: InvocationStats,
+    candidate_time: InvocationStats,
     tally: Mutex<Tally>,
 }
 
+#[derive(Default)]
 struct Tally {
     phase: Phase,
     identical: u64,
     different: u64,
     candidate_errors: u64,
     skipped: u64,
-    serving_us: VecDeque<u64>,
-    candidate_us: VecDeque<u64>,
     diffs: VecDeque<Diff>,
+}
+
+/// How a candidate's answer compared with the serving version's.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Comparison {
+    Identical,
+    Different,
+    /// A trap or a limit hit.
+    CandidateError,
+}
+
+impl Comparison {
+    /// The metric's label.
+    fn as_str(self) -> &'static str {
+        match self {
+            Comparison::Identical => "identical",
+            Comparison::Different => "different",
+            Comparison::CandidateError => "candidate_error",
+        }
+    }
+}
+
+/// p50 and p99 in milliseconds (0 before any comparison).
+fn millis(stats: &InvocationStats) -> (f64, f64) {
+    let s = stats.snapshot();
+    let ms = |d: Option<Duration>| d.map_or(0.0, |d| d.as_secs_f64() * 1000.0);
+    (ms(s.p50), ms(s.p99))
 }
 
 impl Shadow {
@@ -117,22 +172,31 @@ impl Shadow {
         self.tally.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    pub fn report(&self) -> Report {
+    pub fn counts(&self) -> Counts {
         let t = self.lock();
-        Report {
-            handler: self.candidate.name.clone(),
-            candidate_version: self.candidate.version.clone(),
-            policy: self.policy.clone(),
-            started: self.started,
+        Counts {
             phase: t.phase.clone(),
             compared: t.compared(),
             identical: t.identical,
             different: t.different,
             candidate_errors: t.candidate_errors,
             skipped: t.skipped,
-            serving_ms: percentiles(&t.serving_us),
-            candidate_ms: percentiles(&t.candidate_us),
-            diffs: t.diffs.iter().cloned().collect(),
+        }
+    }
+
+    /// Counts, both sides' percentiles and the recent differences. The percentiles are taken
+    /// outside the tally's lock, which comparisons wait on.
+    pub fn report(&self) -> Report {
+        let diffs = self.lock().diffs.iter().cloned().collect();
+        Report {
+            handler: self.candidate.name.clone(),
+            candidate_version: self.candidate.version.clone(),
+            policy: self.policy.clone(),
+            started: self.started,
+            counts: self.counts(),
+            serving_ms: millis(&self.serving_time),
+            candidate_ms: millis(&self.candidate_time),
+            diffs,
         }
     }
 
@@ -175,44 +239,6 @@ fn push_bounded<T>(q: &mut VecDeque<T>, item: T, max: usize) {
         q.pop_front();
     }
     q.push_back(item);
-}
-
-fn percentiles(us: &VecDeque<u64>) -> (f64, f64) {
-    if us.is_empty() {
-        return (0.0, 0.0);
-    }
-    let mut sorted: Vec<u64> = us.iter().copied().collect();
-    sorted.sort_unstable();
-    let at = |p: f64| sorted[((sorted.len() - 1) as f64 * p).round() as usize] as f64 / 1000.0;
-    (at(0.5), at(0.99))
-}
-
-/// An answer in the form a comparison needs: compared as it is, turned into JSON only for a
-/// recorded difference (serialising every answer was most of a comparison's cost).
-#[derive(Debug, Clone, PartialEq)]
-enum Answer {
-    Actions(Vec<wit::Action>),
-    /// `handler-error`, `trap` or `host`, with the error's text.
-    Failed(&'static str, String),
-}
-
-impl Answer {
-    fn of(result: &Result<Vec<wit::Action>, DispatchError>) -> Answer {
-        match result {
-            Ok(actions) => Answer::Actions(actions.clone()),
-            Err(e @ DispatchError::Handler(_)) => Answer::Failed("handler-error", e.to_string()),
-            Err(e @ DispatchError::Trap { .. }) => Answer::Failed("trap", e.to_string()),
-            Err(e @ DispatchError::Host(_)) => Answer::Failed("host", e.to_string()),
-        }
-    }
-
-    /// `{"outcome": …, "output": …}`, as the journal records an answer.
-    fn to_json(&self) -> serde_json::Value {
-        match self {
-            Answer::Actions(actions) => serde_json::json!({"outcome": "actions", "output": actions}),
-            Answer::Failed(outcome, text) => serde_json::json!({"outcome": outcome, "output": text}),
-        }
-    }
 }
 
 /// Why a shadow request was refused.
@@ -261,16 +287,9 @@ impl ShadowSet {
             candidate: Arc::new(candidate),
             policy,
             started: Utc::now(),
-            tally: Mutex::new(Tally {
-                phase: Phase::Running,
-                identical: 0,
-                different: 0,
-                candidate_errors: 0,
-                skipped: 0,
-                serving_us: VecDeque::new(),
-                candidate_us: VecDeque::new(),
-                diffs: VecDeque::new(),
-            }),
+            serving_time: InvocationStats::default(),
+            candidate_time: InvocationStats::default(),
+            tally: Mutex::new(Tally::default()),
         });
         if let Some(old) = self.lock().insert(name.clone(), shadow.clone()) {
             self.end(&old, Phase::Dropped { at: Utc::now() });
@@ -316,11 +335,7 @@ impl ShadowSet {
         if t.phase != Phase::Running {
             return false;
         }
-        let decision = match &phase {
-            Phase::Promoted { .. } => "promoted",
-            Phase::Aborted { .. } => "aborted",
-            _ => "dropped",
-        };
+        let decision = phase.as_str();
         t.phase = phase;
         drop(t);
         self.metrics.shadow_decided(&shadow.candidate.name, decision);
@@ -359,27 +374,24 @@ impl ShadowSet {
             return;
         };
         let (set, event) = (self.clone(), event.clone());
-        let served = Answer::of(served);
-        let took_us = took.as_micros() as u64;
+        let served = (Answer::of(served), took);
         tokio::spawn(async move {
             let started = std::time::Instant::now();
             let result = set.invoker.invoke(&shadow.candidate, &event, orders).await;
-            let candidate_us = started.elapsed().as_micros() as u64;
+            let candidate = (result, started.elapsed());
             drop(permit);
-            set.compare(&shadow, &event, order_id, served, took_us, result, candidate_us);
+            set.compare(&shadow, &event, order_id, served, candidate);
         });
     }
 
-    #[allow(clippy::too_many_arguments)] // one comparison's facts, gathered by `observe`
+    /// Counts one comparison of the serving answer and the candidate's, each with its time.
     fn compare(
         &self,
         shadow: &Shadow,
         event: &Event,
         order_id: Uuid,
-        served: Answer,
-        serving_us: u64,
-        result: Result<Vec<wit::Action>, DispatchError>,
-        candidate_us: u64,
+        (served, serving_took): (Answer, Duration),
+        (result, candidate_took): (Result<Vec<wit::Action>, DispatchError>, Duration),
     ) {
         let name = &shadow.candidate.name;
         // A host failure says nothing about the candidate.
@@ -390,24 +402,24 @@ impl ShadowSet {
         }
         let candidate = Answer::of(&result);
         let kind = match &result {
-            Err(DispatchError::Trap { .. }) => "candidate_error",
-            _ if candidate == served => "identical",
-            _ => "different",
+            Err(DispatchError::Trap { .. }) => Comparison::CandidateError,
+            _ if candidate == served => Comparison::Identical,
+            _ => Comparison::Different,
         };
-        self.metrics.shadow_compared(name, kind);
+        self.metrics.shadow_compared(name, kind.as_str());
         let verdict = {
             let mut t = shadow.lock();
             if t.phase != Phase::Running {
                 return;
             }
-            push_bounded(&mut t.serving_us, serving_us, TIMINGS_KEPT);
-            push_bounded(&mut t.candidate_us, candidate_us, TIMINGS_KEPT);
+            shadow.serving_time.record(serving_took, true);
+            shadow.candidate_time.record(candidate_took, kind != Comparison::CandidateError);
             match kind {
-                "identical" => t.identical += 1,
-                "different" => t.different += 1,
-                _ => t.candidate_errors += 1,
+                Comparison::Identical => t.identical += 1,
+                Comparison::Different => t.different += 1,
+                Comparison::CandidateError => t.candidate_errors += 1,
             }
-            if kind != "identical" {
+            if kind != Comparison::Identical {
                 let diff = Diff {
                     at: Utc::now(),
                     event_id: event.meta().event_id.clone(),
@@ -440,16 +452,7 @@ mod tests {
     use super::*;
 
     fn tally(identical: u64, different: u64, errors: u64) -> Tally {
-        Tally {
-            phase: Phase::Running,
-            identical,
-            different,
-            candidate_errors: errors,
-            skipped: 0,
-            serving_us: VecDeque::new(),
-            candidate_us: VecDeque::new(),
-            diffs: VecDeque::new(),
-        }
+        Tally { identical, different, candidate_errors: errors, ..Tally::default() }
     }
 
     #[test]
@@ -465,12 +468,5 @@ mod tests {
         let strict = Policy { max_diff_rate: Some(0.0), ..Policy::default() };
         assert!(tally(0, 1, 0).verdict(&strict).unwrap().is_err());
         assert_eq!(tally(1000, 0, 0).verdict(&strict), None, "no promote_after: runs until told");
-    }
-
-    #[test]
-    fn percentiles_of_the_kept_timings() {
-        let us: VecDeque<u64> = (1..=100).map(|ms| ms * 1000).collect();
-        assert_eq!(percentiles(&us), (51.0, 99.0));
-        assert_eq!(percentiles(&VecDeque::new()), (0.0, 0.0));
     }
 }

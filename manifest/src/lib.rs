@@ -39,6 +39,18 @@ impl fmt::Display for EventKind {
     }
 }
 
+/// `order-created` or `status-updated`, as the manifest, the admin API and xtask spell them.
+impl std::str::FromStr for EventKind {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<EventKind, String> {
+        EventKind::ALL
+            .into_iter()
+            .find(|k| k.to_string() == s)
+            .ok_or_else(|| format!("unknown event {s:?}: expected order-created or status-updated"))
+    }
+}
+
 /// The whole manifest file.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -6,6 +6,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
+use handler_manifest::EventKind;
 use xshell::{Shell, cmd};
 
 use crate::project_root;
@@ -16,17 +17,16 @@ pub struct Args {
     /// crate name, component file name and the `handler:<name>@…` cause on its effects.
     name: String,
     /// The events it takes.
-    #[arg(long, value_delimiter = ',', value_enum, default_value = "order-created,status-updated")]
-    events: Vec<Event>,
+    #[arg(long, value_delimiter = ',', value_parser = parse_event, default_value = "order-created,status-updated")]
+    events: Vec<EventKind>,
     /// The handlers workspace to add it to (default: handlers/).
     #[arg(long)]
     workspace: Option<PathBuf>,
 }
 
-#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Event {
-    OrderCreated,
-    StatusUpdated,
+/// An event as the manifest spells it.
+fn parse_event(s: &str) -> Result<EventKind, String> {
+    s.trim().parse()
 }
 
 pub fn run(sh: &Shell, args: &Args) -> anyhow::Result<()> {
@@ -41,6 +41,7 @@ pub fn run(sh: &Shell, args: &Args) -> anyhow::Result<()> {
         bail!("{} already exists", dir.display());
     }
     let mut events = args.events.clone();
+    events.sort();
     events.dedup();
     if events.is_empty() {
         bail!("--events needs at least one of order-created, status-updated");
@@ -88,14 +89,6 @@ fn write_new(path: &Path, text: &str) -> anyhow::Result<()> {
     std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
 }
 
-/// `order-created` form, as the manifest and WIT spell events.
-fn kebab(e: Event) -> &'static str {
-    match e {
-        Event::OrderCreated => "order-created",
-        Event::StatusUpdated => "status-updated",
-    }
-}
-
 fn type_name(name: &str) -> String {
     name.split('-')
         .map(|part| {
@@ -105,8 +98,8 @@ fn type_name(name: &str) -> String {
         .collect()
 }
 
-fn cargo_toml(name: &str, events: &[Event]) -> String {
-    let events = events.iter().map(|e| format!("\"{}\"", kebab(*e))).collect::<Vec<_>>().join(", ");
+fn cargo_toml(name: &str, events: &[EventKind]) -> String {
+    let events = events.iter().map(|e| format!("\"{e}\"")).collect::<Vec<_>>().join(", ");
     format!(
         r#"[package]
 name = "{name}"
@@ -138,10 +131,10 @@ workspace = true
     )
 }
 
-fn lib_rs(name: &str, events: &[Event]) -> String {
+fn lib_rs(name: &str, events: &[EventKind]) -> String {
     let ty = type_name(name);
     let mut methods = String::new();
-    if events.contains(&Event::OrderCreated) {
+    if events.contains(&EventKind::OrderCreated) {
         methods.push_str(&format!(
             r#"    fn on_order_created(_host: &dyn Host, _event: &EventMeta, order: &Order) -> HandlerResult {{
         Ok(vec![Action::log(LogLevel::Info, format!("{name} saw order {{}} created", order.order_number))])
@@ -149,7 +142,7 @@ fn lib_rs(name: &str, events: &[Event]) -> String {
 "#
         ));
     }
-    if events.contains(&Event::StatusUpdated) {
+    if events.contains(&EventKind::StatusUpdated) {
         if !methods.is_empty() {
             methods.push('\n');
         }
@@ -162,10 +155,10 @@ fn lib_rs(name: &str, events: &[Event]) -> String {
         ));
     }
     let mut imports = vec!["Action", "EventMeta", "Handler", "HandlerResult", "Host", "LogLevel"];
-    if events.contains(&Event::OrderCreated) {
+    if events.contains(&EventKind::OrderCreated) {
         imports.push("Order");
     }
-    if events.contains(&Event::StatusUpdated) {
+    if events.contains(&EventKind::StatusUpdated) {
         imports.push("StatusUpdate");
     }
     let imports = imports.join(", ");
@@ -197,14 +190,14 @@ mod tests {{
     )
 }
 
-fn cases_json(name: &str, events: &[Event]) -> String {
+fn cases_json(name: &str, events: &[EventKind]) -> String {
     let mut cases = Vec::new();
-    if events.contains(&Event::OrderCreated) {
+    if events.contains(&EventKind::OrderCreated) {
         cases.push(format!(
             r#"  {{"event": "order-created", "status": "pending", "demo": false, "actions": ["log info {name} saw order MM-10042 created"]}}"#
         ));
     }
-    if events.contains(&Event::StatusUpdated) {
+    if events.contains(&EventKind::StatusUpdated) {
         cases.push(format!(
             r#"  {{"event": "status-updated", "previous": "pending", "status": "processing", "demo": false, "actions": ["log info {name} saw order MM-10042 become processing"]}}"#
         ));

@@ -69,8 +69,11 @@ impl Tracker {
         Some(part.in_flight.first_key_value().map_or(part.next, |(o, _)| *o))
     }
 
-    pub(super) fn revoke(&mut self, topic: &str, partition: i32) {
-        self.parts.remove(&(topic.to_string(), partition));
+    /// Ends the bookkeeping of `partitions`, lost in one revocation.
+    pub(super) fn revoke(&mut self, partitions: &[(String, i32)]) {
+        for key in partitions {
+            self.parts.remove(key);
+        }
         self.assignment += 1;
     }
 }
@@ -131,10 +134,7 @@ impl Backlog {
     /// Ends the bookkeeping of partitions this consumer is losing (called from the rebalance
     /// callback, before any record of the next assignment is taken).
     pub fn revoke(&self, partitions: &[(String, i32)]) {
-        let mut tracker = self.tracker();
-        for (topic, partition) in partitions {
-            tracker.revoke(topic, *partition);
-        }
+        self.tracker().revoke(partitions);
     }
 
     /// Every partition with a position, sorted by topic and partition.
@@ -187,7 +187,7 @@ mod tests {
         assert_eq!(t.complete("t", 0, 14, a), Some(13));
         assert_eq!(t.complete("t", 0, 13, a), Some(15), "all done: commit past the last");
         let b = t.begin("t", 1, 3);
-        t.revoke("t", 1);
+        t.revoke(&[("t".into(), 1)]);
         assert_eq!(t.complete("t", 1, 3, b), None, "a revoked partition stores nothing");
     }
 
@@ -201,7 +201,7 @@ mod tests {
         let mut t = Tracker::default();
         let old = (5..=8).map(|o| t.begin("t", 0, o)).last().unwrap();
         t.complete("t", 0, 5, old);
-        t.revoke("t", 0);
+        t.revoke(&[("t".into(), 0)]);
         let new = (5..=8).map(|o| t.begin("t", 0, o)).last().unwrap();
         assert_ne!(old, new);
         assert_eq!(t.complete("t", 0, 7, old), None, "the old delivery of 7 finishing counts for nothing");

@@ -170,7 +170,7 @@ fn handler_view(info: &HandlerInfo, admin: &Admin) -> HandlerView {
         subscribed: info.current.is_some(),
         current: info.current.as_ref().map(version_view),
         previous: info.previous.iter().map(version_view).collect(),
-        shadow: admin.shadows.get(&info.name).map(|s| super::shadow::brief(&s.report())),
+        shadow: admin.shadows.get(&info.name).map(|s| super::shadow::brief(&s)),
     }
 }
 
@@ -300,6 +300,10 @@ pub async fn put_handler(
         params.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", e.body_text()))?;
     check_upload_name(&name)?;
     let policy = params.shadow_policy()?;
+    // Before compiling anything: a shadow needs a serving version (`start` checks again).
+    if policy.is_some() && admin.handlers.current_of(&name).is_none() {
+        return Err(crate::shadow::ShadowError::NothingServing(name).into());
+    }
     let spec = upload_spec(admin, &name, &params)?;
     let handler = load_component(admin, &name, spec, body).await?;
     let Some(policy) = policy else {
@@ -372,13 +376,7 @@ fn upload_spec(admin: &Admin, name: &str, params: &UploadParams) -> Result<Handl
 }
 
 fn parse_event(e: &str) -> Result<EventKind, ApiError> {
-    EventKind::ALL.into_iter().find(|k| k.to_string() == e).ok_or_else(|| {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_query",
-            format!("unknown event {e:?}: expected order-created or status-updated"),
-        )
-    })
+    e.parse().map_err(|message: String| ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", message))
 }
 
 /// Outbox records the relay gave up on (the broker refused them for good, too often), oldest

@@ -17,9 +17,9 @@ use super::admin::{HandlerView, admin, load_component, view_of};
 use super::{ApiError, AppState, ErrorBody};
 use crate::db::journal::{self, Invocation};
 use crate::dispatch::DbOrders;
-use crate::journal::outcome_of;
+use crate::journal::Answer;
 use crate::runtime::Event;
-use crate::shadow::{Decider, Phase, Report, Shadow, ShadowError};
+use crate::shadow::{Decider, Phase, Shadow, ShadowError};
 
 /// What `GET /admin/handlers` shows of a handler's shadow.
 #[derive(Serialize, ToSchema)]
@@ -90,38 +90,37 @@ pub struct ShadowView {
     pub diffs: Vec<DiffView>,
 }
 
-fn state_of(phase: &Phase) -> (&'static str, Option<String>, Option<String>, Option<DateTime<Utc>>) {
+/// Who ended it, why, and when: (decided_by, reason, ended_at).
+fn ending(phase: &Phase) -> (Option<String>, Option<String>, Option<DateTime<Utc>>) {
     match phase {
-        Phase::Running => ("running", None, None, None),
-        Phase::Promoted { at, by } => {
-            let by = match by {
-                Decider::Policy => "policy",
-                Decider::Operator => "operator",
-            };
-            ("promoted", Some(by.into()), None, Some(*at))
+        Phase::Running => (None, None, None),
+        Phase::Promoted { at, by: Decider::Policy } => (Some("policy".into()), None, Some(*at)),
+        Phase::Promoted { at, by: Decider::Operator } | Phase::Dropped { at } => {
+            (Some("operator".into()), None, Some(*at))
         }
-        Phase::Aborted { at, reason } => ("aborted", None, Some(reason.clone()), Some(*at)),
-        Phase::Dropped { at } => ("dropped", Some("operator".into()), None, Some(*at)),
+        Phase::Aborted { at, reason } => (None, Some(reason.clone()), Some(*at)),
     }
 }
 
-pub fn brief(r: &Report) -> ShadowBrief {
+pub fn brief(shadow: &Shadow) -> ShadowBrief {
+    let c = shadow.counts();
     ShadowBrief {
-        state: state_of(&r.phase).0.into(),
-        candidate_version: r.candidate_version.clone(),
-        compared: r.compared,
-        different: r.different,
-        candidate_errors: r.candidate_errors,
+        state: c.phase.as_str().into(),
+        candidate_version: shadow.candidate.version.clone(),
+        compared: c.compared,
+        different: c.different,
+        candidate_errors: c.candidate_errors,
     }
 }
 
 pub fn shadow_view(shadow: &Shadow) -> ShadowView {
     let r = shadow.report();
-    let (state, decided_by, reason, ended_at) = state_of(&r.phase);
+    let c = &r.counts;
+    let (decided_by, reason, ended_at) = ending(&c.phase);
     ShadowView {
         handler: r.handler,
         candidate_version: r.candidate_version,
-        state: state.into(),
+        state: c.phase.as_str().into(),
         decided_by,
         reason,
         started_at: r.started,
@@ -131,11 +130,11 @@ pub fn shadow_view(shadow: &Shadow) -> ShadowView {
             max_diff_rate: r.policy.max_diff_rate,
             max_errors: r.policy.max_errors,
         },
-        compared: r.compared,
-        identical: r.identical,
-        different: r.different,
-        candidate_errors: r.candidate_errors,
-        skipped: r.skipped,
+        compared: c.compared,
+        identical: c.identical,
+        different: c.different,
+        candidate_errors: c.candidate_errors,
+        skipped: c.skipped,
         serving: Latency { p50_ms: r.serving_ms.0, p99_ms: r.serving_ms.1 },
         candidate: Latency { p50_ms: r.candidate_ms.0, p99_ms: r.candidate_ms.1 },
         diffs: r
@@ -320,10 +319,10 @@ pub async fn replay(
             continue;
         }
         view.replayed += 1;
-        let (outcome, output) = outcome_of(&result);
+        let answer = Answer::of(&result);
         if matches!(result, Err(crate::runtime::DispatchError::Trap { .. })) {
             view.candidate_errors += 1;
-        } else if outcome == entry.outcome && output == entry.output {
+        } else if answer.outcome() == entry.outcome && answer.output() == entry.output {
             view.identical += 1;
             continue;
         } else {
@@ -336,7 +335,7 @@ pub async fn replay(
                 order_id: entry.order_id,
                 recorded_version: entry.version,
                 recorded: serde_json::json!({"outcome": entry.outcome, "output": entry.output}),
-                candidate: serde_json::json!({"outcome": outcome, "output": output}),
+                candidate: answer.to_json(),
             });
         }
     }

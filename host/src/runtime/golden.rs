@@ -12,7 +12,7 @@ use anyhow::{Context, bail};
 use serde::Deserialize;
 
 use super::wit::{EventMeta, LineItem, Order, OrderStatus, ShippingAddress, StatusUpdate};
-use super::{Event, NoOrders, Registry, Runtime};
+use super::{Event, EventKind, NoOrders, Registry, Runtime};
 
 /// One golden case (see `sdk::testing::Case`).
 #[derive(Debug, Clone, Deserialize)]
@@ -79,13 +79,12 @@ pub async fn replay(rt: &Runtime, dir: &Path, name: &str, cases: &[Case]) -> any
 /// The event a case describes, about [`sample_order`].
 pub fn event_for(case: &Case) -> anyhow::Result<Event> {
     let status = parse_status(&case.status)?;
-    match case.event.as_str() {
-        "order-created" => Ok(order_created(status)),
-        "status-updated" => {
+    match case.event.parse::<EventKind>().map_err(anyhow::Error::msg)? {
+        EventKind::OrderCreated => Ok(order_created(status)),
+        EventKind::StatusUpdated => {
             let previous = case.previous.as_deref().context("a status-updated case needs `previous`")?;
             Ok(status_updated(parse_status(previous)?, status))
         }
-        other => bail!("unknown event {other:?}: order-created or status-updated"),
     }
 }
 

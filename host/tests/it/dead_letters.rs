@@ -294,8 +294,6 @@ async fn discard_is_final_and_bad_requests_change_nothing() {
 /// redrive, and its refusals. Runs the xtask binary that `cargo xtask test` has just built.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_xtask_cli_lists_shows_discards_and_redrives() {
-    let xtask = crate::support::root().join("target/debug/xtask");
-    assert!(xtask.is_file(), "run the tests through `cargo xtask test`, which builds {}", xtask.display());
     let (t, _dir) = host(&[]).await;
     break_order_processor(&t).await;
     let first = post_order(&t, "poison-cli1@x.io").await;
@@ -306,19 +304,12 @@ async fn the_xtask_cli_lists_shows_discards_and_redrives() {
     };
     let (one, two) = (id_of(&first), id_of(&second));
     let cli = |args: Vec<String>| {
-        let (xtask, base) = (xtask.clone(), t.base.clone());
+        let base = t.base.clone();
         async move {
-            let out = tokio::task::spawn_blocking(move || {
-                std::process::Command::new(xtask)
-                    .arg("dead-letters")
-                    .args(&args)
-                    .args(["--base-url", &base, "--token", TOKEN])
-                    .env_remove("ADMIN_TOKEN")
-                    .output()
-                    .expect("xtask runs")
-            })
-            .await
-            .unwrap();
+            let mut all = vec!["dead-letters"];
+            all.extend(args.iter().map(String::as_str));
+            all.extend(["--base-url", &base, "--token", TOKEN]);
+            let out = crate::support::process::xtask(&all).await;
             let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
             (out.status.success(), text(&out.stdout), text(&out.stderr))
         }

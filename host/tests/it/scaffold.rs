@@ -4,11 +4,10 @@
 //! The workspace is a copy (sdk, lock file, `wit/`), so the repository's own is never touched.
 
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
 use crate::support::service::*;
-use crate::support::{metric_value, root};
+use crate::support::{metric_value, process, root};
 
 fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
@@ -22,11 +21,10 @@ fn copy_dir(from: &Path, to: &Path) {
     }
 }
 
-/// Runs `cargo xtask ARGS` from the repository root and fails the test with its output.
-fn xtask(args: &[&str]) -> String {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let out = Command::new(cargo).arg("xtask").args(args).current_dir(root()).output().expect("cargo runs");
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+/// Runs xtask and fails the test with its output unless it succeeds.
+async fn xtask(args: &[&str]) -> String {
+    let out = process::xtask(args).await;
+    let text = process::text_of(&out);
     assert!(out.status.success(), "cargo xtask {} failed:\n{text}", args.join(" "));
     text
 }
@@ -43,16 +41,12 @@ async fn a_scaffolded_handler_passes_its_tests_and_handles_an_order() {
     let out = tmp.path().join("out");
     let (ws, out_arg) = (workspace.to_str().unwrap(), out.to_str().unwrap());
 
-    xtask(&["new-handler", "greeter", "--events", "order-created", "--workspace", ws]);
-    let refused = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-        .args(["xtask", "new-handler", "greeter", "--workspace", ws])
-        .current_dir(root())
-        .output()
-        .unwrap();
+    xtask(&["new-handler", "greeter", "--events", "order-created", "--workspace", ws]).await;
+    let refused = process::xtask(&["new-handler", "greeter", "--workspace", ws]).await;
     assert!(!refused.status.success(), "a second greeter is refused");
     assert!(String::from_utf8_lossy(&refused.stderr).contains("already exists"));
 
-    let tested = xtask(&["handler-test", "greeter", "--workspace", ws, "--out", out_arg]);
+    let tested = xtask(&["handler-test", "greeter", "--workspace", ws, "--out", out_arg]).await;
     assert!(tested.contains("greeter: 1 golden cases through the component, 0 differ"), "{tested}");
     let manifest = std::fs::read_to_string(out.join("handlers.toml")).unwrap();
     assert!(manifest.contains("name = \"greeter\""), "{manifest}");

@@ -4,7 +4,6 @@
 //! journal records what each handler saw and answered, replay runs a candidate against it and
 //! reports exactly the invocations it would change, and retention prunes the journal.
 
-use std::process::Command;
 use std::time::Duration;
 
 use crate::support::service::*;
@@ -196,16 +195,6 @@ async fn a_trapping_candidate_never_touches_the_serving_path() {
     t.host.shutdown().await.unwrap();
 }
 
-/// Runs `cargo xtask ARGS` from the repository root.
-fn xtask(args: &[&str]) -> (bool, String) {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let out = Command::new(cargo).arg("xtask").args(args).current_dir(root()).output().expect("cargo runs");
-    (
-        out.status.success(),
-        format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)),
-    )
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_journal_shows_what_each_handler_saw_and_replay_reports_exactly_the_changed_answers() {
     let (t, _dir) = start(&[("JOURNAL_MODE", "all")]).await;
@@ -258,7 +247,7 @@ async fn the_journal_shows_what_each_handler_saw_and_replay_reports_exactly_the_
 
     // And from a terminal: the summary, the difference, a failing exit code.
     let shouty = root().join("target/fixtures/shouty.wasm");
-    let (ok, out) = xtask(&[
+    let out = crate::support::process::xtask(&[
         "replay",
         "--handler",
         "notifier",
@@ -270,7 +259,9 @@ async fn the_journal_shows_what_each_handler_saw_and_replay_reports_exactly_the_
         &t.base,
         "--token",
         TOKEN,
-    ]);
+    ])
+    .await;
+    let (ok, out) = (out.status.success(), crate::support::process::text_of(&out));
     assert!(!ok, "a changed answer fails the replay:\n{out}");
     assert!(out.contains(&format!("{} identical, 1 different", entries - 1)), "{out}");
     assert!(out.contains(&cancelled), "{out}");

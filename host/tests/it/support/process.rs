@@ -27,6 +27,30 @@ pub async fn exclusive() -> tokio::sync::MutexGuard<'static, ()> {
     EXCLUSIVE.lock().await
 }
 
+/// Runs the xtask binary that `cargo xtask test` has built (`target/debug/xtask`) with `args`,
+/// from the repository root and without the caller's `ADMIN_TOKEN`, off the async threads.
+pub async fn xtask(args: &[&str]) -> std::process::Output {
+    let root = super::root();
+    let bin = root.join("target/debug/xtask");
+    assert!(bin.is_file(), "run the tests through `cargo xtask test`, which builds {}", bin.display());
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    tokio::task::spawn_blocking(move || {
+        Command::new(bin)
+            .args(&args)
+            .current_dir(root)
+            .env_remove("ADMIN_TOKEN")
+            .output()
+            .expect("xtask runs")
+    })
+    .await
+    .unwrap()
+}
+
+/// An output's stdout and stderr, as text, together.
+pub fn text_of(out: &std::process::Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+}
+
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
