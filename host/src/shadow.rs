@@ -10,7 +10,10 @@
 //! an upload.
 //!
 //! A shadow lives in one replica's memory, like an upload: it runs on the events that replica
-//! consumes and ends with the process.
+//! consumes and ends with the process. It is compared against the serving version it was started
+//! beside and no other: when that version stops serving (an upload, a rollback, a change in the
+//! handlers directory), the shadow is aborted rather than let its counts mix two versions or its
+//! policy promote it over a newer one.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -31,8 +34,9 @@ use crate::runtime::{DispatchError, Event, InvocationStats, Invoke, LoadedHandle
 const CONCURRENT: usize = 8;
 /// Differences kept per shadow, newest last.
 const DIFFS_KEPT: usize = 20;
-/// Below this many comparisons a rate bound tolerates `max_diff_rate × MIN_SAMPLE` differences,
-/// so one early difference does not abort a 5% bound; a bound of 0 still aborts on the first.
+/// Below this many comparisons a rate bound tolerates `max_diff_rate × MIN_SAMPLE` differences
+/// before it aborts, so one early difference does not abort a 5% bound; a bound of 0 still aborts
+/// on the first. A promotion holds the rate itself, with no such allowance.
 const MIN_SAMPLE: u64 = 20;
 
 /// When a shadow decides by itself. Without `promote_after` it runs until an operator promotes
@@ -122,6 +126,8 @@ pub struct Counts {
 
 pub struct Shadow {
     pub candidate: Arc<LoadedHandler>,
+    /// The serving version (sha256) the candidate is compared against.
+    pub against: String,
     pub policy: Policy,
     pub started: DateTime<Utc>,
     /// Each side's invocation times over the compared events, for the percentiles.
@@ -227,11 +233,23 @@ impl Tally {
                 self.different
             )));
         }
-        match policy.promote_after {
-            Some(n) if compared >= n => Some(Ok(())),
+        match (policy.promote_after, policy.max_diff_rate) {
+            (Some(n), Some(rate)) if compared >= n && self.different as f64 > rate * compared as f64 => {
+                Some(Err(format!(
+                    "{} of {compared} answers differed when promote_after={n} was reached, more than \
+                     max_diff_rate={rate}",
+                    self.different
+                )))
+            }
+            (Some(n), _) if compared >= n => Some(Ok(())),
             _ => None,
         }
     }
+}
+
+/// A version's first 12 hex digits, as `LoadedHandler::short_version` shows it.
+fn short(version: &str) -> &str {
+    version.get(..12).unwrap_or(version)
 }
 
 fn push_bounded<T>(q: &mut VecDeque<T>, item: T, max: usize) {
@@ -280,11 +298,12 @@ impl ShadowSet {
     /// (which counts as dropped).
     pub fn start(&self, candidate: LoadedHandler, policy: Policy) -> Result<Arc<Shadow>, ShadowError> {
         let name = candidate.name.clone();
-        if self.handlers.current_of(&name).is_none() {
+        let Some(serving) = self.handlers.current_of(&name) else {
             return Err(ShadowError::NothingServing(name));
-        }
+        };
         let shadow = Arc::new(Shadow {
             candidate: Arc::new(candidate),
+            against: serving.version.clone(),
             policy,
             started: Utc::now(),
             serving_time: InvocationStats::default(),
@@ -299,9 +318,14 @@ impl ShadowSet {
         Ok(shadow)
     }
 
-    /// The running shadow of `name`, or the last one that ended.
+    /// The running shadow of `name`, or the last one that ended. A running shadow whose serving
+    /// version has been replaced is aborted here, so every reader sees it ended.
     pub fn get(&self, name: &str) -> Option<Arc<Shadow>> {
-        self.lock().get(name).cloned()
+        let shadow = self.lock().get(name).cloned()?;
+        if shadow.is_running() {
+            self.abort_if_superseded(&shadow);
+        }
+        Some(shadow)
     }
 
     fn running(&self, name: &str) -> Option<Arc<Shadow>> {
@@ -343,12 +367,35 @@ impl ShadowSet {
     }
 
     fn promote_shadow(&self, shadow: &Shadow, by: Decider) -> Option<Arc<LoadedHandler>> {
+        if self.abort_if_superseded(shadow) {
+            return None;
+        }
         if !self.end(shadow, Phase::Promoted { at: Utc::now(), by }) {
             return None;
         }
         let serving = self.handlers.install_shared(shadow.candidate.clone(), Source::Upload);
         tracing::info!(handler = %serving.cause(), by = ?by, "shadow candidate promoted: it serves now");
         Some(serving)
+    }
+
+    /// Aborts `shadow` when the version it was started beside no longer serves; true if it did.
+    fn abort_if_superseded(&self, shadow: &Shadow) -> bool {
+        let name = &shadow.candidate.name;
+        let now = self.handlers.current_of(name).map(|h| h.version.clone());
+        if now.as_deref() == Some(shadow.against.as_str()) {
+            return false;
+        }
+        let reason = format!(
+            "the version it was compared against ({}) stopped serving (now {}); start a new shadow \
+             against the version that serves",
+            short(&shadow.against),
+            now.as_deref().map_or("none", short),
+        );
+        if self.end(shadow, Phase::Aborted { at: Utc::now(), reason: reason.clone() }) {
+            tracing::warn!(handler = %name, candidate = %shadow.candidate.short_version(), %reason,
+                "shadow candidate aborted");
+        }
+        true
     }
 
     /// After the serving version `serving` answered `event` with `served` in `took`: runs the
@@ -364,6 +411,11 @@ impl ShadowSet {
         orders: Arc<dyn OrderSource>,
     ) {
         let Some(shadow) = self.running(&serving.name) else { return };
+        // An event still in flight on a version that no longer serves, or not yet on the one
+        // that does: not the version this candidate is compared against.
+        if serving.version != shadow.against {
+            return;
+        }
         // The serving side did not decide (the host failed it): nothing to compare with.
         if matches!(served, Err(DispatchError::Host(_))) {
             return;
@@ -468,5 +520,12 @@ mod tests {
         let strict = Policy { max_diff_rate: Some(0.0), ..Policy::default() };
         assert!(tally(0, 1, 0).verdict(&strict).unwrap().is_err());
         assert_eq!(tally(1000, 0, 0).verdict(&strict), None, "no promote_after: runs until told");
+        // Reaching promote_after, the rate itself must hold: the early allowance never promotes
+        // a candidate that differs more often than the bound (2 of 5 is 40%, not 10%).
+        let quick = Policy { promote_after: Some(5), max_diff_rate: Some(0.1), max_errors: None };
+        assert_eq!(tally(3, 1, 0).verdict(&quick), None, "within the early allowance, not yet promoted");
+        let verdict = tally(3, 2, 0).verdict(&quick).expect("a decision at promote_after");
+        assert!(verdict.unwrap_err().contains("when promote_after=5 was reached"));
+        assert_eq!(tally(10, 1, 0).verdict(&quick), Some(Ok(())), "1 of 11 is within 10%");
     }
 }

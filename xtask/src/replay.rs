@@ -43,13 +43,14 @@ pub struct Args {
 fn parse_duration(s: &str) -> Result<Duration, String> {
     let (n, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
     let n: u64 = n.parse().map_err(|_| format!("{s:?}: expected a number and a unit, e.g. 30m"))?;
-    let secs = match unit {
-        "s" | "" => n,
-        "m" => n * 60,
-        "h" => n * 3600,
-        "d" => n * 86_400,
+    let scale = match unit {
+        "s" | "" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
         other => return Err(format!("{s:?}: unknown unit {other:?} (s, m, h or d)")),
     };
+    let secs = n.checked_mul(scale).ok_or_else(|| format!("{s:?} is too long"))?;
     if secs == 0 {
         return Err("the duration must be at least 1s".into());
     }
@@ -69,9 +70,21 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     } else {
         print_summary(&report, args.show);
     }
+    verdict(&report, &args.handler)
+}
+
+/// Passes only when something was replayed and every answer matched: an empty window (journal
+/// off, an unsampled handler, a `--since` too short) checked nothing and must not read as a pass.
+fn verdict(report: &Value, handler: &str) -> anyhow::Result<()> {
     let (different, errors) = (report["different"].as_u64(), report["candidate_errors"].as_u64());
     if different != Some(0) || errors != Some(0) {
         bail!("the candidate answers differently from what was recorded");
+    }
+    if report["replayed"].as_u64().unwrap_or(0) == 0 {
+        bail!(
+            "nothing was replayed: the journal holds no answered invocation of {handler} in the window \
+             (see JOURNAL_MODE and JOURNAL_SAMPLE_RATE, or widen --since), so nothing was checked"
+        );
     }
     Ok(())
 }
@@ -111,5 +124,16 @@ mod tests {
         assert!(parse_duration("0s").is_err());
         assert!(parse_duration("5w").is_err());
         assert!(parse_duration("h").is_err());
+        assert!(parse_duration("99999999999999999d").unwrap_err().contains("too long"));
+    }
+
+    #[test]
+    fn only_a_replay_that_checked_something_and_matched_passes() {
+        let report = |replayed: u64, different: u64, errors: u64| serde_json::json!({"replayed": replayed, "different": different, "candidate_errors": errors});
+        assert!(verdict(&report(10, 0, 0), "notifier").is_ok());
+        assert!(verdict(&report(10, 1, 0), "notifier").unwrap_err().to_string().contains("differently"));
+        assert!(verdict(&report(10, 0, 1), "notifier").is_err());
+        let empty = verdict(&report(0, 0, 0), "notifier").unwrap_err().to_string();
+        assert!(empty.contains("nothing was replayed"), "{empty}");
     }
 }

@@ -217,13 +217,15 @@ pub struct UploadParams {
     pub memory_limit_bytes: Option<u64>,
     /// `serve` (the default) swaps the upload in; `shadow` runs it beside the serving version on
     /// every event, comparing answers and applying none, until it is promoted or dropped (202
-    /// with the shadow's report).
+    /// with the shadow's report). A shadow takes the serving version's `events` and limits: the
+    /// three parameters above are refused with it.
     pub mode: Option<UploadMode>,
     /// Shadow only: promote the candidate by itself after this many comparisons within bounds.
     #[param(minimum = 1)]
     pub promote_after: Option<u64>,
     /// Shadow only: abort when more than this fraction of answers differ (0 to 1; below 20
-    /// comparisons the bound is taken of 20, so one early difference does not abort 0.05).
+    /// comparisons the bound is taken of 20, so one early difference does not abort 0.05; at
+    /// `promote_after` the rate itself must hold).
     #[param(minimum = 0.0, maximum = 1.0)]
     pub max_diff_rate: Option<f64>,
     /// Shadow only: abort when the candidate traps or hits a limit more often than this.
@@ -251,6 +253,14 @@ impl UploadParams {
                 return Err(invalid("promote_after, max_diff_rate and max_errors need mode=shadow".into()));
             }
             return Ok(None);
+        }
+        if self.events.is_some() || self.timeout_ms.is_some() || self.memory_limit_bytes.is_some() {
+            return Err(invalid(
+                "a shadow candidate runs with the serving version's events and limits, so that both \
+                 answer the same events under the same limits: events, timeout_ms and \
+                 memory_limit_bytes need mode=serve"
+                    .into(),
+            ));
         }
         if let Some(rate) = policy.max_diff_rate.filter(|r| !(0.0..=1.0).contains(r)) {
             return Err(invalid(format!("max_diff_rate must be between 0 and 1, not {rate}")));
@@ -296,6 +306,10 @@ pub async fn put_handler(
         );
         return Ok(refuse(Request::new(body), busy.into_response()).await);
     };
+    // Read before anything is checked: hyper closes a connection whose request body was left
+    // unread, and a client still sending the component would see a broken pipe instead of the
+    // 400 or 409 that explains it. The caller is authenticated and the read is bounded.
+    let bytes = read_upload(body, admin.max_upload_bytes).await?;
     let Query(params) =
         params.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", e.body_text()))?;
     check_upload_name(&name)?;
@@ -305,7 +319,7 @@ pub async fn put_handler(
         return Err(crate::shadow::ShadowError::NothingServing(name).into());
     }
     let spec = upload_spec(admin, &name, &params)?;
-    let handler = load_component(admin, &name, spec, body).await?;
+    let handler = load_component(admin, &name, spec, bytes).await?;
     let Some(policy) = policy else {
         let handler = admin.handlers.install(handler, Source::Upload);
         tracing::info!(handler = %handler.cause(), "handler uploaded and swapped in");
@@ -315,15 +329,21 @@ pub async fn put_handler(
     Ok((StatusCode::ACCEPTED, Json(super::shadow::shadow_view(&shadow))).into_response())
 }
 
-/// Reads, compiles and checks an uploaded component against the world, off the async threads;
-/// nothing changes yet. A component that does not fit is a 400 naming the problem.
+/// Compiles and checks an uploaded component against the world, off the async threads; nothing
+/// changes yet. A component that does not fit is a 400 naming the problem.
 pub(super) async fn load_component(
     admin: &Admin,
     name: &str,
     spec: HandlerSpec,
-    body: Body,
+    bytes: axum::body::Bytes,
 ) -> Result<LoadedHandler, ApiError> {
-    let bytes = read_component(body, admin.max_upload_bytes).await?;
+    if bytes.is_empty() {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_component",
+            "the body is empty: send the component bytes",
+        ));
+    }
     let manifest = spec.into_manifest(name, &format!("{name}.wasm (uploaded)"), None);
     let (runtime, overlay) = (admin.runtime.clone(), admin.overlay.clone());
     let loaded: anyhow::Result<LoadedHandler> =
@@ -344,23 +364,16 @@ fn check_upload_name(name: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// The component's bytes: at most `max` of them, and not none.
-async fn read_component(body: Body, max: usize) -> Result<axum::body::Bytes, ApiError> {
-    let bytes = axum::body::to_bytes(body, max).await.map_err(|_| {
+/// An upload's whole body, at most `max` bytes (413 above). Every route that takes a component
+/// reads it before it validates anything else, so a refusal reaches a client that is still sending.
+pub(super) async fn read_upload(body: Body, max: usize) -> Result<axum::body::Bytes, ApiError> {
+    axum::body::to_bytes(body, max).await.map_err(|_| {
         ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             "payload_too_large",
             format!("a component may be at most {max} bytes (HANDLER_UPLOAD_MAX_BYTES)"),
         )
-    })?;
-    if bytes.is_empty() {
-        return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_component",
-            "the body is empty: send the component bytes",
-        ));
-    }
-    Ok(bytes)
+    })
 }
 
 /// The serving version's spec (or the defaults for a new name), with the query's overrides.

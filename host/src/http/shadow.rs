@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
-use super::admin::{HandlerView, admin, load_component, view_of};
+use super::admin::{HandlerView, admin, load_component, read_upload, view_of};
 use super::{ApiError, AppState, ErrorBody};
 use crate::db::journal::{self, Invocation};
 use crate::dispatch::DbOrders;
@@ -215,11 +215,15 @@ pub async fn drop_shadow(
     Ok(Json(shadow_view(&shadow)))
 }
 
+/// The longest look back a replay takes: ten years, far past any journal retention, and small
+/// enough that Postgres's interval arithmetic never overflows (a 400 naming the bound instead).
+const MAX_SINCE_SECS: u64 = 315_360_000;
+
 #[derive(Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct ReplayParams {
-    /// How far back in the journal, in seconds (default 86400: a day).
-    #[param(minimum = 1)]
+    /// How far back in the journal, in seconds (default 86400: a day; at most 315360000).
+    #[param(minimum = 1, maximum = 315360000)]
     pub since_secs: Option<u64>,
     /// Most invocations replayed, oldest first (default 1000, at most 10000).
     #[param(minimum = 1, maximum = 10000)]
@@ -280,21 +284,22 @@ pub async fn replay(
     body: Body,
 ) -> Result<Json<ReplayView>, ApiError> {
     let admin = admin(&state);
+    let bytes = read_upload(body, admin.max_upload_bytes).await?;
     let Query(params) =
         params.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", e.body_text()))?;
     let limit = params.limit.unwrap_or(1000);
-    if !(1..=10_000).contains(&limit) || params.since_secs == Some(0) {
+    if !(1..=10_000).contains(&limit) || !(1..=MAX_SINCE_SECS).contains(&params.since_secs.unwrap_or(1)) {
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
             "invalid_query",
-            "limit must be 1 to 10000 and since_secs at least 1",
+            format!("limit must be 1 to 10000 and since_secs 1 to {MAX_SINCE_SECS}"),
         ));
     }
     let serving = admin
         .handlers
         .current_of(&name)
         .ok_or_else(|| ApiError::not_found("handler_not_found", format!("no handler {name:?} is serving")))?;
-    let candidate = load_component(admin, &name, serving.manifest.spec.clone(), body).await?;
+    let candidate = load_component(admin, &name, serving.manifest.spec.clone(), bytes).await?;
     let since = Duration::from_secs(params.since_secs.unwrap_or(86_400));
     let recorded = journal::answered_by(&state.pool, &name, since, limit).await?;
     let mut view = ReplayView {

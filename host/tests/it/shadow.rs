@@ -195,6 +195,81 @@ async fn a_trapping_candidate_never_touches_the_serving_path() {
     t.host.shutdown().await.unwrap();
 }
 
+/// A shadow is compared against the version it was started beside and no other: a new serving
+/// version (here a hotfix uploaded meanwhile) aborts it, so its counts never mix two versions and
+/// its policy never promotes it over the hotfix.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shadow_is_aborted_when_the_version_it_shadows_stops_serving() {
+    let (t, _dir) = start(&[]).await;
+    let notifier = component("handlers", "notifier");
+    let path = "/admin/handlers/notifier?mode=shadow&promote_after=3&max_diff_rate=0";
+    let (code, started) =
+        admin(&t, reqwest::Method::PUT, path, Some(versioned(&notifier, "candidate"))).await;
+    assert_eq!((code, started["state"].as_str()), (202, Some("running")), "{started}");
+
+    let hotfix = versioned(&notifier, "hotfix");
+    let hotfix_sha = host::runtime::sha256_hex(&hotfix);
+    let (code, body) = admin(&t, reqwest::Method::PUT, "/admin/handlers/notifier", Some(hotfix)).await;
+    assert_eq!(code, 200, "{body}");
+    let report = shadow(&t).await;
+    assert_eq!(report["state"], "aborted", "superseded as soon as it is read: {report}");
+    assert!(report["reason"].as_str().unwrap().contains("stopped serving"), "{report}");
+
+    // Orders flow on the hotfix; the aborted candidate is neither compared nor promoted.
+    let id = place(&t, "hotfix@metalbear.com").await;
+    until_status(&t, &id, "shipped").await;
+    four_notifications(&t, &id).await;
+    let after = shadow(&t).await;
+    assert_eq!((after["state"].as_str(), after["compared"].as_u64()), (Some("aborted"), Some(0)), "{after}");
+    let (_, list) = admin(&t, reqwest::Method::GET, "/admin/handlers", None).await;
+    let serving = list.as_array().unwrap().iter().find(|h| h["name"] == "notifier").unwrap();
+    assert_eq!(serving["current"]["version"], hotfix_sha, "the hotfix still serves: {serving}");
+    let (code, body) =
+        admin(&t, reqwest::Method::POST, "/admin/handlers/notifier/shadow/promote", None).await;
+    assert_eq!((code, body["error"]["code"].as_str()), (409, Some("shadow_not_running")), "{body}");
+    t.host.shutdown().await.unwrap();
+}
+
+/// A refused upload is answered even while the client is still sending a large body. The upload
+/// routes used to answer a bad query or a missing serving version before reading the body, and
+/// hyper then closed the connection under the client: it saw a broken pipe, not the refusal (CI
+/// caught it once as a flake with the small panicker; 4 MiB outgrows any socket buffer, so here it
+/// is certain).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_upload_is_answered_while_its_body_is_still_being_sent() {
+    let (t, _dir) = start(&[]).await;
+    let large = || Some(vec![0u8; 4 << 20]);
+    let refusals = [
+        (reqwest::Method::PUT, "/admin/handlers/notifier?promote_after=3", 400, "invalid_query"),
+        (reqwest::Method::PUT, "/admin/handlers/nobody?mode=shadow", 409, "nothing_serving"),
+        (reqwest::Method::PUT, "/admin/handlers/notifier?timeout_ms=soon", 400, "invalid_query"),
+        (reqwest::Method::PUT, "/admin/handlers/notifier?mode=shadow&timeout_ms=50", 400, "invalid_query"),
+        (
+            reqwest::Method::PUT,
+            "/admin/handlers/notifier?mode=shadow&events=order-created",
+            400,
+            "invalid_query",
+        ),
+        (reqwest::Method::PUT, "/admin/handlers/bad.name", 400, "invalid_name"),
+        (reqwest::Method::POST, "/admin/handlers/notifier/replay?limit=0", 400, "invalid_query"),
+        (
+            reqwest::Method::POST,
+            "/admin/handlers/notifier/replay?since_secs=99999999999",
+            400,
+            "invalid_query",
+        ),
+        (reqwest::Method::POST, "/admin/handlers/nobody/replay", 404, "handler_not_found"),
+        (reqwest::Method::PUT, "/admin/handlers/notifier", 400, "invalid_component"),
+    ];
+    for (method, path, status, code) in refusals {
+        let (got, body) = admin(&t, method.clone(), path, large()).await;
+        assert_eq!((got, body["error"]["code"].as_str()), (status, Some(code)), "{method} {path}: {body}");
+    }
+    let (code, body) = admin(&t, reqwest::Method::GET, "/admin/handlers/notifier/shadow", None).await;
+    assert_eq!(code, 404, "no refusal started a shadow: {body}");
+    t.host.shutdown().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_journal_shows_what_each_handler_saw_and_replay_reports_exactly_the_changed_answers() {
     let (t, _dir) = start(&[("JOURNAL_MODE", "all")]).await;
