@@ -1,7 +1,7 @@
 // Drives the storefront like a customer, in headless Chromium: add two products, check out,
 // follow the tracking link and watch the status bar move live to `shipped`, then screenshot it.
 // Usage: node storefront.mjs BASE_URL SCREENSHOT_PATH. Prints one JSON line with what it saw;
-// exits non-zero (with the reason on stderr) when any step fails. Run by host/tests/browser.rs.
+// exits non-zero (with the reason on stderr) when any step fails. Run by host/tests/it/browser.rs.
 import { launch } from "./launch.mjs";
 
 const [base, screenshot] = process.argv.slice(2);

@@ -1042,7 +1042,8 @@ async fn a_refused_status_change_rolls_back_the_whole_answer_and_is_dead_lettere
     let (code, cancelled) = t.put(&format!("/api/orders/{id}/status"), &json!({"status": "cancelled"})).await;
     assert_eq!(code, 200, "{cancelled}");
 
-    // The mover moves every new order to processing at once and notifies the customer.
+    // The mover notifies the customer, moves every new order to processing at once, and
+    // notifies again: the refused change must take both notifications with it.
     let mover = handlers_dir(&[("fixtures", "mover", &["order-created"])]);
     fill_dir(mover.path(), live.path());
     let dead =
@@ -1054,7 +1055,10 @@ async fn a_refused_status_change_rolls_back_the_whole_answer_and_is_dead_lettere
         ("mover", "refused-transition")
     );
     assert!(dead[0].headers["x-dlq-error"].contains("cancelled"), "{:?}", dead[0].headers);
-    assert!(notifications(&t, &id).await.is_empty(), "the answer's other action was rolled back");
+    assert!(
+        notifications(&t, &id).await.is_empty(),
+        "the actions before and after the refused change were rolled back"
+    );
     assert_eq!(status_of(&t, &id).await, "cancelled");
     assert_eq!(t.count("dead_letters WHERE class = 'refused-transition' AND state = 'open'").await, 1);
     t.host.shutdown().await.unwrap();
