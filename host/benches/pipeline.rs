@@ -83,6 +83,13 @@ fn main() -> anyhow::Result<()> {
     result
 }
 
+/// The dispatcher's fetch wait on the embedded broker. The benches reach it by address, not as
+/// `KAFKA_BROKERS=embedded`, so they set what that mode gets (`EMBEDDED_FETCH_WAIT_MS`) unless
+/// `BENCH_FETCH_WAIT_MS` says otherwise (500 measures the client's default against it).
+fn fetch_wait() -> String {
+    std::env::var("BENCH_FETCH_WAIT_MS").unwrap_or_else(|_| host::config::EMBEDDED_FETCH_WAIT_MS.to_string())
+}
+
 fn config(vars: &[(&str, &str)]) -> anyhow::Result<Config> {
     Config::from_lookup(|k| vars.iter().find(|(n, _)| *n == k).map(|(_, v)| v.to_string()))
 }
@@ -90,11 +97,12 @@ fn config(vars: &[(&str, &str)]) -> anyhow::Result<Config> {
 async fn run_demo(pg: &LocalPostgres, root: &std::path::Path) -> anyhow::Result<()> {
     let broker = EmbeddedBroker::start(&["order.created", "order.status-updated", "order.dead-letter"], 3)?;
     let handlers = root.join("target/handlers").display().to_string();
-    let url = pg.url("postgres");
+    let (url, fetch_wait) = (pg.url("postgres"), fetch_wait());
     let vars = [
         ("HTTP_ADDR", "127.0.0.1:0"),
         ("DATABASE_URL", url.as_str()),
         ("KAFKA_BROKERS", broker.bootstrap_servers()),
+        ("KAFKA_FETCH_WAIT_MS", fetch_wait.as_str()),
         ("HANDLERS_DIR", handlers.as_str()),
         ("DEMO_MODE", "true"),
     ];
@@ -404,6 +412,7 @@ async fn run_throughput(
 struct Round {
     url: String,
     brokers: String,
+    fetch_wait: String,
     created: String,
     status: String,
     dead: String,
@@ -427,6 +436,7 @@ impl Round {
         Ok(Round {
             url: pg.url(&db),
             brokers: broker.bootstrap_servers().to_string(),
+            fetch_wait: fetch_wait(),
             created: format!("{prefix}{i}.created"),
             status: format!("{prefix}{i}.status"),
             dead: format!("{prefix}{i}.dead"),
@@ -434,11 +444,12 @@ impl Round {
     }
 
     /// The host's settings every process of the round shares.
-    fn vars(&self) -> [(&str, &str); 8] {
+    fn vars(&self) -> [(&str, &str); 9] {
         [
             ("HTTP_ADDR", "127.0.0.1:0"),
             ("DATABASE_URL", &self.url),
             ("KAFKA_BROKERS", &self.brokers),
+            ("KAFKA_FETCH_WAIT_MS", &self.fetch_wait),
             ("KAFKA_TOPIC", &self.created),
             ("KAFKA_STATUS_TOPIC", &self.status),
             ("ORDER_CREATED_TOPIC", &self.created),

@@ -237,7 +237,21 @@ pub struct KafkaConfig {
     pub created_topic: String,
     /// `KAFKA_STATUS_TOPIC`: status-updated events are consumed from here.
     pub status_topic: String,
+    /// `KAFKA_FETCH_WAIT_MS`: how long the broker may hold the dispatcher's fetch when no record
+    /// is there yet (the Kafka client's `fetch.wait.max.ms`). A real broker answers as soon as a
+    /// record arrives, so the value only sets how often an idle consumer asks: the client's
+    /// default, 500 ms. The embedded broker (the Kafka client's mock cluster) holds an empty fetch
+    /// for the whole wait and is not woken by a new record, so every hop of an order through it
+    /// would cost up to the wait: `KAFKA_BROKERS=embedded` defaults to `EMBEDDED_FETCH_WAIT_MS`.
+    pub fetch_wait: Duration,
 }
+
+/// The fetch wait for the embedded broker (see `KafkaConfig::fetch_wait`): short enough that a
+/// hop costs about what it costs on a real broker, long enough that an idle host asks the
+/// in-process broker 100 times a second per partition leader, not in a spin.
+pub const EMBEDDED_FETCH_WAIT_MS: u64 = 10;
+/// The Kafka client's default `fetch.wait.max.ms`, kept for real brokers.
+pub const BROKER_FETCH_WAIT_MS: u64 = 500;
 
 /// The value of `KAFKA_BROKERS` that starts the in-process development broker.
 pub const EMBEDDED_BROKERS: &str = "embedded";
@@ -317,6 +331,16 @@ impl Config {
             })?,
             database_url: lookup("DATABASE_URL").filter(|v| !v.trim().is_empty()).map(DatabaseUrl::new),
             kafka: KafkaConfig {
+                fetch_wait: {
+                    let embedded = text("KAFKA_BROKERS", "") == EMBEDDED_BROKERS;
+                    let default = if embedded { EMBEDDED_FETCH_WAIT_MS } else { BROKER_FETCH_WAIT_MS };
+                    parse(&lookup, "KAFKA_FETCH_WAIT_MS", Duration::from_millis(default), |v| {
+                        let ms: u64 = v.parse()?;
+                        // The Kafka client's own bounds for fetch.wait.max.ms.
+                        anyhow::ensure!((1..=300_000).contains(&ms), "must be between 1 and 300000");
+                        Ok(Duration::from_millis(ms))
+                    })?
+                },
                 brokers: text("KAFKA_BROKERS", "localhost:9092"),
                 group_id: text("KAFKA_GROUP_ID", "order-processor"),
                 created_topic: text("KAFKA_TOPIC", "order.created"),
@@ -473,6 +497,20 @@ mod tests {
             (c.runtime.pool_size, c.runtime.max_memory_bytes, c.runtime.epoch_tick, &c.runtime.cache_dir),
             (d.pool_size, d.max_memory_bytes, d.epoch_tick, &d.cache_dir)
         );
+    }
+
+    #[test]
+    fn the_embedded_broker_gets_a_short_fetch_wait_and_real_brokers_the_clients_default() {
+        let wait = |pairs: &[(&str, &str)]| config(pairs).map(|c| c.kafka.fetch_wait.as_millis());
+        assert_eq!(wait(&[]).unwrap(), 500);
+        assert_eq!(wait(&[("KAFKA_BROKERS", "kafka:9092")]).unwrap(), 500);
+        assert_eq!(wait(&[("KAFKA_BROKERS", "embedded")]).unwrap(), 10);
+        assert_eq!(wait(&[("KAFKA_BROKERS", "embedded"), ("KAFKA_FETCH_WAIT_MS", "250")]).unwrap(), 250);
+        assert_eq!(wait(&[("KAFKA_FETCH_WAIT_MS", "50")]).unwrap(), 50);
+        for bad in ["0", "300001", "soon", "-5"] {
+            let e = format!("{:#}", wait(&[("KAFKA_FETCH_WAIT_MS", bad)]).unwrap_err());
+            assert!(e.contains("KAFKA_FETCH_WAIT_MS"), "{bad}: {e}");
+        }
     }
 
     #[test]

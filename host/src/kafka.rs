@@ -15,6 +15,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
 use rdkafka::statistics::Statistics;
 use rdkafka::{ClientConfig, ClientContext, Offset, TopicPartitionList};
 
+use crate::config::KafkaConfig;
 use crate::events::Record;
 use crate::metrics::Metrics;
 
@@ -276,18 +277,18 @@ pub struct Consumer {
 }
 
 impl Consumer {
-    /// Joins `group_id` on `topics`. The settings mirrord's queue splitting relies on: earliest
-    /// offsets for a new group, the default assignment strategy, no static membership.
+    /// Joins the configured group on the two consumed topics at `brokers` (the configured ones,
+    /// or the embedded broker's address). The settings mirrord's queue splitting relies on:
+    /// earliest offsets for a new group, the default assignment strategy, no static membership.
     pub fn new(
         brokers: &str,
-        group_id: &str,
-        topics: &[&str],
+        config: &KafkaConfig,
         metrics: Arc<Metrics>,
         on_revoke: OnRevoke,
     ) -> anyhow::Result<Consumer> {
         let inner: StreamConsumer<DispatchContext> = ClientConfig::new()
             .set("bootstrap.servers", brokers)
-            .set("group.id", group_id)
+            .set("group.id", &config.group_id)
             .set("client.id", "order-host-dispatcher")
             .set("auto.offset.reset", "earliest")
             .set("enable.auto.commit", "true")
@@ -297,10 +298,13 @@ impl Consumer {
             // 60 s were tried: against tansu, which re-assigns a killed member that has not yet
             // timed out, a host killed and restarted at once then found half its partitions
             // held by its dead predecessor for longer than the fault test waits.
+            .set("fetch.wait.max.ms", config.fetch_wait.as_millis().to_string())
             .set("statistics.interval.ms", STATS_INTERVAL_MS)
             .create_with_context(DispatchContext { on_revoke, metrics, revoked_at: Default::default() })
             .context("creating the Kafka consumer")?;
-        inner.subscribe(topics).context("subscribing to the consumed topics")?;
+        inner
+            .subscribe(&[&config.created_topic, &config.status_topic])
+            .context("subscribing to the consumed topics")?;
         Ok(Consumer { inner })
     }
 

@@ -99,12 +99,10 @@ impl Host {
         // The journal's writer stops with the relay, after the dispatcher has stopped recording.
         let journal_writer = journal_writer
             .map(|writer| parts.supervisor.spawn("journal writer", relay_shutdown_rx.clone(), writer));
-        let k = &config.kafka;
         let backlog = parts.backlog.clone();
         let consumer = Consumer::new(
             brokers,
-            &k.group_id,
-            &[&k.created_topic, &k.status_topic],
+            &config.kafka,
             parts.metrics.clone(),
             Box::new(move |revoked| backlog.revoke(revoked)),
         )?;
