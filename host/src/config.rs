@@ -244,6 +244,12 @@ pub struct KafkaConfig {
     /// for the whole wait and is not woken by a new record, so every hop of an order through it
     /// would cost up to the wait: `KAFKA_BROKERS=embedded` defaults to `EMBEDDED_FETCH_WAIT_MS`.
     pub fetch_wait: Duration,
+    /// `KAFKA_PRODUCER_BATCH_RECORDS`: most records the relay's producer puts in one batch
+    /// (`batch.num.messages`; the client's default, 10000). `1` gives every record a batch of its
+    /// own, for a broker that answers a fetch starting inside a batch with the batch after it
+    /// (tansu 0.6's memory and object-store engine does): a consumer resuming at a committed
+    /// offset inside a batch would otherwise never see the rest of that batch.
+    pub producer_batch_records: u32,
 }
 
 /// The fetch wait for the embedded broker (see `KafkaConfig::fetch_wait`): short enough that a
@@ -341,6 +347,12 @@ impl Config {
                         Ok(Duration::from_millis(ms))
                     })?
                 },
+                producer_batch_records: parse(&lookup, "KAFKA_PRODUCER_BATCH_RECORDS", 10_000, |v| {
+                    let n: u32 = v.parse()?;
+                    // The Kafka client's own bounds for batch.num.messages.
+                    anyhow::ensure!((1..=1_000_000).contains(&n), "must be between 1 and 1000000");
+                    Ok(n)
+                })?,
                 brokers: text("KAFKA_BROKERS", "localhost:9092"),
                 group_id: text("KAFKA_GROUP_ID", "order-processor"),
                 created_topic: text("KAFKA_TOPIC", "order.created"),
@@ -511,6 +523,11 @@ mod tests {
             let e = format!("{:#}", wait(&[("KAFKA_FETCH_WAIT_MS", bad)]).unwrap_err());
             assert!(e.contains("KAFKA_FETCH_WAIT_MS"), "{bad}: {e}");
         }
+        let batch =
+            |v: &str| config(&[("KAFKA_PRODUCER_BATCH_RECORDS", v)]).map(|c| c.kafka.producer_batch_records);
+        assert_eq!(config(&[]).unwrap().kafka.producer_batch_records, 10_000);
+        assert_eq!(batch("1").unwrap(), 1);
+        assert!(batch("0").is_err() && batch("1000001").is_err() && batch("many").is_err());
     }
 
     #[test]

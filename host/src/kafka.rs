@@ -68,8 +68,9 @@ impl PublishError {
 impl Producer {
     /// `message_timeout` bounds how long librdkafka keeps retrying one record (for example while
     /// the brokers are unreachable) before reporting it failed; the outbox row then stays
-    /// unpublished and the relay tries again later.
-    pub fn new(brokers: &str, message_timeout: Duration) -> anyhow::Result<Producer> {
+    /// unpublished and the relay tries again later. `batch_records` caps a batch
+    /// (`KafkaConfig::producer_batch_records`).
+    pub fn new(brokers: &str, message_timeout: Duration, batch_records: u32) -> anyhow::Result<Producer> {
         let mut config = ClientConfig::new();
         config
             .set("bootstrap.servers", brokers)
@@ -79,7 +80,8 @@ impl Producer {
             .set("acks", "all")
             .set("message.timeout.ms", message_timeout.as_millis().to_string())
             // Records are batched by the relay already; a short linger keeps publish latency low.
-            .set("linger.ms", "5");
+            .set("linger.ms", "5")
+            .set("batch.num.messages", batch_records.to_string());
         let inner = config.create().context("creating the Kafka producer")?;
         Ok(Producer { config, inner: std::sync::RwLock::new(inner) })
     }

@@ -71,7 +71,8 @@ impl Host {
         let dispatch_pool = db::pool(url, config.pools.dispatch).await?;
         let embedded = start_embedded_broker(config)?;
         let brokers = embedded.as_ref().map_or(config.kafka.brokers.as_str(), |b| b.bootstrap_servers());
-        let producer = Arc::new(Producer::new(brokers, PRODUCE_TIMEOUT)?);
+        let producer =
+            Arc::new(Producer::new(brokers, PRODUCE_TIMEOUT, config.kafka.producer_batch_records)?);
         let (runtime, handlers) = load_handlers(config).await?;
 
         let (shutdown, shutdown_rx) = watch::channel(false);

@@ -25,7 +25,7 @@ async fn the_host_binary_ships_an_order_through_a_separate_tansu_broker() {
         &brokers,
         port,
         &log,
-        &[("OTEL_EXPORTER_OTLP_ENDPOINT", collector.as_str())],
+        &[("OTEL_EXPORTER_OTLP_ENDPOINT", collector.as_str()), ON_TANSU],
     );
     wait_ready(&http, &base).await;
 
@@ -142,7 +142,7 @@ async fn faults_one_after_another_lose_nothing_and_apply_nothing_twice() {
     let live = tempfile::tempdir().unwrap();
     let logs = tempfile::tempdir().unwrap();
     let live_dir = live.path().to_str().unwrap().to_string();
-    let env = [("HANDLERS_DIR", live_dir.as_str()), ("HANDLERS_RESCAN_SECS", "1")];
+    let env = [("HANDLERS_DIR", live_dir.as_str()), ("HANDLERS_RESCAN_SECS", "1"), ON_TANSU];
     let mut host =
         start_host_logging_json(&database_url, &brokers, port, &logs.path().join("first.log"), &env);
     let ready = || async {
@@ -298,6 +298,7 @@ async fn a_malformed_handler_and_a_poison_outbox_row_hold_back_nothing_else() {
         ("ADMIN_TOKEN", "secret"),
         ("DISPATCH_MAX_ATTEMPTS", "2"),
         ("DISPATCH_RETRY_BASE_MS", "20"),
+        ON_TANSU,
     ];
     let _host = start_host_logging_json(&database_url, &brokers, port, &logs.path().join("host.log"), &env);
     wait_ready(&http, &base).await;

@@ -24,4 +24,5 @@ mod runtime;
 mod scaffold;
 mod shadow;
 mod swap;
+mod tansu_probe;
 mod traces;

@@ -134,8 +134,15 @@ pub fn tansu_bin() -> PathBuf {
     )
 }
 
+/// What every host started against tansu needs. tansu 0.6's memory engine answers a fetch that
+/// starts inside a batch with the batch after it
+/// (`tansu_probe::a_fetch_from_inside_a_batch_starts_at_that_offset`), so a host resuming at a
+/// committed offset inside a batch, after a restart or a rebalance, would never see the rest of
+/// that batch. With one record per batch there is no inside.
+pub const ON_TANSU: (&str, &str) = ("KAFKA_PRODUCER_BATCH_RECORDS", "1");
+
 /// A tansu broker in its own process (in-memory storage) with `topics` of 3 partitions; returns
-/// it and its bootstrap address.
+/// it and its bootstrap address. Hosts against it take [`ON_TANSU`].
 pub async fn start_tansu(topics: &[&str]) -> (Process, String) {
     let bin = tansu_bin();
     let port = free_port();
