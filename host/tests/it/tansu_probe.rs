@@ -68,13 +68,7 @@ async fn a_consumer_reading_along_gets_every_record_three_concurrent_producers_w
 /// Sends this producer's records over 40 keys (so every partition gets all three producers'
 /// batches), `WINDOW` in flight; returns each acknowledged record's (partition, offset).
 async fn produce(brokers: String, producer: usize) -> Offsets {
-    let client: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", &brokers)
-        .set("enable.idempotence", "true")
-        .set("acks", "all")
-        .set("linger.ms", "5")
-        .create()
-        .expect("probe producer");
+    let client = producer(&brokers, 5);
     let mut acknowledged = Offsets::new();
     let mut in_flight = futures_util::stream::FuturesUnordered::new();
     for seq in 0..PER_PRODUCER {
@@ -103,6 +97,17 @@ where
     use futures_util::StreamExt as _;
     let d = in_flight.next().await.expect("a send in flight").expect("record acknowledged");
     (d.partition, d.offset)
+}
+
+/// An idempotent producer with `acks=all`, as the host's relay is.
+fn producer(brokers: &str, linger_ms: u32) -> FutureProducer {
+    ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("linger.ms", linger_ms.to_string())
+        .create()
+        .expect("probe producer")
 }
 
 /// Reads the topic from the start in a fresh group until nothing new arrives for `idle`.
@@ -134,13 +139,8 @@ async fn a_fetch_from_inside_a_batch_starts_at_that_offset() {
     const BATCHES: i64 = 6;
     const PER_BATCH: i64 = 10;
     let (_tansu, brokers) = start_tansu(&[TOPIC]).await;
-    let client: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", &brokers)
-        .set("enable.idempotence", "true")
-        .set("acks", "all")
-        .set("linger.ms", "50")
-        .create()
-        .expect("probe producer");
+    // A linger far longer than it takes to send ten records: each ten go out as one batch.
+    let client = producer(&brokers, 50);
     for batch in 0..BATCHES {
         let sends: Vec<_> = (0..PER_BATCH)
             .map(|i| {
