@@ -67,12 +67,12 @@ async fn a_consumer_reading_along_gets_every_record_three_concurrent_producers_w
 
 /// Sends this producer's records over 40 keys (so every partition gets all three producers'
 /// batches), `WINDOW` in flight; returns each acknowledged record's (partition, offset).
-async fn produce(brokers: String, producer: usize) -> Offsets {
+async fn produce(brokers: String, who: usize) -> Offsets {
     let client = producer(&brokers, 5);
     let mut acknowledged = Offsets::new();
     let mut in_flight = futures_util::stream::FuturesUnordered::new();
     for seq in 0..PER_PRODUCER {
-        let (key, value) = (format!("key-{}", seq % 40), format!("{producer}-{seq}"));
+        let (key, value) = (format!("key-{}", seq % 40), format!("{who}-{seq}"));
         let client = client.clone();
         in_flight.push(async move {
             let record = FutureRecord::to(TOPIC).key(&key).payload(&value);
