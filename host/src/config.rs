@@ -331,6 +331,8 @@ impl Config {
                 .filter(|v| !v.is_empty())
                 .unwrap_or_else(|| default.into())
         };
+        // Read once: it also picks the fetch wait's default.
+        let brokers = text("KAFKA_BROKERS", "localhost:9092");
         Ok(Config {
             http_addr: parse(&lookup, "HTTP_ADDR", SocketAddr::from(([0, 0, 0, 0], 8080)), |v| {
                 Ok(v.parse()?)
@@ -338,8 +340,11 @@ impl Config {
             database_url: lookup("DATABASE_URL").filter(|v| !v.trim().is_empty()).map(DatabaseUrl::new),
             kafka: KafkaConfig {
                 fetch_wait: {
-                    let embedded = text("KAFKA_BROKERS", "") == EMBEDDED_BROKERS;
-                    let default = if embedded { EMBEDDED_FETCH_WAIT_MS } else { BROKER_FETCH_WAIT_MS };
+                    let default = if brokers == EMBEDDED_BROKERS {
+                        EMBEDDED_FETCH_WAIT_MS
+                    } else {
+                        BROKER_FETCH_WAIT_MS
+                    };
                     parse(&lookup, "KAFKA_FETCH_WAIT_MS", Duration::from_millis(default), |v| {
                         let ms: u64 = v.parse()?;
                         // The Kafka client's own bounds for fetch.wait.max.ms.
@@ -353,7 +358,7 @@ impl Config {
                     anyhow::ensure!((1..=1_000_000).contains(&n), "must be between 1 and 1000000");
                     Ok(n)
                 })?,
-                brokers: text("KAFKA_BROKERS", "localhost:9092"),
+                brokers,
                 group_id: text("KAFKA_GROUP_ID", "order-processor"),
                 created_topic: text("KAFKA_TOPIC", "order.created"),
                 status_topic: text("KAFKA_STATUS_TOPIC", "order.status-updated"),

@@ -26,7 +26,9 @@ use uuid::Uuid;
 use crate::handler_set::{HandlerSet, Source};
 use crate::journal::Answer;
 use crate::metrics::Metrics;
-use crate::runtime::{DispatchError, Event, InvocationStats, Invoke, LoadedHandler, OrderSource, wit};
+use crate::runtime::{
+    DispatchError, Event, InvocationStats, Invoke, LoadedHandler, OrderSource, short_version, wit,
+};
 
 /// Shadow invocations running at once across all candidates; beyond it a comparison is skipped
 /// (and counted) rather than queued, so a slow candidate never builds a backlog behind the
@@ -247,11 +249,6 @@ impl Tally {
     }
 }
 
-/// A version's first 12 hex digits, as `LoadedHandler::short_version` shows it.
-fn short(version: &str) -> &str {
-    version.get(..12).unwrap_or(version)
-}
-
 fn push_bounded<T>(q: &mut VecDeque<T>, item: T, max: usize) {
     if q.len() == max {
         q.pop_front();
@@ -321,11 +318,16 @@ impl ShadowSet {
     /// The running shadow of `name`, or the last one that ended. A running shadow whose serving
     /// version has been replaced is aborted here, so every reader sees it ended.
     pub fn get(&self, name: &str) -> Option<Arc<Shadow>> {
-        let shadow = self.lock().get(name).cloned()?;
+        let shadow = self.stored(name)?;
         if shadow.is_running() {
             self.abort_if_superseded(&shadow);
         }
         Some(shadow)
+    }
+
+    /// As stored, without the superseded check.
+    fn stored(&self, name: &str) -> Option<Arc<Shadow>> {
+        self.lock().get(name).cloned()
     }
 
     fn running(&self, name: &str) -> Option<Arc<Shadow>> {
@@ -388,8 +390,8 @@ impl ShadowSet {
         let reason = format!(
             "the version it was compared against ({}) stopped serving (now {}); start a new shadow \
              against the version that serves",
-            short(&shadow.against),
-            now.as_deref().map_or("none", short),
+            short_version(&shadow.against),
+            now.as_deref().map_or("none", short_version),
         );
         if self.end(shadow, Phase::Aborted { at: Utc::now(), reason: reason.clone() }) {
             tracing::warn!(handler = %name, candidate = %shadow.candidate.short_version(), %reason,
@@ -410,10 +412,13 @@ impl ShadowSet {
         took: Duration,
         orders: Arc<dyn OrderSource>,
     ) {
-        let Some(shadow) = self.running(&serving.name) else { return };
-        // An event still in flight on a version that no longer serves, or not yet on the one
-        // that does: not the version this candidate is compared against.
+        // The event's serving version says whether the shadow may be superseded, so the common
+        // case costs no look-up of what serves now (this runs for every event).
+        let Some(shadow) = self.stored(&serving.name).filter(|s| s.is_running()) else { return };
         if serving.version != shadow.against {
+            // Either a newer version serves (the shadow ends) or this event was in flight on an
+            // older one: not the version this candidate is compared against, either way.
+            self.abort_if_superseded(&shadow);
             return;
         }
         // The serving side did not decide (the host failed it): nothing to compare with.

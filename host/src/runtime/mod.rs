@@ -95,10 +95,15 @@ pub struct LoadedHandler {
     pre: wit::OrderHandlerPre<StoreState>,
 }
 
+/// The first 12 hex digits of a version (sha256), as causes and logs show it.
+pub fn short_version(version: &str) -> &str {
+    version.get(..12).unwrap_or(version)
+}
+
 impl LoadedHandler {
     /// First 12 hex digits of the version, as used in causes and logs.
     pub fn short_version(&self) -> &str {
-        &self.version[..12]
+        short_version(&self.version)
     }
 
     /// `handler:<name>@<short sha>`: recorded with everything this handler causes.
