@@ -56,15 +56,10 @@ fn main() -> anyhow::Result<()> {
         if throughput {
             run_throughput(&pg, &root, "Postgres without fsync, as in development", &MODES).await?;
             // Where commits are real, one commit per application costs a WAL flush each.
-            let dir =
-                std::env::temp_dir().join(format!("order-host-bench-durable-pg-{}", std::process::id()));
-            let durable = LocalPostgres::start_with(&dir, Durability::Durable)?;
-            let result =
-                run_throughput(&durable, &root, "durable Postgres: fsync and synchronous_commit on", &MODES)
-                    .await;
-            drop(durable);
-            let _ = std::fs::remove_dir_all(&dir);
-            result?;
+            // `BENCH_DURABLE=0` skips this half (for profiling one configuration).
+            if !std::env::var("BENCH_DURABLE").is_ok_and(|v| v == "0") {
+                run_durable(&root).await?;
+            }
         }
         if shadow {
             run_throughput(&pg, &root, "a shadow of each handler on every event, and none", &SHADOW_MODES)
@@ -79,6 +74,17 @@ fn main() -> anyhow::Result<()> {
         anyhow::Ok(())
     });
     drop(pg);
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}
+
+/// The throughput drain on a Postgres of its own with fsync and `synchronous_commit` on.
+async fn run_durable(root: &std::path::Path) -> anyhow::Result<()> {
+    let dir = std::env::temp_dir().join(format!("order-host-bench-durable-pg-{}", std::process::id()));
+    let durable = LocalPostgres::start_with(&dir, Durability::Durable)?;
+    let result =
+        run_throughput(&durable, root, "durable Postgres: fsync and synchronous_commit on", &MODES).await;
+    drop(durable);
     let _ = std::fs::remove_dir_all(&dir);
     result
 }
@@ -310,8 +316,15 @@ async fn run_throughput(
     modes: &[Mode],
 ) -> anyhow::Result<()> {
     println!("pipeline throughput, {label}");
+    // `BENCH_MODES=wasm` (a comma-separated list of name fragments) keeps only the matching
+    // configurations: for profiling one of them under `perf record`.
+    let wanted = std::env::var("BENCH_MODES").ok();
+    let modes: Vec<&Mode> = modes
+        .iter()
+        .filter(|m| wanted.as_deref().is_none_or(|w| w.split(',').any(|f| m.name.contains(f.trim()))))
+        .collect();
     // Rounds interleave the modes so drift on a noisy machine hits them alike.
-    let runs: Vec<&Mode> = (0..ROUNDS).flat_map(|_| modes.iter()).collect();
+    let runs: Vec<&Mode> = (0..ROUNDS).flat_map(|_| modes.iter().copied()).collect();
     let topics = Round::topics("r", runs.len());
     let names: Vec<&str> = topics.iter().map(String::as_str).collect();
     let broker = EmbeddedBroker::start(&names, 3)?;
@@ -417,7 +430,7 @@ async fn run_throughput(
     println!(
         "pipeline throughput ({label}; {BACKLOG} orders backlogged, no stage delays, order-processor + notifier, median of {ROUNDS} interleaved rounds)"
     );
-    for mode in modes {
+    for mode in &modes {
         let r = median(mode.name);
         let secs = r.window.as_secs_f64();
         println!(

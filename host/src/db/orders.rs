@@ -329,7 +329,8 @@ pub async fn get(pool: &PgPool, id: Uuid) -> sqlx::Result<Option<Order>> {
 }
 
 /// What an event's handlers start from: the order (if it exists) and which of `handlers`
-/// already settled `event_id`, read together.
+/// already settled `event_id`, read together. One event's read (a retry's, or any with
+/// `DISPATCH_BATCH_MAX = 1`); first tries read many events at once ([`for_events`]).
 pub async fn for_event(
     pool: &PgPool,
     id: Uuid,
@@ -359,6 +360,85 @@ pub async fn for_event(
     Ok((with_items(&mut conn, Some(order)).await?, settled))
 }
 
+/// One event whose snapshot [`for_events`] reads.
+pub struct EventRef<'a> {
+    pub order_id: Uuid,
+    pub event_id: &'a str,
+    /// The handlers it is routed to: which of them settled it is read.
+    pub handlers: &'a [String],
+}
+
+/// What [`for_events`] read.
+#[derive(Debug, Default)]
+pub struct EventsRead {
+    /// The orders that exist, by id (a missing one: see [`for_event`]).
+    pub orders: HashMap<Uuid, Order>,
+    /// Event id → the handlers that already have a `processed_events` row for it.
+    settled: HashMap<String, Vec<String>>,
+}
+
+impl EventsRead {
+    /// Whether `handler` already applied or dead-lettered `event_id` (a redelivery).
+    pub fn settled(&self, handler: &str, event_id: &str) -> bool {
+        self.settled.get(event_id).is_some_and(|hs| hs.iter().any(|h| h == handler))
+    }
+}
+
+/// The snapshot of many events at once, on one connection in three statements whatever their
+/// number: their orders, those orders' items, and which (handler, event) pairs are settled. Read
+/// per event, it was a pool acquire and release (each a round trip in sqlx) and two queries:
+/// the largest share of the dispatcher's CPU (BENCHMARKS.md, issue 14).
+pub async fn for_events(pool: &PgPool, wanted: &[EventRef<'_>]) -> sqlx::Result<EventsRead> {
+    let mut conn = pool.acquire().await?;
+    let ids: Vec<Uuid> = wanted.iter().map(|w| w.order_id).collect();
+    let rows: Vec<OrderRow> =
+        sqlx::query_as(&format!("SELECT {ORDER_COLUMNS} FROM orders WHERE id = ANY($1)"))
+            .bind(&ids)
+            .fetch_all(&mut *conn)
+            .await?;
+    let items = items_of(&mut conn, &ids).await?;
+    let orders = assemble(rows, items).map(|o| (o.id, o)).collect();
+    let (handlers, events): (Vec<&str>, Vec<&str>) =
+        wanted.iter().flat_map(|w| w.handlers.iter().map(|h| (h.as_str(), w.event_id))).unzip();
+    let settled: Vec<(String, String)> = sqlx::query_as(
+        "SELECT handler, event_id FROM processed_events
+         WHERE (handler, event_id) IN (SELECT * FROM unnest($1::text[], $2::text[]))",
+    )
+    .bind(&handlers)
+    .bind(&events)
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut by_event: HashMap<String, Vec<String>> = HashMap::new();
+    for (handler, event_id) in settled {
+        by_event.entry(event_id).or_default().push(handler);
+    }
+    Ok(EventsRead { orders, settled: by_event })
+}
+
+/// Orders from their rows and their items, in the rows' order.
+fn assemble(rows: Vec<OrderRow>, mut items: HashMap<Uuid, Vec<Item>>) -> impl Iterator<Item = Order> {
+    rows.into_iter().map(move |r| {
+        let its = items.remove(&r.id).unwrap_or_default();
+        r.into_order(its)
+    })
+}
+
+/// The items of the orders `ids`, each order's in insertion order.
+async fn items_of(conn: &mut PgConnection, ids: &[Uuid]) -> sqlx::Result<HashMap<Uuid, Vec<Item>>> {
+    let all: Vec<Item> = sqlx::query_as(
+        "SELECT id, order_id, product_id, product_name, quantity, price_cents, created_at
+         FROM order_items WHERE order_id = ANY($1) ORDER BY id",
+    )
+    .bind(ids)
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut items: HashMap<Uuid, Vec<Item>> = HashMap::new();
+    for item in all {
+        items.entry(item.order_id).or_default().push(item);
+    }
+    Ok(items)
+}
+
 pub async fn by_tracking_token(pool: &PgPool, token: &str) -> sqlx::Result<Option<Order>> {
     let mut conn = pool.acquire().await?;
     let row = sqlx::query_as(&format!("SELECT {ORDER_COLUMNS} FROM orders WHERE tracking_token = $1"))
@@ -380,24 +460,8 @@ pub async fn list(pool: &PgPool, email: Option<&str>, limit: i64) -> sqlx::Resul
     .fetch_all(pool)
     .await?;
     let ids: Vec<Uuid> = rows.iter().map(|r| r.id).collect();
-    let mut items: HashMap<Uuid, Vec<Item>> = HashMap::new();
-    let all: Vec<Item> = sqlx::query_as(
-        "SELECT id, order_id, product_id, product_name, quantity, price_cents, created_at
-         FROM order_items WHERE order_id = ANY($1) ORDER BY id",
-    )
-    .bind(&ids)
-    .fetch_all(pool)
-    .await?;
-    for item in all {
-        items.entry(item.order_id).or_default().push(item);
-    }
-    Ok(rows
-        .into_iter()
-        .map(|r| {
-            let its = items.remove(&r.id).unwrap_or_default();
-            r.into_order(its)
-        })
-        .collect())
+    let items = items_of(&mut *pool.acquire().await?, &ids).await?;
+    Ok(assemble(rows, items).collect())
 }
 
 /// Who or what asked for a status change, recorded in history and in the published event.

@@ -12,6 +12,7 @@ mod commit;
 pub mod decode;
 mod process;
 pub mod redrive;
+mod snapshot;
 pub mod timers;
 
 use std::collections::VecDeque;
@@ -67,9 +68,16 @@ struct Job {
     _permit: OwnedSemaphorePermit,
 }
 
+/// The tasks that gather many lanes' database work into one round trip: snapshot reads before
+/// the handlers run, and group commit after.
+pub(super) struct Batchers {
+    committer: commit::Committer,
+    snapshots: snapshot::Snapshots,
+}
+
 struct State {
     shared: Shared,
-    committer: commit::Committer,
+    batchers: Batchers,
     consumer: Consumer,
 }
 
@@ -79,8 +87,11 @@ pub async fn run(shared: Shared, consumer: Consumer) {
     let mut shutdown = shared.shutdown.clone();
     let permits = Arc::new(Semaphore::new(shared.config.max_in_flight));
     let drain_timeout = shared.config.drain_timeout;
-    let committer = commit::Committer::start(&shared);
-    let state = Arc::new(State { shared, committer, consumer });
+    let batchers = Batchers {
+        committer: commit::Committer::start(&shared),
+        snapshots: snapshot::Snapshots::start(&shared),
+    };
+    let state = Arc::new(State { shared, batchers, consumer });
     let mut tasks = JoinSet::new();
     'consume: loop {
         while let Some(joined) = tasks.try_join_next() {
@@ -166,7 +177,7 @@ async fn run_key(state: Arc<State>, key: Vec<u8>, first: Job) {
     let mut job = first;
     loop {
         let r = &job.record;
-        if process::handle(&state.shared, &state.committer, r).await == process::Done::Abandoned {
+        if process::handle(&state.shared, &state.batchers, r).await == process::Done::Abandoned {
             return;
         }
         {

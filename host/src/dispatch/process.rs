@@ -12,9 +12,10 @@ use sqlx::PgPool;
 use tracing::Instrument;
 use uuid::Uuid;
 
-use super::Shared;
-use super::commit::{Application, Committed, Committer, DbFailure};
+use super::commit::{Application, Committed, DbFailure};
 use super::decode::{Decoded, Happened, decode};
+use super::snapshot::Snapshot;
+use super::{Batchers, Shared};
 use crate::config::Topics;
 use crate::db::dead_letters::{self, NewDeadLetter};
 use crate::db::effects::{self, LogPosition, NewNotification, NewTimer};
@@ -56,16 +57,9 @@ const MAX_DELAY_MS: u64 = 10 * 365 * 24 * 3600 * 1000;
 /// One consumed record being handled: what every step needs.
 struct InFlight<'a> {
     shared: &'a Shared,
-    committer: &'a Committer,
+    batchers: &'a Batchers,
     record: &'a Incoming,
     position: LogPosition,
-}
-
-/// What every subscribed handler's first attempt starts from, read once for the event: the order
-/// and the handlers that already settled the event (a redelivery).
-struct Snapshot {
-    order: Option<Arc<Order>>,
-    settled: Vec<String>,
 }
 
 /// Why and by whom a record is dead-lettered.
@@ -85,18 +79,18 @@ struct DeadLetter<'a> {
 
 /// Handles one record inside a `dispatch` span, a child of the span that produced the record
 /// when it carries a `traceparent`.
-pub async fn handle(shared: &Shared, committer: &Committer, record: &Incoming) -> Done {
+pub(super) async fn handle(shared: &Shared, batchers: &Batchers, record: &Incoming) -> Done {
     let span = tracing::info_span!("dispatch", topic = %record.topic, partition = record.partition,
         offset = record.offset, event_id = tracing::field::Empty, order_id = tracing::field::Empty);
     if let Some(tp) = record.header("traceparent").and_then(|v| std::str::from_utf8(v).ok()) {
         telemetry::set_parent(&span, tp);
     }
-    handle_record(shared, committer, record).instrument(span).await
+    handle_record(shared, batchers, record).instrument(span).await
 }
 
-async fn handle_record(shared: &Shared, committer: &Committer, record: &Incoming) -> Done {
+async fn handle_record(shared: &Shared, batchers: &Batchers, record: &Incoming) -> Done {
     let position = LogPosition::from(record);
-    let ev = InFlight { shared, committer, record, position };
+    let ev = InFlight { shared, batchers, record, position };
     shared.metrics.event_consumed(&record.topic);
     let decoded = match decode(record, &shared.kafka.created_topic, &shared.kafka.status_topic) {
         Ok(d) => d,
@@ -125,7 +119,7 @@ async fn handle_record(shared: &Shared, committer: &Committer, record: &Incoming
         Routed::Abandoned => return Done::Abandoned,
     };
     // A failed read leaves each handler to read for itself, as a retry does.
-    let snapshot = match read_snapshot(shared, &decoded, &handlers).await {
+    let snapshot = match ev.batchers.snapshots.read(decoded.order_id, &decoded.event_id, &handlers).await {
         Ok(s) => Some(s),
         Err(e) => {
             tracing::warn!(event_id = %decoded.event_id, error = %e, "reading the event's order failed");
@@ -141,16 +135,6 @@ async fn handle_record(shared: &Shared, committer: &Committer, record: &Incoming
         true => Done::Abandoned,
         false => Done::Completed,
     }
-}
-
-async fn read_snapshot(
-    shared: &Shared,
-    ev: &Decoded,
-    handlers: &[Arc<LoadedHandler>],
-) -> sqlx::Result<Snapshot> {
-    let names: Vec<&str> = handlers.iter().map(|h| h.name.as_str()).collect();
-    let (order, settled) = orders::for_event(&shared.pool, ev.order_id, &ev.event_id, &names).await?;
-    Ok(Snapshot { order: order.map(Arc::new), settled })
 }
 
 enum Routed {
@@ -355,7 +339,7 @@ async fn try_once(
         span: tracing::Span::current(),
     };
     let apply_span = tracing::info_span!("db.apply", handler = %h.name, actions = app.actions.len());
-    match ev.committer.apply(app).instrument(apply_span).await {
+    match ev.batchers.committer.apply(app).instrument(apply_span).await {
         Committed::Applied => Attempt::Done,
         Committed::Duplicate => Attempt::Duplicate,
         Committed::Failed(f) => db_failure(f),

@@ -961,13 +961,15 @@ async fn a_due_timer_held_by_another_replica_is_waited_for_without_spinning() {
     t.host.shutdown().await.unwrap();
 }
 
-/// The dispatcher has a pool of its own: with every one of its connections stuck (each key lane
-/// waits on a lock the test holds on the idempotency table), orders are still taken, read and
+/// The dispatcher has a pool of its own: with every one of its connections stuck (the snapshot
+/// reads wait on a lock the test holds on the idempotency table), orders are still taken, read and
 /// listed, each answered as usual rather than after a pool timeout; once the lock goes, every
 /// order ships.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_api_answers_while_every_dispatcher_connection_is_stuck() {
-    const DISPATCH_POOL: i64 = 3;
+    // Two: the snapshot reader reads at most two batches of events at once, so that is how many
+    // connections the stuck reads hold.
+    const DISPATCH_POOL: i64 = 2;
     let dir = handlers_dir(&[("handlers", "order-processor", SHIPPED)]);
     let size = DISPATCH_POOL.to_string();
     let t = TestHost::start_with(
@@ -1319,4 +1321,67 @@ async fn a_busy_key_shows_its_waiting_events_on_the_admin_api_and_in_metrics() {
     })
     .await;
     t.host.shutdown().await.unwrap();
+}
+
+/// The snapshot reader's batched read gives every event what a read of its own gives it: its
+/// order with its items (or none), and exactly the handlers that settled that event, also when
+/// two events of a batch are about one order and one is about no order at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batched_snapshot_read_agrees_event_by_event_with_a_read_of_its_own() {
+    use host::db::orders::{EventRef, for_event, for_events};
+    let t = TestHost::start().await;
+    let mut ids = Vec::new();
+    for (email, lines) in
+        [("a@metalbear.com", &[("1", 2), ("2", 1)][..]), ("b@metalbear.com", &[("3", 1)][..])]
+    {
+        let (code, order) = t.post("/api/orders", &order_body(email, lines)).await;
+        assert_eq!(code, 201, "{order}");
+        ids.push(uuid::Uuid::parse_str(order["id"].as_str().unwrap()).unwrap());
+    }
+    let missing = uuid::Uuid::new_v4();
+    // e1 is settled by h1 only, e2 by both; e3 and e4 by neither.
+    for (handler, event) in [("h1", "e1"), ("h1", "e2"), ("h2", "e2"), ("h2", "e9")] {
+        sqlx::query(
+            "INSERT INTO processed_events (handler, event_id, handler_version, outcome, attempts, topic, kafka_partition, kafka_offset)
+             VALUES ($1, $2, 'v', 'applied', 1, 't', 0, 0)",
+        )
+        .bind(handler)
+        .bind(event)
+        .execute(t.pool())
+        .await
+        .unwrap();
+    }
+    let both = ["h1".to_string(), "h2".to_string()];
+    let only_h1 = ["h1".to_string()];
+    let wanted = [
+        EventRef { order_id: ids[0], event_id: "e1", handlers: &both },
+        EventRef { order_id: ids[1], event_id: "e2", handlers: &both },
+        EventRef { order_id: ids[0], event_id: "e3", handlers: &only_h1 },
+        EventRef { order_id: missing, event_id: "e4", handlers: &both },
+    ];
+    let read = for_events(t.pool(), &wanted).await.expect("the batched read");
+    let mut orders_seen = 0;
+    for w in &wanted {
+        let names: Vec<&str> = w.handlers.iter().map(String::as_str).collect();
+        let (order, settled) =
+            for_event(t.pool(), w.order_id, w.event_id, &names).await.expect("a read of its own");
+        let batched: Vec<&str> = names.iter().copied().filter(|h| read.settled(h, w.event_id)).collect();
+        assert_eq!(batched, settled, "settled handlers of {}", w.event_id);
+        match (order, read.orders.get(&w.order_id)) {
+            (None, None) => assert_eq!(w.order_id, missing),
+            (Some(own), Some(b)) => {
+                orders_seen += 1;
+                assert_eq!(format!("{own:?}"), format!("{b:?}"), "order of {}", w.event_id);
+                assert!(!b.items.is_empty(), "{b:?}");
+            }
+            (own, b) => panic!("event {}: its own read found {own:?}, the batched one {b:?}", w.event_id),
+        }
+    }
+    assert_eq!(orders_seen, 3);
+    assert_eq!(read.orders.get(&ids[0]).map(|o| o.items.len()), Some(2));
+    // The expected answers themselves, not only agreement.
+    assert!(read.settled("h1", "e1") && !read.settled("h2", "e1"));
+    assert!(read.settled("h1", "e2") && read.settled("h2", "e2"));
+    assert!(!read.settled("h1", "e3"));
+    assert!(!read.settled("h2", "e9"), "only the pairs asked for are read");
 }
