@@ -226,7 +226,7 @@ async fn create_orders_from(
     Ok(())
 }
 
-const BACKLOG: usize = 1_000;
+const BACKLOG: usize = 3_000;
 const ROUNDS: usize = 3;
 
 /// What one throughput run measured.
