@@ -406,6 +406,7 @@ async fn run_throughput(
             false => String::new(),
         };
         host.shutdown().await?;
+        round.finish(&admin).await?;
         bar.suspend(|| {
             println!(
                 "  round {} {:<28} {:>7.0} events/s  CPU per event: host {:>4.0} µs, Postgres {:>4.0} µs  {batches:.0} batches of {:.1}; median hop: relay {relay_hop:.0} ms, consume→apply {consume_hop:.0} ms{shadowed}",
@@ -467,6 +468,7 @@ async fn run_throughput(
 
 /// One round's own database and topics, so no round sees another's records.
 struct Round {
+    db: String,
     url: String,
     brokers: String,
     fetch_wait: String,
@@ -492,12 +494,20 @@ impl Round {
         sqlx::query(&format!("CREATE DATABASE {db}")).execute(admin).await?;
         Ok(Round {
             url: pg.url(&db),
+            db,
             brokers: broker.bootstrap_servers().to_string(),
             fetch_wait: fetch_wait(),
             created: format!("{prefix}{i}.created"),
             status: format!("{prefix}{i}.status"),
             dead: format!("{prefix}{i}.dead"),
         })
+    }
+
+    /// Drops the round's database once it is measured. Kept, the rounds' tables were vacuumed
+    /// and analysed by autovacuum while later rounds ran, on the same two cores.
+    async fn finish(self, admin: &sqlx::PgPool) -> anyhow::Result<()> {
+        sqlx::query(&format!("DROP DATABASE {} WITH (FORCE)", self.db)).execute(admin).await?;
+        Ok(())
     }
 
     /// The host's settings every process of the round shares.

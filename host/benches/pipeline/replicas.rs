@@ -117,6 +117,7 @@ pub(super) async fn run(pg: &LocalPostgres, root: &std::path::Path) -> anyhow::R
         results.push((n, events as f64 / secs));
         drop(replicas);
         pool.close().await;
+        round.finish(&admin).await?;
     }
     bar.finish_and_clear();
     let median = |n: usize| {
