@@ -203,7 +203,8 @@ pub struct DispatchConfig {
     /// are redelivered).
     pub drain_timeout: Duration,
     /// `DISPATCH_BATCH_MAX`: handler applications committed together in one transaction (group
-    /// commit). `1` commits each application in its own transaction, as before batching.
+    /// commit). `1` commits each application in its own transaction and reads each event's
+    /// snapshot on its own, as before batching.
     pub batch_max: usize,
     /// `DISPATCH_BATCH_WINDOW_MS`: how long a batch waits for more applications after its first,
     /// unless it is full. Applications that arrive while the previous batch commits join the next

@@ -20,12 +20,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::{Acquire, PgConnection, PgPool};
-use tokio::sync::{Semaphore, mpsc, oneshot};
-use tokio::task::JoinSet;
+use tokio::sync::{mpsc, oneshot};
 use tracing::Instrument;
 use uuid::Uuid;
 
 use super::Shared;
+use super::batching::{self, Batching};
 use super::process::{Applying, DbStep, Unapplied, at, delay_of};
 use crate::config::Topics;
 use crate::db::batch::{self, FinalStatus, HistoryRow, Processed, Writes};
@@ -207,15 +207,6 @@ async fn apply_one(conn: &mut PgConnection, topics: &Topics, app: &Application) 
 /// first, in id order.
 const COMMITTERS: usize = 2;
 
-/// A panicked commit task takes the group-commit task down with it, so the supervisor sees it.
-fn rethrow(done: Result<(), tokio::task::JoinError>) {
-    if let Err(e) = done
-        && e.is_panic()
-    {
-        std::panic::resume_unwind(e.into_panic());
-    }
-}
-
 /// The group-commit task.
 struct Group {
     pool: PgPool,
@@ -226,36 +217,14 @@ struct Group {
 }
 
 impl Group {
-    async fn run(self, mut queue: mpsc::Receiver<Submission>) {
+    async fn run(self, queue: mpsc::Receiver<Submission>) {
+        let batching = Batching { workers: COMMITTERS, max: self.max, window: self.window };
         let group = Arc::new(self);
-        let slots = Arc::new(Semaphore::new(COMMITTERS));
-        let mut commits = JoinSet::new();
-        loop {
-            // A batch forms while it waits for a free committer, so under load it fills up.
-            let slot = slots.clone().acquire_owned().await.expect("the semaphore is never closed");
-            while let Some(done) = commits.try_join_next() {
-                rethrow(done);
-            }
-            let Some(first) = queue.recv().await else { break };
-            let mut batch = vec![first];
-            let deadline = tokio::time::Instant::now() + group.window;
-            // `timeout_at` polls the queue before looking at the clock, so whatever is already
-            // queued joins even when the window has passed.
-            while batch.len() < group.max {
-                match tokio::time::timeout_at(deadline, queue.recv()).await {
-                    Ok(Some(s)) => batch.push(s),
-                    Ok(None) | Err(_) => break,
-                }
-            }
+        batching::run(batching, queue, |batch| {
             let group = group.clone();
-            commits.spawn(async move {
-                let _slot = slot;
-                group.commit_and_reply(batch).await;
-            });
-        }
-        while let Some(done) = commits.join_next().await {
-            rethrow(done);
-        }
+            async move { group.commit_and_reply(batch).await }
+        })
+        .await;
     }
 
     async fn commit_and_reply(&self, batch: Vec<Submission>) {

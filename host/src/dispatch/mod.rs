@@ -8,6 +8,7 @@
 //! exactly the unfinished ones; their effects are idempotent (`processed_events`).
 
 mod backlog;
+mod batching;
 mod commit;
 pub mod decode;
 mod process;

@@ -12,13 +12,14 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use sqlx::PgPool;
-use tokio::sync::{Semaphore, mpsc, oneshot};
-use tokio::task::JoinSet;
+use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
 use super::Shared;
+use super::batching::{self, Batching};
 use crate::db::orders::{self, EventRef, Order};
 use crate::runtime::LoadedHandler;
 
@@ -103,40 +104,14 @@ async fn read_one(
     }
 }
 
-async fn run(pool: PgPool, mut queue: mpsc::Receiver<Request>) {
-    let slots = Arc::new(Semaphore::new(READERS));
-    let mut reads = JoinSet::new();
-    loop {
-        // A batch forms while it waits for a free reader.
-        let slot = slots.clone().acquire_owned().await.expect("the semaphore is never closed");
-        while let Some(done) = reads.try_join_next() {
-            rethrow(done);
-        }
-        let Some(first) = queue.recv().await else { break };
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH
-            && let Ok(r) = queue.try_recv()
-        {
-            batch.push(r);
-        }
+async fn run(pool: PgPool, queue: mpsc::Receiver<Request>) {
+    // No window: a read takes what is queued, and a lone event waits for nothing but its read.
+    let batching = Batching { workers: READERS, max: MAX_BATCH, window: Duration::ZERO };
+    batching::run(batching, queue, |batch| {
         let pool = pool.clone();
-        reads.spawn(async move {
-            let _slot = slot;
-            read_and_reply(&pool, batch).await;
-        });
-    }
-    while let Some(done) = reads.join_next().await {
-        rethrow(done);
-    }
-}
-
-/// A panicked read takes the reading task down with it, so the supervisor sees it.
-fn rethrow(done: Result<(), tokio::task::JoinError>) {
-    if let Err(e) = done
-        && e.is_panic()
-    {
-        std::panic::resume_unwind(e.into_panic());
-    }
+        async move { read_and_reply(&pool, batch).await }
+    })
+    .await;
 }
 
 async fn read_and_reply(pool: &PgPool, batch: Vec<Request>) {

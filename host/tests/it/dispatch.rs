@@ -967,9 +967,9 @@ async fn a_due_timer_held_by_another_replica_is_waited_for_without_spinning() {
 /// order ships.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_api_answers_while_every_dispatcher_connection_is_stuck() {
-    // Two: the snapshot reader reads at most two batches of events at once, so that is how many
-    // connections the stuck reads hold.
-    const DISPATCH_POOL: i64 = 2;
+    // One: the snapshot reader may take every queued event into one read, which then holds one
+    // connection; with a pool of one, that is every connection the dispatcher has.
+    const DISPATCH_POOL: i64 = 1;
     let dir = handlers_dir(&[("handlers", "order-processor", SHIPPED)]);
     let size = DISPATCH_POOL.to_string();
     let t = TestHost::start_with(
