@@ -34,9 +34,11 @@ pub(super) struct Snapshot {
 /// committers for the same connections and cores.
 const READERS: usize = 2;
 
-/// Requests in one read: beyond this the statements' arrays grow without saving round trips.
+/// Requests in one read: the default in-flight cap (`DISPATCH_MAX_IN_FLIGHT`), so a full
+/// dispatcher's waiting events fit one read; it bounds the statements' arrays beyond that.
 const MAX_BATCH: usize = 256;
 
+/// One lane's ask, answered on `reply`.
 pub(super) struct Request {
     order_id: Uuid,
     event_id: String,
