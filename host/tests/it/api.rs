@@ -891,6 +891,68 @@ async fn an_outbox_row_the_broker_refuses_is_parked_and_holds_back_only_its_key(
     t.host.shutdown().await.unwrap();
 }
 
+/// A burst into an outbox Postgres has not analysed yet (a fresh deployment, or its first
+/// minute) must not make a relay claim cost more than a pass over the backlog. The claim once
+/// checked each candidate row against the backlog with a correlated subquery; without
+/// statistics that became a probe per candidate here, and in the soak benchmark a rescan of
+/// the backlog per candidate, which held the relay in one statement for minutes while 20,000
+/// orders waited. Counted in buffer accesses of the outbox and its indexes, so the bound is
+/// about work, not time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_on_a_large_never_analysed_backlog_reads_each_row_a_bounded_number_of_times() {
+    const ROWS: i64 = 20_000;
+    const LIMIT: i64 = 256;
+    let pool = host::db::connect(&fresh_database().await, 2).await.expect("a migrated database");
+    // Two rows per key, as an order's created and status records; one key waits out a retry.
+    sqlx::query(
+        "INSERT INTO outbox (topic, key, payload)
+         SELECT 'order.created', convert_to(md5((g / 2)::text), 'UTF8'), convert_to(repeat('x', 300), 'UTF8')
+         FROM generate_series(1, $1) g",
+    )
+    .bind(ROWS)
+    .execute(&pool)
+    .await
+    .unwrap();
+    // Rows first, first + 1 and first + 2 are keys 0, 1 and 1: row first + 1 waits, so row
+    // first + 2 must wait behind it.
+    let (first,): (i64,) = sqlx::query_as("SELECT min(id) FROM outbox").fetch_one(&pool).await.unwrap();
+    sqlx::query("UPDATE outbox SET attempts = 1, next_attempt_at = now() + interval '1 hour' WHERE id = $1")
+        .bind(first + 1)
+        .execute(&pool)
+        .await
+        .unwrap();
+    let (analysed,): (bool,) = sqlx::query_as("SELECT reltuples >= 0 FROM pg_class WHERE relname = 'outbox'")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert!(!analysed, "the case under test is a table the planner has no statistics for");
+
+    // The session's counts not yet reported (earlier transactions' inserts among them), read
+    // before and after the claim within one transaction: the difference is the claim's.
+    let counts = "SELECT sum(pg_stat_get_xact_blocks_fetched(r))::int8, sum(pg_relation_size(r) / 8192)::int8
+                  FROM (SELECT 'outbox'::regclass::oid AS r
+                        UNION ALL SELECT indexrelid FROM pg_index WHERE indrelid = 'outbox'::regclass) rels";
+    let mut tx = pool.begin().await.unwrap();
+    let (before, _): (i64, i64) = sqlx::query_as(counts).fetch_one(&mut *tx).await.unwrap();
+    let all: Vec<i16> = (0..host::db::outbox::SLOTS).collect();
+    let claimed = host::db::outbox::claim(&mut tx, &all, LIMIT).await.unwrap();
+    let (after, pages): (i64, i64) = sqlx::query_as(counts).fetch_one(&mut *tx).await.unwrap();
+    tx.rollback().await.unwrap();
+    let accesses = after - before;
+
+    let ids: Vec<i64> = claimed.iter().map(|p| p.id).collect();
+    assert_eq!(ids.len() as i64, LIMIT);
+    assert_eq!(ids[..2], [first, first + 3], "the waiting row and the row behind it stay; the rest in order");
+    // Linear: every page once, plus a few accesses (index, heap, lock) per claimed row. The
+    // plan that probed the backlog once per row it considered made several times as many.
+    let bound = pages + 10 * LIMIT;
+    assert!(
+        accesses <= bound,
+        "claiming {LIMIT} of {ROWS} rows made {accesses} buffer accesses to the outbox and its indexes \
+         ({pages} pages in all); at most {bound} expected"
+    );
+}
+
 /// What MetalMart's React frontend declares in its `types.ts` for the JSON it reads, transcribed
 /// field by field (name and TypeScript type; `?` marks an optional field). Our product and order
 /// JSON must carry every field with a value of that type, or its pages break with no error.
