@@ -107,15 +107,21 @@ pub async fn claim(conn: &mut PgConnection, slots: &[i16], limit: i64) -> sqlx::
     if !got || slots.is_empty() {
         return Ok(Vec::new());
     }
-    // The keys held back are read first, once, from the small index of refused rows (migration
-    // 0010), so no plan can re-read the backlog for each row it claims: a correlated check
-    // against the whole backlog was once planned, on a table not yet analysed, as a rescan per
-    // claimed row, and a burst of 20,000 orders held the relay in one statement for minutes.
+    // The keys held back are read first, once, from the small index of rows ever refused
+    // (migration 0010), and each candidate is checked against that set, so no plan re-reads
+    // the backlog per candidate. The earlier form, a correlated check of each candidate against
+    // every unpublished row, was planned on a never-analysed outbox as a rescan of the backlog
+    // per candidate: a 20,000-order burst held the relay in one statement for minutes.
+    // `refused` is materialised with nothing but the index's own predicate, so the planner can
+    // only read it from that index or by a scan of the table (where rows are refused in bulk),
+    // never by walking the whole backlog through `outbox_unpublished`.
     let rows: Vec<Row> = sqlx::query_as(
-        "WITH held AS MATERIALIZED (
-             SELECT key, min(id) AS from_id FROM outbox
-             WHERE published_at IS NULL AND (parked_at IS NOT NULL OR next_attempt_at IS NOT NULL)
-               AND (parked_at IS NOT NULL OR next_attempt_at > now()) AND key IS NOT NULL
+        "WITH refused AS MATERIALIZED (
+             SELECT key, id, published_at, parked_at, next_attempt_at FROM outbox
+             WHERE parked_at IS NOT NULL OR next_attempt_at IS NOT NULL),
+         held AS MATERIALIZED (
+             SELECT key, min(id) AS from_id FROM refused
+             WHERE published_at IS NULL AND key IS NOT NULL AND (parked_at IS NOT NULL OR next_attempt_at > now())
              GROUP BY key)
          SELECT id, attempts, topic, key, header_names, header_values, payload FROM outbox o
          WHERE slot = ANY($2) AND published_at IS NULL AND parked_at IS NULL
