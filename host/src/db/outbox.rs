@@ -100,10 +100,18 @@ pub async fn release_slot(conn: &mut PgConnection, slot: i16) -> sqlx::Result<()
 /// 0008 take it exclusively and publish every slot, so during a rolling upgrade an old relay and
 /// a new one never publish at the same time.
 pub async fn claim(conn: &mut PgConnection, slots: &[i16], limit: i64) -> sqlx::Result<Vec<Pending>> {
-    let (got,): (bool,) =
-        sqlx::query_as("SELECT pg_try_advisory_xact_lock_shared(hashtext('order-host:outbox-relay'))")
-            .fetch_one(&mut *conn)
-            .await?;
+    // The claim is a queue pop whose right plan is known whatever the statistics say: walk the
+    // unpublished rows in id order and stop at `limit`. For the rest of this transaction the
+    // planner may not scan the table, bitmap-scan it or sort it, which leaves it only that
+    // walk. On an outbox not yet analysed (the first minute of a deployment's first burst) it
+    // otherwise read the whole backlog, and sorted it, for every batch.
+    let (got,): (bool,) = sqlx::query_as(
+        "SELECT pg_try_advisory_xact_lock_shared(hashtext('order-host:outbox-relay')),
+                set_config('enable_seqscan', 'off', true), set_config('enable_bitmapscan', 'off', true),
+                set_config('enable_sort', 'off', true)",
+    )
+    .fetch_one(&mut *conn)
+    .await?;
     if !got || slots.is_empty() {
         return Ok(Vec::new());
     }
@@ -112,9 +120,8 @@ pub async fn claim(conn: &mut PgConnection, slots: &[i16], limit: i64) -> sqlx::
     // the backlog per candidate. The earlier form, a correlated check of each candidate against
     // every unpublished row, was planned on a never-analysed outbox as a rescan of the backlog
     // per candidate: a 20,000-order burst held the relay in one statement for minutes.
-    // `refused` is materialised with nothing but the index's own predicate, so the planner can
-    // only read it from that index or by a scan of the table (where rows are refused in bulk),
-    // never by walking the whole backlog through `outbox_unpublished`.
+    // `refused` is materialised with nothing but the index's own predicate, so that index is the
+    // only one that can serve it, never a walk of the whole backlog through `outbox_unpublished`.
     let rows: Vec<Row> = sqlx::query_as(
         "WITH refused AS MATERIALIZED (
              SELECT key, id, published_at, parked_at, next_attempt_at FROM outbox

@@ -891,8 +891,9 @@ async fn an_outbox_row_the_broker_refuses_is_parked_and_holds_back_only_its_key(
     t.host.shutdown().await.unwrap();
 }
 
-/// A burst into an outbox Postgres has not analysed yet (a fresh deployment, or its first
-/// minute) must not make a relay claim cost more than a pass over the backlog. The claim once
+/// A relay claim costs what it claims, not what waits behind it: on an outbox Postgres has not
+/// analysed yet (a fresh deployment's first minute), on one analysed, and on one whose
+/// statistics are stale. The claim once
 /// checked each candidate row against the backlog with a correlated subquery; without
 /// statistics that became a probe per candidate here, and in the soak benchmark a rescan of
 /// the backlog per candidate, which held the relay in one statement for minutes while 20,000
@@ -930,15 +931,15 @@ async fn a_relay_claim_on_a_large_backlog_reads_each_row_a_bounded_number_of_tim
     let never_analysed = claim_cost(&pool, LIMIT).await;
     assert_eq!(never_analysed.ids.len() as i64, LIMIT);
     assert_eq!(never_analysed.ids[..2], [first, first + 3], "the waiting row and the row behind it stay");
-    // Linear: every page at most once, plus a few accesses (index, heap, lock) per claimed row.
-    // The plan that probed the backlog once per row it considered made several times as many.
-    let bound = never_analysed.pages + 10 * LIMIT;
+    // About one access per claimed row (282 when written), however large the backlog. The
+    // plan that probed the backlog once per row it considered made 21,469 here, and a sorted
+    // read of the whole backlog 2,581.
+    let bound = 4 * LIMIT;
     assert!(
         never_analysed.accesses <= bound,
         "claiming {LIMIT} of {ROWS} never-analysed rows made {} buffer accesses to the outbox and its \
-         indexes ({} pages in all); at most {bound} expected",
-        never_analysed.accesses,
-        never_analysed.pages
+         indexes; at most {bound} expected",
+        never_analysed.accesses
     );
 
     // With statistics, as autovacuum soon gives it: the claim walks only what it claims.
@@ -946,10 +947,10 @@ async fn a_relay_claim_on_a_large_backlog_reads_each_row_a_bounded_number_of_tim
     let analysed = claim_cost(&pool, LIMIT).await;
     assert_eq!(analysed.ids, never_analysed.ids, "the same rows, whatever the plan");
     assert!(
-        analysed.accesses <= 10 * LIMIT,
+        analysed.accesses <= 4 * LIMIT,
         "claiming {LIMIT} of {ROWS} analysed rows made {} buffer accesses; at most {} expected",
         analysed.accesses,
-        10 * LIMIT
+        4 * LIMIT
     );
 
     // Stale statistics, as in a burst after a quiet spell: analysed with nothing unpublished,
@@ -972,8 +973,10 @@ async fn a_relay_claim_on_a_large_backlog_reads_each_row_a_bounded_number_of_tim
     .unwrap();
     let stale = claim_cost(&pool, LIMIT).await;
     assert_eq!(stale.ids.len() as i64, LIMIT);
+    // The first walk also passes the index entries of the rows just published, once each (it
+    // marks them dead for the next walk), so the bound here is a pass over the pages.
     assert!(
-        stale.accesses <= stale.pages + 10 * LIMIT,
+        stale.accesses <= stale.pages + 4 * LIMIT,
         "claiming {LIMIT} of {ROWS} rows on stale statistics made {} buffer accesses ({} pages in all)",
         stale.accesses,
         stale.pages
