@@ -22,18 +22,25 @@ pub async fn run(
             _ = tokio::time::sleep(config.interval) => {}
             _ = shutdown.wait_for(|s| *s) => return,
         }
+        let mut conn = match pool.acquire().await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, "retention pass could not connect; trying again next interval");
+                continue;
+            }
+        };
         if !config.outbox.is_zero() {
-            report("outbox", retention::prune_outbox(&pool, config.outbox).await, &metrics);
+            report("outbox", retention::prune_outbox(&mut conn, config.outbox).await, &metrics);
         }
         if !config.idempotency.is_zero() {
             report(
                 "processed_events",
-                retention::prune_idempotency(&pool, config.idempotency).await,
+                retention::prune_idempotency(&mut conn, config.idempotency).await,
                 &metrics,
             );
         }
         if !config.journal.is_zero() {
-            report("invocations", retention::prune_journal(&pool, config.journal).await, &metrics);
+            report("invocations", retention::prune_journal(&mut conn, config.journal).await, &metrics);
         }
     }
 }

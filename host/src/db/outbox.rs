@@ -155,8 +155,13 @@ pub async fn claim(conn: &mut PgConnection, slots: &[i16], limit: i64) -> sqlx::
         .collect())
 }
 
+/// Marks rows delivered. A row once refused loses its `next_attempt_at`, which takes it out of
+/// `outbox_refused`: the claim reads that index whole, so it must hold only rows still waiting.
 pub async fn mark_published(conn: &mut PgConnection, ids: &[i64]) -> sqlx::Result<()> {
-    sqlx::query("UPDATE outbox SET published_at = now() WHERE id = ANY($1)").bind(ids).execute(conn).await?;
+    sqlx::query("UPDATE outbox SET published_at = now(), next_attempt_at = NULL WHERE id = ANY($1)")
+        .bind(ids)
+        .execute(conn)
+        .await?;
     Ok(())
 }
 

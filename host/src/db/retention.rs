@@ -3,20 +3,21 @@
 
 use std::time::Duration;
 
-use sqlx::PgPool;
+use sqlx::{PgConnection, PgPool};
 
 /// Rows deleted per statement.
 const CHUNK: i64 = 5_000;
 
 /// Deletes published outbox rows published more than `older_than` ago; returns how many.
-pub async fn prune_outbox(pool: &PgPool, older_than: Duration) -> sqlx::Result<u64> {
-    // Oldest ids first: published rows are the low ids, so the primary key finds them at once.
+pub async fn prune_outbox(conn: &mut PgConnection, older_than: Duration) -> sqlx::Result<u64> {
+    // Oldest publications first, from `outbox_published` (migration 0011): a walk that stops
+    // at the cutoff, so a pass reads what it deletes and not the whole retention window.
     chunked(
-        pool,
-        "DELETE FROM outbox WHERE id IN (
+        conn,
+        "DELETE FROM outbox WHERE id = ANY(ARRAY(
              SELECT id FROM outbox
              WHERE published_at IS NOT NULL AND published_at < now() - make_interval(secs => $1)
-             ORDER BY id LIMIT $2)",
+             ORDER BY published_at LIMIT $2))",
         older_than,
     )
     .await
@@ -24,37 +25,40 @@ pub async fn prune_outbox(pool: &PgPool, older_than: Duration) -> sqlx::Result<u
 
 /// Deletes idempotency rows older than `older_than`, except those of open dead letters (a
 /// redrive turns that row to `applied`); returns how many.
-pub async fn prune_idempotency(pool: &PgPool, older_than: Duration) -> sqlx::Result<u64> {
+pub async fn prune_idempotency(conn: &mut PgConnection, older_than: Duration) -> sqlx::Result<u64> {
     chunked(
-        pool,
-        "DELETE FROM processed_events WHERE ctid IN (
+        conn,
+        // `ctid = ANY(ARRAY(...))` fetches the chosen rows by address; `ctid IN (...)` may be
+        // planned as a join against a scan of the whole table.
+        "DELETE FROM processed_events WHERE ctid = ANY(ARRAY(
              SELECT p.ctid FROM processed_events p
              WHERE p.processed_at < now() - make_interval(secs => $1)
                AND NOT EXISTS (SELECT 1 FROM dead_letters d
                                WHERE d.handler = p.handler AND d.event_id = p.event_id AND d.state = 'open')
-             LIMIT $2)",
+             LIMIT $2))",
         older_than,
     )
     .await
 }
 
 /// Deletes invocation journal entries older than `older_than`; returns how many.
-pub async fn prune_journal(pool: &PgPool, older_than: Duration) -> sqlx::Result<u64> {
+pub async fn prune_journal(conn: &mut PgConnection, older_than: Duration) -> sqlx::Result<u64> {
     chunked(
-        pool,
-        "DELETE FROM invocations WHERE id IN (
+        conn,
+        // Oldest first by `invocations_by_time`, which stops at the cutoff.
+        "DELETE FROM invocations WHERE id = ANY(ARRAY(
              SELECT id FROM invocations
              WHERE at < now() - make_interval(secs => $1)
-             ORDER BY id LIMIT $2)",
+             ORDER BY at LIMIT $2))",
         older_than,
     )
     .await
 }
 
-async fn chunked(pool: &PgPool, sql: &str, older_than: Duration) -> sqlx::Result<u64> {
+async fn chunked(conn: &mut PgConnection, sql: &str, older_than: Duration) -> sqlx::Result<u64> {
     let mut total = 0;
     loop {
-        let done = sqlx::query(sql).bind(older_than.as_secs_f64()).bind(CHUNK).execute(pool).await?;
+        let done = sqlx::query(sql).bind(older_than.as_secs_f64()).bind(CHUNK).execute(&mut *conn).await?;
         total += done.rows_affected();
         if done.rows_affected() < CHUNK as u64 {
             return Ok(total);

@@ -981,6 +981,17 @@ async fn a_relay_claim_on_a_large_backlog_reads_each_row_a_bounded_number_of_tim
         stale.accesses,
         stale.pages
     );
+
+    // Once delivered, a refused row leaves the index of refused rows the claim reads whole.
+    let mut conn = pool.acquire().await.unwrap();
+    host::db::outbox::mark_published(&mut conn, &[first + 1]).await.unwrap();
+    let (refused,): (i64,) = sqlx::query_as(
+        "SELECT count(*) FROM outbox WHERE parked_at IS NOT NULL OR next_attempt_at IS NOT NULL",
+    )
+    .fetch_one(&mut *conn)
+    .await
+    .unwrap();
+    assert_eq!(refused, 0);
 }
 
 struct ClaimCost {
@@ -992,19 +1003,64 @@ struct ClaimCost {
 }
 
 /// Claims up to `limit` rows of every slot in a transaction it rolls back, counting the claim's
-/// buffer accesses: the session's counts not yet reported (earlier transactions' among them),
-/// read before and after the claim within one transaction.
+/// buffer accesses.
 async fn claim_cost(pool: &sqlx::PgPool, limit: i64) -> ClaimCost {
-    let counts = "SELECT sum(pg_stat_get_xact_blocks_fetched(r))::int8, sum(pg_relation_size(r) / 8192)::int8
-                  FROM (SELECT 'outbox'::regclass::oid AS r
-                        UNION ALL SELECT indexrelid FROM pg_index WHERE indrelid = 'outbox'::regclass) rels";
     let mut tx = pool.begin().await.unwrap();
-    let (before, _): (i64, i64) = sqlx::query_as(counts).fetch_one(&mut *tx).await.unwrap();
+    let (before, _) = outbox_blocks(&mut tx).await;
     let all: Vec<i16> = (0..host::db::outbox::SLOTS).collect();
     let claimed = host::db::outbox::claim(&mut tx, &all, limit).await.unwrap();
-    let (after, pages): (i64, i64) = sqlx::query_as(counts).fetch_one(&mut *tx).await.unwrap();
+    let (after, pages) = outbox_blocks(&mut tx).await;
     tx.rollback().await.unwrap();
     ClaimCost { ids: claimed.iter().map(|p| p.id).collect(), accesses: after - before, pages }
+}
+
+/// Buffer accesses to the outbox and its indexes this session has not yet reported (earlier
+/// transactions' among them), and their pages. Read before and after a step within one
+/// transaction, the difference is the step's.
+async fn outbox_blocks(conn: &mut sqlx::PgConnection) -> (i64, i64) {
+    sqlx::query_as(
+        "SELECT sum(pg_stat_get_xact_blocks_fetched(r))::int8, sum(pg_relation_size(r) / 8192)::int8
+         FROM (SELECT 'outbox'::regclass::oid AS r
+               UNION ALL SELECT indexrelid FROM pg_index WHERE indrelid = 'outbox'::regclass) rels",
+    )
+    .fetch_one(conn)
+    .await
+    .unwrap()
+}
+
+/// A retention pass reads what it deletes: the published rows past the window, found oldest
+/// publication first, and not every row of the window. It once walked the outbox by id and,
+/// finding fewer rows than a chunk, went on to the end of the table on every pass.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retention_pass_reads_the_rows_it_deletes_not_the_whole_window() {
+    let pool = host::db::connect(&fresh_database().await, 2).await.expect("a migrated database");
+    // 100 rows published two days ago (the lowest ids), 20,000 published just now.
+    sqlx::query(
+        "INSERT INTO outbox (topic, key, payload, published_at)
+         SELECT 'order.created', convert_to(md5(g::text), 'UTF8'), convert_to(repeat('x', 300), 'UTF8'),
+                CASE WHEN g <= 100 THEN now() - interval '2 days' ELSE now() END
+         FROM generate_series(1, 20100) g",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    sqlx::query("ANALYZE outbox").execute(&pool).await.unwrap();
+
+    let mut tx = pool.begin().await.unwrap();
+    let (before, _) = outbox_blocks(&mut tx).await;
+    let deleted =
+        host::db::retention::prune_outbox(&mut tx, Duration::from_secs(24 * 3600)).await.expect("a pass");
+    let (after, pages) = outbox_blocks(&mut tx).await;
+    tx.commit().await.unwrap();
+
+    assert_eq!(deleted, 100);
+    let (left,): (i64,) = sqlx::query_as("SELECT count(*) FROM outbox").fetch_one(&pool).await.unwrap();
+    assert_eq!(left, 20_000, "only rows past the window go");
+    let accesses = after - before;
+    assert!(
+        accesses <= 10 * 100 + 100,
+        "deleting 100 rows made {accesses} buffer accesses to the outbox and its indexes ({pages} pages)"
+    );
 }
 
 /// What MetalMart's React frontend declares in its `types.ts` for the JSON it reads, transcribed
