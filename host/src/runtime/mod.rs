@@ -20,7 +20,7 @@ use std::time::SystemTime;
 
 use anyhow::{Context, bail};
 use wasmtime::component::{Component, HasSelf, Linker};
-use wasmtime::{Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, Trap};
+use wasmtime::{Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, Trap};
 
 use crate::config::RuntimeConfig;
 pub use cache::Origin;
@@ -198,6 +198,10 @@ impl Runtime {
             // invoke), 1 MiB spends more on the memcpy than it saves (37 µs), 256 KiB gives 12 µs.
             .linear_memory_keep_resident(256 << 10)
             .table_keep_resident(16 << 10)
+            // PAGEMAP_SCAN (Linux 6.7+; off elsewhere): the reset finds the pages the instance
+            // actually dirtied and restores only those, instead of a memset of the whole
+            // resident 256 KiB. See BENCHMARKS.md for what it saves per invocation.
+            .pagemap_scan(Enabled::Auto)
             .max_memory_size(
                 usize::try_from(config.max_memory_bytes).context("max memory does not fit usize")?,
             );

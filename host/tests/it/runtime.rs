@@ -157,12 +157,21 @@ async fn host_imports_answer_and_the_sandbox_grants_nothing() {
     let noop = rt
         .load(spec.into_manifest("noop", "noop.wasm", None), &component("fixtures", "noop"), &BTreeMap::new())
         .unwrap();
-    let orders = Arc::new(StaticOrders(vec![sample_order(OrderStatus::Confirmed)]));
-    let actions = rt.invoke(&noop, &order_created(OrderStatus::Pending), orders).await.unwrap();
-    assert_eq!(
-        actions.iter().map(ToString::to_string).collect::<Vec<_>>(),
-        ["log info found=Some(\"MM-10042\") greeting=Some(\"hello\") clock=true env=0 fs=false net=false"]
-    );
+    // One invocation, one Store: each call finds a fresh memory (`fresh=true`: its static call
+    // counter at zero and a 512 KiB scratch area zeroed), though the one before dirtied both
+    // in the same pooled slot (the pool gives a module back the slot it last freed), inside and
+    // beyond the pages kept resident.
+    for call in 1..=3 {
+        let orders = Arc::new(StaticOrders(vec![sample_order(OrderStatus::Confirmed)]));
+        let actions = rt.invoke(&noop, &order_created(OrderStatus::Pending), orders).await.unwrap();
+        assert_eq!(
+            actions.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            [
+                "log info found=Some(\"MM-10042\") greeting=Some(\"hello\") clock=true env=0 fs=false net=false fresh=true"
+            ],
+            "call {call}"
+        );
+    }
     // The SDK default for an event the handler does not implement: no actions.
     let none = rt
         .invoke(&noop, &status_updated(OrderStatus::Pending, OrderStatus::Processing), Arc::new(NoOrders))
