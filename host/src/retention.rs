@@ -1,5 +1,7 @@
-//! The retention pass: every `RETENTION_INTERVAL_SECS`, deletes published outbox rows and
-//! idempotency rows and invocation journal entries past their retention (see `config::RetentionConfig` for the safety argument).
+//! The retention pass: every `RETENTION_INTERVAL_SECS`, deletes published outbox rows,
+//! idempotency rows and invocation journal entries past their retention (see
+//! `config::RetentionConfig` for the safety argument), then vacuums the outbox
+//! (`db::retention::vacuum_outbox` says why).
 //! Every replica runs it; two passes racing delete each row once and the other finds it gone.
 
 use std::sync::Arc;
@@ -41,6 +43,9 @@ pub async fn run(
         }
         if !config.journal.is_zero() {
             report("invocations", retention::prune_journal(&mut conn, config.journal).await, &metrics);
+        }
+        if let Err(e) = retention::vacuum_outbox(&mut conn).await {
+            tracing::warn!(error = %e, "vacuum after the retention pass failed; trying again next interval");
         }
     }
 }

@@ -55,6 +55,18 @@ pub async fn prune_journal(conn: &mut PgConnection, older_than: Duration) -> sql
     .await
 }
 
+/// Vacuums the outbox after a pass has pruned it: every published row is updated once and
+/// deleted once, and its dead versions and index entries otherwise wait for autovacuum, which
+/// looks at a database once a minute and then works throttled. In the soak the outbox grew to
+/// 430 MiB for 35,000 live rows meanwhile, and each relay claim walked the dead entries at the
+/// front of `outbox_unpublished`. Where few pages changed since the last vacuum, Postgres skips
+/// the index work and this is a short pass over those pages. `SKIP_LOCKED`: where another
+/// replica's pass or autovacuum is already at it, this one skips it rather than wait.
+pub async fn vacuum_outbox(conn: &mut PgConnection) -> sqlx::Result<()> {
+    sqlx::query("VACUUM (SKIP_LOCKED) outbox").execute(conn).await?;
+    Ok(())
+}
+
 async fn chunked(conn: &mut PgConnection, sql: &str, older_than: Duration) -> sqlx::Result<u64> {
     let mut total = 0;
     loop {
