@@ -1,7 +1,7 @@
 //! The retention pass: every `RETENTION_INTERVAL_SECS`, deletes published outbox rows,
 //! idempotency rows and invocation journal entries past their retention (see
-//! `config::RetentionConfig` for the safety argument), then vacuums the outbox
-//! (`db::retention::vacuum_outbox` says why).
+//! `config::RetentionConfig` for the safety argument), then vacuums the tables
+//! every event churns (`db::retention::vacuum_churned` says why).
 //! Every replica runs it; two passes racing delete each row once and the other finds it gone.
 
 use std::sync::Arc;
@@ -44,7 +44,7 @@ pub async fn run(
         if !config.journal.is_zero() {
             report("invocations", retention::prune_journal(&mut conn, config.journal).await, &metrics);
         }
-        if let Err(e) = retention::vacuum_outbox(&mut conn).await {
+        if let Err(e) = retention::vacuum_churned(&mut conn).await {
             tracing::warn!(error = %e, "vacuum after the retention pass failed; trying again next interval");
         }
     }

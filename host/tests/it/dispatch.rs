@@ -1164,7 +1164,7 @@ async fn a_failing_application_fails_alone_with_one_transaction_per_application(
 
 /// Retention prunes only what can no longer matter: published outbox rows and idempotency rows
 /// past their windows go; recent ones, unpublished outbox rows and the idempotency row of an open
-/// dead letter (its redrive needs it) stay. The pass then vacuums the outbox.
+/// dead letter (its redrive needs it) stay. The pass then vacuums the churned tables.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retention_prunes_old_bookkeeping_and_keeps_what_a_redelivery_or_redrive_needs() {
     let dir = handlers_dir(&[("handlers", "order-processor", SHIPPED), ("handlers", "notifier", SHIPPED)]);
@@ -1257,7 +1257,7 @@ async fn retention_prunes_old_bookkeeping_and_keeps_what_a_redelivery_or_redrive
         Some(3.0),
         "{text}"
     );
-    // And each pass vacuums the outbox it pruned, rather than leave its dead rows to autovacuum.
+    // And each pass vacuums what it pruned, rather than leave the dead rows to autovacuum.
     eventually("the retention pass to vacuum the outbox", Duration::from_secs(20), || async {
         let (vacuums,): (i64,) =
             sqlx::query_as("SELECT vacuum_count FROM pg_stat_user_tables WHERE relname = 'outbox'")
