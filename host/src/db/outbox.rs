@@ -115,7 +115,7 @@ pub async fn claim(conn: &mut PgConnection, slots: &[i16], limit: i64) -> sqlx::
     if !got || slots.is_empty() {
         return Ok(Vec::new());
     }
-    // The keys held back are read first, once, from the small index of rows ever refused
+    // The keys held back are read first, once, from the small index of refused rows
     // (migration 0010), and each candidate is checked against that set, so no plan re-reads
     // the backlog per candidate. The earlier form, a correlated check of each candidate against
     // every unpublished row, was planned on a never-analysed outbox as a rescan of the backlog
