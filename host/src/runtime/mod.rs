@@ -196,6 +196,8 @@ impl Runtime {
             // heap) resets them with a memcpy instead of an madvise plus page faults on the next
             // instance. Measured in benches/invoke.rs: 64 KiB leaves the heap faulting (23 µs per
             // invoke), 1 MiB spends more on the memcpy than it saves (37 µs), 256 KiB gives 12 µs.
+            // (Those figures predate the PAGEMAP_SCAN reset below; with it, 1 MiB and 256 KiB
+            // measure the same.)
             .linear_memory_keep_resident(256 << 10)
             .table_keep_resident(16 << 10)
             // PAGEMAP_SCAN (Linux 6.7+; off elsewhere): the reset finds the pages the instance

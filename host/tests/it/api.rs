@@ -893,27 +893,18 @@ async fn an_outbox_row_the_broker_refuses_is_parked_and_holds_back_only_its_key(
 
 /// A relay claim costs what it claims, not what waits behind it: on an outbox Postgres has not
 /// analysed yet (a fresh deployment's first minute), on one analysed, and on one whose
-/// statistics are stale. The claim once
-/// checked each candidate row against the backlog with a correlated subquery; without
-/// statistics that became a probe per candidate here, and in the soak benchmark a rescan of
-/// the backlog per candidate, which held the relay in one statement for minutes while 20,000
-/// orders waited. Counted in buffer accesses of the outbox and its indexes, so the bound is
-/// about work, not time.
+/// statistics are stale. The claim once checked each candidate row against the backlog with a
+/// correlated subquery; without statistics that became a probe per candidate here, and in the
+/// soak benchmark a rescan of the backlog per candidate, which held the relay in one statement
+/// for minutes while 20,000 orders waited. Counted in buffer accesses of the outbox and its
+/// indexes, so the bound is about work, not time.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_relay_claim_on_a_large_backlog_reads_each_row_a_bounded_number_of_times() {
     const ROWS: i64 = 20_000;
     const LIMIT: i64 = 256;
     let pool = host::db::connect(&fresh_database().await, 2).await.expect("a migrated database");
     // Two rows per key, as an order's created and status records; one key waits out a retry.
-    sqlx::query(
-        "INSERT INTO outbox (topic, key, payload)
-         SELECT 'order.created', convert_to(md5((g / 2)::text), 'UTF8'), convert_to(repeat('x', 300), 'UTF8')
-         FROM generate_series(1, $1) g",
-    )
-    .bind(ROWS)
-    .execute(&pool)
-    .await
-    .unwrap();
+    insert_backlog(&pool, 1, ROWS).await;
     // Rows first, first + 1 and first + 2 are keys 0, 1 and 1: row first + 1 waits, so row
     // first + 2 must wait behind it.
     let (first,): (i64,) = sqlx::query_as("SELECT min(id) FROM outbox").fetch_one(&pool).await.unwrap();
@@ -962,15 +953,7 @@ async fn a_relay_claim_on_a_large_backlog_reads_each_row_a_bounded_number_of_tim
     .await
     .unwrap();
     sqlx::query("ANALYZE outbox").execute(&pool).await.unwrap();
-    sqlx::query(
-        "INSERT INTO outbox (topic, key, payload)
-         SELECT 'order.created', convert_to(md5((g / 2)::text), 'UTF8'), convert_to(repeat('x', 300), 'UTF8')
-         FROM generate_series($1, 2 * $1) g",
-    )
-    .bind(ROWS)
-    .execute(&pool)
-    .await
-    .unwrap();
+    insert_backlog(&pool, ROWS, 2 * ROWS).await;
     let stale = claim_cost(&pool, LIMIT).await;
     assert_eq!(stale.ids.len() as i64, LIMIT);
     // The first walk also passes the index entries of the rows just published, once each (it
@@ -992,6 +975,20 @@ async fn a_relay_claim_on_a_large_backlog_reads_each_row_a_bounded_number_of_tim
     .await
     .unwrap();
     assert_eq!(refused, 0);
+}
+
+/// Unpublished outbox rows numbered `from..=to`, two per key (row `g` has key `g / 2`).
+async fn insert_backlog(pool: &sqlx::PgPool, from: i64, to: i64) {
+    sqlx::query(
+        "INSERT INTO outbox (topic, key, payload)
+         SELECT 'order.created', convert_to(md5((g / 2)::text), 'UTF8'), convert_to(repeat('x', 300), 'UTF8')
+         FROM generate_series($1, $2) g",
+    )
+    .bind(from)
+    .bind(to)
+    .execute(pool)
+    .await
+    .unwrap();
 }
 
 struct ClaimCost {
