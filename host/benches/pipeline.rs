@@ -331,6 +331,7 @@ async fn run_throughput(
     let handlers = throughput_handlers(root)?;
 
     let admin = sqlx::PgPool::connect(&pg.url("postgres")).await?;
+    let profiler = Profiler::from_env()?;
     let mut results: Vec<(&str, Run)> = Vec::new();
     let bar = indicatif::ProgressBar::new(runs.len() as u64);
     for (i, mode) in runs.into_iter().enumerate() {
@@ -353,14 +354,27 @@ async fn run_throughput(
         ]);
         let invoker = mode.native.then(|| Arc::new(native::NativeHandlers) as Arc<dyn Invoke>);
         let cpu_before = Cpu::now();
+        profiler.record(true);
         let host = Host::start_with(&config(&vars)?, invoker).await?;
         // Before the group join completes (hundreds of ms), so before the first event.
         if mode.shadow {
             start_shadows(&host, root).await?;
         }
         // order-processor and notifier each handle order-created and three status updates.
-        wait_for(&host.pool, "SELECT count(*) FROM processed_events", 8 * BACKLOG as i64).await?;
+        // Every quarter second: the count reads the whole table, and polled every 20 ms it took
+        // about a tenth of Postgres's time in a batched drain, from the pipeline it measures.
+        // The window is read from the rows' own timestamps, so the poll's delay is not in it.
+        let done = "SELECT count(*) FROM processed_events";
+        poll_count(
+            &host.pool,
+            done,
+            8 * BACKLOG as i64,
+            Duration::from_millis(250),
+            Duration::from_secs(600),
+        )
+        .await?;
         let cpu = Cpu::now().since(&cpu_before);
+        profiler.record(false);
         let metrics = reqwest::get(format!("http://{}/metrics", host.addr)).await?.text().await?;
         let series = |name: &str| {
             metrics.lines().find_map(|l| l.strip_prefix(name)?.trim().parse::<f64>().ok()).unwrap_or(0.0)
@@ -536,6 +550,26 @@ async fn seed_backlog(common: &[(&str, &str)], orders: usize) -> anyhow::Result<
     seed.shutdown().await
 }
 
+/// `BENCH_PERF_CTL=<fifo>`: the control fifo of a `perf record --control=fifo:<fifo> -D -1`
+/// started around the bench, so that it samples only the drains (not seeding, set-up or the
+/// checks after), Postgres included when recording with `-a`.
+struct Profiler(Option<std::fs::File>);
+
+impl Profiler {
+    fn from_env() -> anyhow::Result<Profiler> {
+        let Ok(fifo) = std::env::var("BENCH_PERF_CTL") else { return Ok(Profiler(None)) };
+        let ctl = std::fs::OpenOptions::new().write(true).open(&fifo);
+        Ok(Profiler(Some(ctl.map_err(|e| anyhow::anyhow!("opening perf's control fifo {fifo}: {e}"))?)))
+    }
+
+    fn record(&self, on: bool) {
+        use std::io::Write;
+        if let Some(mut ctl) = self.0.as_ref() {
+            let _ = ctl.write_all(if on { b"enable\n" } else { b"disable\n" });
+        }
+    }
+}
+
 /// CPU time used so far by this process (the host, the embedded broker, the load client) and by
 /// every Postgres process, from `/proc` (Linux only: this is a benchmark for the project machine).
 struct Cpu {
@@ -548,11 +582,16 @@ impl Cpu {
         let mut postgres = Duration::ZERO;
         for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
             let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else { continue };
+            // With its reaped children's time: a backend that exits between the two samples (the
+            // seeding host's connections close as the drain starts) would otherwise take its
+            // whole lifetime's CPU out of the sum, and the difference read 0.
             if stat.contains("(postgres)") {
-                postgres += cpu_of(&stat);
+                postgres += cpu_of(&stat, Reaped::Included);
             }
         }
-        let own = std::fs::read_to_string("/proc/self/stat").map(|s| cpu_of(&s)).unwrap_or_default();
+        let own = std::fs::read_to_string("/proc/self/stat")
+            .map(|s| cpu_of(&s, Reaped::Excluded))
+            .unwrap_or_default();
         Cpu { host: own, postgres }
     }
 
@@ -564,12 +603,23 @@ impl Cpu {
     }
 }
 
-/// utime + stime of a `/proc/<pid>/stat` line, at the kernel's usual 100 ticks per second.
-fn cpu_of(stat: &str) -> Duration {
+/// utime + stime of a `/proc/<pid>/stat` line, at the kernel's usual 100 ticks per second, and
+/// with `Reaped::Included` cutime + cstime too: the CPU of its exited children.
+fn cpu_of(stat: &str, reaped: Reaped) -> Duration {
     let fields: Vec<&str> = stat.rsplit(')').next().unwrap_or_default().split_whitespace().collect();
     let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok()).unwrap_or(0);
-    // Fields after the command: state is 0, utime is 11, stime is 12.
-    Duration::from_millis((ticks(11) + ticks(12)) * 10)
+    // Fields after the command: state is 0, utime 11, stime 12, cutime 13, cstime 14.
+    let children = match reaped {
+        Reaped::Included => ticks(13) + ticks(14),
+        Reaped::Excluded => 0,
+    };
+    Duration::from_millis((ticks(11) + ticks(12) + children) * 10)
+}
+
+#[derive(Clone, Copy)]
+enum Reaped {
+    Included,
+    Excluded,
 }
 
 /// The shipped components with order-processor's stage delays set to zero.

@@ -33,7 +33,7 @@ impl Drop for Replica {
 impl Replica {
     fn cpu(&self) -> Duration {
         std::fs::read_to_string(format!("/proc/{}/stat", self.child.id()))
-            .map(|s| cpu_of(&s))
+            .map(|s| cpu_of(&s, Reaped::Excluded))
             .unwrap_or_default()
     }
 
