@@ -20,11 +20,3 @@ pub mod serve;
 pub mod shadow;
 pub mod supervise;
 pub mod telemetry;
-
-/// The allocator of every binary built on this library (`order-host`, the tests, the benches), so
-/// what is measured is what ships. Why not glibc's: a batched drain allocates and frees many
-/// small, short-lived objects per event across threads (decoded records, the snapshot's rows,
-/// component arguments and answers, sqlx's buffers), and in its profile malloc, free and their
-/// consolidation were about a quarter of the dispatcher's own CPU (BENCHMARKS.md).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
