@@ -58,8 +58,13 @@ async fn run_splitter(
         .expect("splitter consumer");
     let originals: Vec<&str> = QUEUES.iter().map(|(_, t)| *t).collect();
     consumer.subscribe(&originals).expect("subscribe to the original topics");
-    let producer: FutureProducer =
-        ClientConfig::new().set("bootstrap.servers", &brokers).create().expect("splitter producer");
+    // Idempotent, so a retried send cannot put a record on a split topic that `forwarded` does
+    // not count.
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .set("enable.idempotence", "true")
+        .create()
+        .expect("splitter producer");
     let mut forwarded = 0;
     let mut seen = BTreeSet::new();
     loop {
