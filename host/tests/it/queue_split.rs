@@ -98,12 +98,6 @@ async fn run_splitter(
     }
 }
 
-/// Every record on `topic` now, read from the beginning.
-async fn whole_topic(brokers: &str, topic: &str) -> Vec<Consumed> {
-    let size = topic_size(brokers, topic).await as usize;
-    consume(brokers, topic, size, Duration::from_secs(20), |_| true).await
-}
-
 /// Filters per queue id, from the session's rendered `.mirrord/order-host.json`.
 fn session_filters() -> BTreeMap<String, BTreeMap<String, Regex>> {
     let config = mirrord::session_config("order-host.json", "s1");

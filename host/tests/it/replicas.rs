@@ -3,7 +3,7 @@
 //! SIGKILL, a joining replica; on the dev broker, and ignored on tansu) is in
 //! `replicas::processes`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use crate::support::metric_value;
@@ -48,7 +48,9 @@ async fn drained(pool: &sqlx::PgPool, within: Duration) {
 }
 
 /// Two relays split the 16 slots evenly and both publish; when one leaves, the other takes its
-/// slots. On the topic every key's records are in commit (payload) order, none lost or repeated.
+/// slots. On the topic every row is present and every key's rows first appear in commit (payload)
+/// order. A row may appear twice: the relay publishes at least once (one that loses its claim
+/// after publishing publishes again), and that is no fault.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn relays_share_the_slots_and_keep_each_keys_order() {
     let broker = EmbeddedBroker::start(&[&TOPICS[..], &[CHECK_TOPIC]].concat(), 3).expect("broker");
@@ -70,7 +72,9 @@ async fn relays_share_the_slots_and_keep_each_keys_order() {
     let published = "order_host_relay_published_total";
     let (by_a, by_b) = (metric(&http, &a, published).await, metric(&http, &b, published).await);
     assert!(by_a > 0.0 && by_b > 0.0, "both relays publish: {by_a} and {by_b}");
-    assert_eq!(by_a + by_b, 2000.0, "each row published once");
+    // Counted before the transaction that marks a batch's rows commits: a batch published again
+    // after that commit failed counts again. The topic below shows no row is missing.
+    assert!(by_a + by_b >= 2000.0, "only {by_a} + {by_b} of 2000 rows published");
 
     b.shutdown().await.expect("replica b stops");
     eventually("the remaining relay to take every slot", Duration::from_secs(20), || async {
@@ -80,19 +84,24 @@ async fn relays_share_the_slots_and_keep_each_keys_order() {
     enqueue(&a.pool, 2000, 400, 40).await;
     drained(&a.pool, Duration::from_secs(60)).await;
 
-    let records = consume(&brokers, CHECK_TOPIC, 2400, Duration::from_secs(60), |_| true).await;
+    // Every record on the topic, copies included; each key's rows as they first appear. A copy
+    // of a row under another key would be a row of its own there, and fail the count.
+    let records = whole_topic(&brokers, CHECK_TOPIC).await;
+    assert!(records.len() >= 2400, "{} records on the topic for 2400 rows", records.len());
+    let mut seen = BTreeSet::new();
     let mut by_key: BTreeMap<String, Vec<i64>> = BTreeMap::new();
     for r in &records {
         let n: i64 = String::from_utf8_lossy(&r.raw).parse().unwrap();
-        by_key.entry(r.key.clone()).or_default().push(n);
+        if seen.insert((r.key.clone(), n)) {
+            by_key.entry(r.key.clone()).or_default().push(n);
+        }
     }
     assert_eq!(by_key.len(), 40);
-    for (key, seen) in &by_key {
-        let mut sorted = seen.clone();
+    for (key, first) in &by_key {
+        let mut sorted = first.clone();
         sorted.sort_unstable();
-        sorted.dedup();
-        assert_eq!(seen, &sorted, "{key}'s records left out of commit order, or twice");
-        assert_eq!(seen.len(), 60, "{key}: {seen:?}");
+        assert_eq!(first, &sorted, "{key}'s rows first appeared out of commit order");
+        assert_eq!(first.len(), 60, "{key}: {first:?}");
     }
     a.shutdown().await.expect("replica a stops");
     std::mem::forget(broker);
@@ -108,9 +117,11 @@ mod processes {
     use crate::support::process::*;
     use crate::support::service::*;
 
-    /// Orders per second offered, whatever the hosts answer, and for how long.
+    /// Orders per second offered, whatever the hosts answer, and for how long at least.
     const RATE: u64 = 100;
     const LOAD: Duration = Duration::from_secs(60);
+    /// How long the load goes on after the last fault, if that came later than `LOAD`.
+    const AFTER_FAULTS: Duration = Duration::from_secs(10);
     const GROUP: &str = "order-processor";
 
     /// One replica: its port, its process while it runs, and a log per start.
@@ -186,19 +197,28 @@ mod processes {
         }
     }
 
-    /// Offers `RATE` orders a second for `LOAD` to whichever replicas are live, each on a tick of
-    /// its own whether or not earlier ones were answered (open loop). A request that meets a
-    /// replica going away is tried on another. Returns the ids of the orders answered 201.
+    /// Offers `RATE` orders a second to whichever replicas are live, each on a tick of its own
+    /// whether or not earlier ones were answered (open loop), for `LOAD` and on until
+    /// `AFTER_FAULTS` past the time `faults_over` announces: every fault happens under load
+    /// however long a loaded machine makes them take (they could outlast a fixed load). A request
+    /// that meets a replica going away is tried on another. Returns how many orders were offered
+    /// and the ids of those answered 201.
     fn offer_orders(
         live: Arc<Mutex<Vec<u16>>>,
         http: reqwest::Client,
-    ) -> tokio::task::JoinHandle<Vec<String>> {
+        faults_over: tokio::sync::watch::Receiver<Option<Instant>>,
+    ) -> tokio::task::JoinHandle<(u64, Vec<String>)> {
         tokio::spawn(async move {
             let started = Instant::now();
-            let total = RATE * LOAD.as_secs();
             let mut requests = tokio::task::JoinSet::new();
-            for n in 0..total {
-                tokio::time::sleep_until((started + Duration::from_millis(n * 1000 / RATE)).into()).await;
+            let mut n = 0;
+            loop {
+                let tick = started + Duration::from_millis(n * 1000 / RATE);
+                let after_faults = (*faults_over.borrow()).is_some_and(|at| tick >= at + AFTER_FAULTS);
+                if tick >= started + LOAD && after_faults {
+                    break;
+                }
+                tokio::time::sleep_until(tick.into()).await;
                 let (live, http) = (live.clone(), http.clone());
                 requests.spawn(async move {
                     for attempt in 0..5usize {
@@ -223,12 +243,13 @@ mod processes {
                     }
                     None
                 });
+                n += 1;
             }
             let mut ids = Vec::new();
             while let Some(id) = requests.join_next().await {
                 ids.extend(id.expect("request task"));
             }
-            ids
+            (n, ids)
         })
     }
 
@@ -290,7 +311,8 @@ mod processes {
         for _ in 0..3 {
             cluster.add_replica().await;
         }
-        let load = offer_orders(cluster.live.clone(), cluster.http.clone());
+        let (faults_over, faults_over_rx) = tokio::sync::watch::channel(None);
+        let load = offer_orders(cluster.live.clone(), cluster.http.clone(), faults_over_rx);
         let started = Instant::now();
 
         tokio::time::sleep(Duration::from_secs(3)).await;
@@ -309,10 +331,13 @@ mod processes {
         tokio::time::sleep(Duration::from_secs(3)).await;
         cluster.add_replica().await;
         let joined = started.elapsed();
-        assert!(joined < LOAD, "the faults took {joined:?}, longer than the load ({LOAD:?})");
-        let accepted = load.await.unwrap();
-        eprintln!("rolled by {rolled:?}, joined by {joined:?}, {} orders accepted", accepted.len());
-        assert!(accepted.len() as u64 >= RATE * LOAD.as_secs() * 9 / 10, "only {} accepted", accepted.len());
+        faults_over.send_replace(Some(Instant::now()));
+        let (offered, accepted) = load.await.unwrap();
+        eprintln!(
+            "rolled by {rolled:?}, joined by {joined:?}, {} of {offered} orders accepted",
+            accepted.len()
+        );
+        assert!(accepted.len() as u64 >= offered * 9 / 10, "only {} of {offered} accepted", accepted.len());
 
         let pool = sqlx::PgPool::connect(&cluster.database_url).await.unwrap();
         let ids: Vec<uuid::Uuid> = accepted.iter().map(|id| id.parse().unwrap()).collect();

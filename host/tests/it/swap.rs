@@ -63,6 +63,41 @@ async fn notified_by(t: &TestHost, order: &str) -> Option<String> {
     cause.strip_prefix("handler:notifier@").map(str::to_string)
 }
 
+/// Orders placed by a test's stream, with when each POST was sent.
+type Placed = std::sync::Mutex<Vec<(String, chrono::DateTime<chrono::Utc>)>>;
+
+/// Orders sent within a phase before it may end, and how many of them must have been handled by
+/// then: enough events wholly inside the phase to check its version.
+const PHASE_ORDERS: usize = 25;
+const PHASE_HANDLED: i64 = 10;
+
+/// Lets the phase begun at `from` run: for 1.5 s, and on until `PHASE_ORDERS` orders were sent in
+/// it and `PHASE_HANDLED` of them notified. A fixed 1.5 s could leave a phase on a loaded machine
+/// with too few events inside it to check.
+async fn settle(t: &TestHost, placed: &Placed, from: chrono::DateTime<chrono::Utc>) {
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let what = format!("{PHASE_ORDERS} orders sent in the phase and {PHASE_HANDLED} of them notified");
+    eventually(&what, Duration::from_secs(60), || {
+        let ids: Vec<uuid::Uuid> = placed
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(_, sent)| *sent >= from)
+            .map(|(id, _)| id.parse().unwrap())
+            .collect();
+        async move {
+            let (handled,): (i64,) =
+                sqlx::query_as("SELECT count(*) FROM notifications WHERE order_id = ANY($1)")
+                    .bind(&ids)
+                    .fetch_one(t.pool())
+                    .await
+                    .unwrap();
+            (ids.len() >= PHASE_ORDERS && handled >= PHASE_HANDLED).then_some(())
+        }
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn versions_swap_under_load_through_the_api_and_the_directory_without_loss_or_duplicates() {
     use chrono::{DateTime, Utc};
@@ -100,26 +135,24 @@ async fn versions_swap_under_load_through_the_api_and_the_directory_without_loss
 
     // A steady stream of orders, each stamped with when its POST was sent.
     let stop = Arc::new(AtomicBool::new(false));
+    let placed: Arc<Placed> = Arc::default();
     let stream = tokio::spawn({
-        let (t, stop) = (t.clone(), stop.clone());
+        let (t, stop, placed) = (t.clone(), stop.clone(), placed.clone());
         async move {
-            let mut placed = Vec::new();
             let mut i = 0;
             while !stop.load(Ordering::Relaxed) {
                 let sent = Utc::now();
                 let (code, o) =
                     t.post("/api/orders", &order_body(&format!("swap{i}@x.io"), &[("7", 1)])).await;
                 assert_eq!(code, 201, "{o}");
-                placed.push((o["id"].as_str().unwrap().to_string(), sent));
+                placed.lock().unwrap().push((o["id"].as_str().unwrap().to_string(), sent));
                 i += 1;
                 tokio::time::sleep(Duration::from_millis(15)).await;
             }
-            placed
         }
     });
-    let settle = || tokio::time::sleep(Duration::from_millis(1500));
 
-    settle().await;
+    settle(&t, &placed, phases.last().unwrap().from).await;
     let requested = Utc::now();
     let (code, body) = admin(&t, reqwest::Method::PUT, "/admin/handlers/notifier", Some(v2.clone())).await;
     assert_eq!(code, 200, "{body}");
@@ -134,25 +167,26 @@ async fn versions_swap_under_load_through_the_api_and_the_directory_without_loss
     );
     swapped(&mut phases, requested, &v2);
 
-    settle().await;
+    settle(&t, &placed, phases.last().unwrap().from).await;
     let requested = Utc::now();
     rollback_to(&t, &v1).await;
     swapped(&mut phases, requested, &v1);
 
-    settle().await;
+    settle(&t, &placed, phases.last().unwrap().from).await;
     let requested = Utc::now();
     write_notifier(dir.path(), &v2);
     wait_serving(&t, "notifier", &sha(&v2)).await;
     swapped(&mut phases, requested, &v2);
 
-    settle().await;
+    settle(&t, &placed, phases.last().unwrap().from).await;
     let requested = Utc::now();
     rollback_to(&t, &v1).await;
     swapped(&mut phases, requested, &v1);
 
-    settle().await;
+    settle(&t, &placed, phases.last().unwrap().from).await;
     stop.store(true, Ordering::Relaxed);
-    let placed = stream.await.unwrap();
+    stream.await.unwrap();
+    let placed = std::mem::take(&mut *placed.lock().unwrap());
     assert!(placed.len() > 100, "only {} orders were placed during the swaps", placed.len());
 
     let all = placed.len() as i64 + 1;

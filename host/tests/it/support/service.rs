@@ -11,9 +11,9 @@ use devpg::LocalPostgres;
 use host::config::Config;
 use host::kafka::EmbeddedBroker;
 use host::serve::Host;
-use rdkafka::ClientConfig;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{Headers, Message};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use sqlx::PgPool;
 
 static CLUSTER: OnceLock<LocalPostgres> = OnceLock::new();
@@ -244,8 +244,25 @@ pub struct Consumed {
     pub raw_headers: Vec<(String, Vec<u8>)>,
 }
 
+impl Consumed {
+    /// The `ce_id` header, the event's id: the same on every copy of a record the relay
+    /// published more than once. Empty when the record has none.
+    pub fn ce_id(&self) -> &str {
+        self.headers.get("ce_id").map_or("", String::as_str)
+    }
+
+    /// Which dead letter this is: the handler that gave up and where its source record sat. There
+    /// is one per (event, handler), however often the relay published it; unlike `ce_id` this
+    /// also tells apart dead letters of records without a usable event id.
+    pub fn dead_letter_id(&self) -> String {
+        let h = |k: &str| self.headers.get(k).map_or("", String::as_str);
+        format!("{} {}/{}@{}", h("x-dlq-handler"), h("x-dlq-topic"), h("x-dlq-partition"), h("x-dlq-offset"))
+    }
+}
+
 /// Reads `topic` from the beginning until `want` records for which `keep` holds have arrived, or
-/// fails after `within`.
+/// fails after `within`. Returns them in arrival order, copies included: the relay publishes at
+/// least once, so count distinct records with [`consume_distinct`] instead.
 pub async fn consume(
     brokers: &str,
     topic: &str,
@@ -253,6 +270,68 @@ pub async fn consume(
     within: Duration,
     keep: impl Fn(&Consumed) -> bool,
 ) -> Vec<Consumed> {
+    read_until(brokers, topic, want, within, "records", keep).await
+}
+
+/// As [`consume`], until `want` distinct records (told apart by `identity`, such as
+/// [`Consumed::ce_id`]) for which `keep` holds have arrived. Returns the first copy of each, in
+/// arrival order: a record the relay published twice appears once, and a key's records in the
+/// order they first arrived (a repeat may come after later records, but never a first copy).
+pub async fn consume_distinct(
+    brokers: &str,
+    topic: &str,
+    want: usize,
+    within: Duration,
+    keep: impl Fn(&Consumed) -> bool,
+    identity: impl Fn(&Consumed) -> String,
+) -> Vec<Consumed> {
+    let mut seen = std::collections::HashSet::new();
+    read_until(brokers, topic, want, within, "distinct records", |c| keep(c) && seen.insert(identity(c)))
+        .await
+}
+
+/// Every record on `topic` now, copies included, read from the beginning: as many as its high
+/// watermarks add up to. That count is of records only because no producer here is
+/// transactional (a transaction's commit marker takes an offset of its own).
+pub async fn whole_topic(brokers: &str, topic: &str) -> Vec<Consumed> {
+    let size = topic_size(brokers, topic).await as usize;
+    consume(brokers, topic, size, Duration::from_secs(60), |_| true).await
+}
+
+/// Reads `topic` from the beginning until `take` has taken `want` records (`what`, in the failure
+/// message), or fails after `within` listing what it took.
+async fn read_until(
+    brokers: &str,
+    topic: &str,
+    want: usize,
+    within: Duration,
+    what: &str,
+    mut take: impl FnMut(&Consumed) -> bool,
+) -> Vec<Consumed> {
+    let deadline = Instant::now() + within;
+    let consumer = assigned_from_start(brokers, topic, within).await;
+    let mut got = Vec::new();
+    while got.len() < want {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let msg = match tokio::time::timeout(left, consumer.recv()).await {
+            Ok(m) => m.expect("consume"),
+            Err(_) => {
+                panic!("only {} of {want} {what} arrived on {topic} within {within:?}: {got:#?}", got.len())
+            }
+        };
+        let c = consumed(&msg);
+        if take(&c) {
+            got.push(c);
+        }
+    }
+    got
+}
+
+/// A consumer of every partition of `topic` from its first offset. The partitions are assigned,
+/// not subscribed to: joining a fresh consumer group took seconds on a loaded machine, out of the
+/// caller's time to wait for records. librdkafka wants a `group.id` all the same; it is never
+/// joined, and nothing is committed.
+async fn assigned_from_start(brokers: &str, topic: &str, within: Duration) -> StreamConsumer {
     let consumer: StreamConsumer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("group.id", format!("test-{}", uuid::Uuid::new_v4()))
@@ -260,47 +339,71 @@ pub async fn consume(
         .set("enable.auto.commit", "false")
         .create()
         .expect("test consumer");
-    consumer.subscribe(&[topic]).expect("subscribe");
-    let deadline = Instant::now() + within;
-    let mut got = Vec::new();
-    while got.len() < want {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let msg = match tokio::time::timeout(left, consumer.recv()).await {
-            Ok(m) => m.expect("consume"),
-            Err(_) => {
-                panic!("only {} of {want} records arrived on {topic} within {within:?}: {got:#?}", got.len())
-            }
-        };
-        let headers = msg
-            .headers()
-            .map(|h| {
-                h.iter()
-                    .map(|h| {
-                        (h.key.to_string(), String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned())
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
-        let c = Consumed {
-            topic: msg.topic().to_string(),
-            key: String::from_utf8_lossy(msg.key().unwrap_or_default()).into_owned(),
-            headers,
-            value: serde_json::from_slice(msg.payload().unwrap_or_default()).unwrap_or_default(),
-            raw: msg.payload().unwrap_or_default().to_vec(),
-            raw_key: msg.key().map(<[u8]>::to_vec),
-            raw_value: msg.payload().map(<[u8]>::to_vec),
-            raw_headers: msg
-                .headers()
-                .map(|h| {
-                    h.iter().map(|h| (h.key.to_string(), h.value.unwrap_or_default().to_vec())).collect()
-                })
-                .unwrap_or_default(),
-        };
-        if keep(&c) {
-            got.push(c);
-        }
+    let mut assignment = TopicPartitionList::new();
+    for partition in partitions(brokers, topic, within).await {
+        assignment.add_partition_offset(topic, partition, Offset::Beginning).expect("a partition to read");
     }
-    got
+    consumer.assign(&assignment).expect("assign the topic's partitions");
+    consumer
+}
+
+/// The partitions of `topic`, waiting up to `within` for it to exist with at least one (a broker
+/// process started moments ago may not have created it yet).
+async fn partitions(brokers: &str, topic: &str, within: Duration) -> Vec<i32> {
+    let (brokers, name) = (brokers.to_string(), topic.to_string());
+    let found = tokio::task::spawn_blocking(move || {
+        let consumer: rdkafka::consumer::BaseConsumer =
+            ClientConfig::new().set("bootstrap.servers", &brokers).create().expect("metadata consumer");
+        let deadline = Instant::now() + within;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let timeout = left.clamp(Duration::from_millis(100), Duration::from_secs(5));
+            let answer = match consumer.fetch_metadata(Some(&name), timeout) {
+                Ok(metadata) => match metadata.topics().first() {
+                    Some(t) if t.error().is_none() && !t.partitions().is_empty() => {
+                        return Ok(t.partitions().iter().map(|p| p.id()).collect());
+                    }
+                    Some(t) => format!("{} partitions, error {:?}", t.partitions().len(), t.error()),
+                    None => "not in the metadata".to_string(),
+                },
+                Err(e) => format!("metadata: {e}"),
+            };
+            if Instant::now() >= deadline {
+                return Err(answer);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    })
+    .await
+    .expect("the metadata task");
+    found.unwrap_or_else(|last| panic!("topic {topic} had no partitions within {within:?}: {last}"))
+}
+
+/// What the tests inspect of a record read.
+fn consumed(msg: &rdkafka::message::BorrowedMessage<'_>) -> Consumed {
+    let headers = msg
+        .headers()
+        .map(|h| {
+            h.iter()
+                .map(|h| {
+                    (h.key.to_string(), String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned())
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    Consumed {
+        topic: msg.topic().to_string(),
+        key: String::from_utf8_lossy(msg.key().unwrap_or_default()).into_owned(),
+        headers,
+        value: serde_json::from_slice(msg.payload().unwrap_or_default()).unwrap_or_default(),
+        raw: msg.payload().unwrap_or_default().to_vec(),
+        raw_key: msg.key().map(<[u8]>::to_vec),
+        raw_value: msg.payload().map(<[u8]>::to_vec),
+        raw_headers: msg
+            .headers()
+            .map(|h| h.iter().map(|h| (h.key.to_string(), h.value.unwrap_or_default().to_vec())).collect())
+            .unwrap_or_default(),
+    }
 }
 
 /// Records in `topic` across all partitions (the sum of high watermarks).
