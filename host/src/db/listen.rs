@@ -5,27 +5,16 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
-use serde::Deserialize;
 use sqlx::PgPool;
 use sqlx::postgres::PgListener;
 use tokio::sync::{Notify, broadcast, watch};
 use uuid::Uuid;
 
-/// A committed status-history row, as the `order_status` trigger announces it.
-#[derive(Debug, Clone, Deserialize)]
-pub struct StatusNotice {
-    pub id: i64,
-    pub order_id: Uuid,
-    pub from_status: Option<String>,
-    pub to_status: String,
-    pub cause: String,
-    pub at: DateTime<Utc>,
-}
-
 #[derive(Debug, Clone)]
 pub enum Notice {
-    Status(StatusNotice),
+    /// Orders whose status changed in one committed statement (the `order_status` trigger's
+    /// payload, migration 0012): a watcher of one of them reads its new history rows itself.
+    Changed(Arc<[Uuid]>),
     /// The listening connection dropped and was re-established; notifications in between were
     /// lost, so subscribers should re-read what they show.
     Resync,
@@ -103,12 +92,18 @@ pub async fn run(pool: PgPool, notices: Notices, mut shutdown: watch::Receiver<b
             match next {
                 Ok(Some(n)) if n.channel() == "outbox" => notices.outbox.notify_one(),
                 Ok(Some(n)) if n.channel() == "timers" => notices.timers.notify_one(),
-                Ok(Some(n)) => match serde_json::from_str::<StatusNotice>(n.payload()) {
-                    Ok(s) => {
-                        // No receivers is normal: nobody is watching.
-                        let _ = notices.status.send(Notice::Status(s));
+                // Nobody watching is the normal case, and then the payload is not even parsed.
+                Ok(Some(_)) if notices.status.receiver_count() == 0 => {}
+                Ok(Some(n)) => match changed_orders(n.payload()) {
+                    Some(ids) => {
+                        let _ = notices.status.send(Notice::Changed(ids));
                     }
-                    Err(e) => tracing::warn!(error = %e, payload = n.payload(), "undecodable status notice"),
+                    None => {
+                        // A payload of another shape (a replica of an older version mid-upgrade):
+                        // which orders changed is unknown, so every watcher re-reads.
+                        tracing::warn!(payload = n.payload(), "undecodable status notice");
+                        let _ = notices.status.send(Notice::Resync);
+                    }
                 },
                 Ok(None) => {
                     tracing::warn!("notification connection lost; reconnecting");
@@ -123,8 +118,31 @@ pub async fn run(pool: PgPool, notices: Notices, mut shutdown: watch::Receiver<b
     }
 }
 
+/// The order ids of an `order_status` payload: UUIDs separated by commas.
+fn changed_orders(payload: &str) -> Option<Arc<[Uuid]>> {
+    payload.split(',').map(|id| id.parse().ok()).collect()
+}
+
 async fn connect(pool: &PgPool) -> sqlx::Result<PgListener> {
     let mut listener = PgListener::connect_with(pool).await?;
     listener.listen_all(["order_status", "outbox", "timers"]).await?;
     Ok(listener)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_status_payload_is_its_order_ids() {
+        let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
+        assert_eq!(changed_orders(&format!("{a},{b}")).as_deref(), Some(&[a, b][..]));
+        assert_eq!(changed_orders(&a.to_string()).as_deref(), Some(&[a][..]));
+    }
+
+    #[test]
+    fn a_payload_of_another_shape_is_refused() {
+        assert_eq!(changed_orders(r#"{"id":1,"order_id":"x"}"#), None);
+        assert_eq!(changed_orders(""), None);
+    }
 }

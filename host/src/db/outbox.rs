@@ -227,9 +227,19 @@ pub async fn parked(pool: &PgPool) -> sqlx::Result<Vec<Parked>> {
         i64,
     );
     let rows: Vec<ParkedRow> = sqlx::query_as(
-        "SELECT id, topic, key, attempts, last_error, created_at, parked_at,
-                (SELECT count(*) FROM outbox l WHERE l.key = o.key AND l.published_at IS NULL AND l.id > o.id)
-         FROM outbox o WHERE parked_at IS NOT NULL AND published_at IS NULL ORDER BY id",
+        // The rows each parked row holds back are read in one pass over the backlog (its keys
+        // matched as a hashed array), then counted per parked row: no index by key is kept for
+        // this rare listing (migration 0012), and a join per parked row would rescan the backlog.
+        "WITH parked AS MATERIALIZED (
+             SELECT id, topic, key, attempts, last_error, created_at, parked_at FROM outbox
+             WHERE (parked_at IS NOT NULL OR next_attempt_at IS NOT NULL)
+               AND parked_at IS NOT NULL AND published_at IS NULL),
+         held AS MATERIALIZED (
+             SELECT key, id FROM outbox
+             WHERE published_at IS NULL AND key = ANY(ARRAY(SELECT key FROM parked WHERE key IS NOT NULL)))
+         SELECT id, topic, key, attempts, last_error, created_at, parked_at,
+                (SELECT count(*) FROM held h WHERE h.key = p.key AND h.id > p.id)
+         FROM parked p ORDER BY id",
     )
     .fetch_all(pool)
     .await?;

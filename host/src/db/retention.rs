@@ -55,6 +55,39 @@ pub async fn prune_journal(conn: &mut PgConnection, older_than: Duration) -> sql
     .await
 }
 
+/// Whether the pass is this replica's to run now, and if so, holds it. Every replica ticks every
+/// interval; the pass runs where it wins the session advisory lock `order-host:retention` (so two
+/// never overlap) and the last pass by any replica ended more than `min_gap` ago. That is read
+/// from the outbox's `last_vacuum`, written when a pass's vacuum completes, so N replicas run
+/// about one pass per interval between them, not N, with no table of their own to agree in.
+/// A vacuum that was skipped (autovacuum was at the outbox) leaves it old, and the next tick by
+/// any replica runs the pass again. The lock lasts until [`end_pass`] or the session's end.
+pub async fn begin_pass(conn: &mut PgConnection, min_gap: Duration) -> sqlx::Result<bool> {
+    let (locked,): (bool,) = sqlx::query_as("SELECT pg_try_advisory_lock(hashtext('order-host:retention'))")
+        .fetch_one(&mut *conn)
+        .await?;
+    if !locked {
+        return Ok(false);
+    }
+    let (due,): (bool,) = sqlx::query_as(
+        "SELECT coalesce((SELECT last_vacuum FROM pg_stat_user_tables WHERE relid = 'outbox'::regclass)
+                         < now() - make_interval(secs => $1), true)",
+    )
+    .bind(min_gap.as_secs_f64())
+    .fetch_one(&mut *conn)
+    .await?;
+    if !due {
+        end_pass(conn).await?;
+    }
+    Ok(due)
+}
+
+/// Lets the next pass begin, on this replica or another.
+pub async fn end_pass(conn: &mut PgConnection) -> sqlx::Result<()> {
+    sqlx::query("SELECT pg_advisory_unlock(hashtext('order-host:retention'))").execute(conn).await?;
+    Ok(())
+}
+
 /// Vacuums the tables every event churns, after a pass has pruned them: each published outbox
 /// row is updated once and deleted once, each idempotency row deleted by the pass and each timer
 /// deleted when it fires. Their dead versions and index entries otherwise wait for autovacuum,

@@ -2,9 +2,9 @@
 //! with its current status, then every committed change in order.
 //!
 //! Changes arrive through the process-wide LISTEN fan-out, so a change committed by any replica
-//! reaches every stream. Each event carries its history id; a stream that lags behind the fan-out
-//! or sees it reconnect re-reads the history after the last id it sent, so nothing is skipped or
-//! sent twice.
+//! reaches every stream. A notice names only the orders a statement changed; a stream whose order
+//! is among them, or that lags behind the fan-out or sees it reconnect, reads the history after
+//! the last id it sent. Each event carries its history id, so nothing is skipped or sent twice.
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
@@ -129,18 +129,8 @@ impl StreamState {
                 _ = shutdown.wait_for(|s| *s) => return None,
             };
             match notice {
-                Ok(Notice::Status(n)) if n.order_id == self.order_id && n.id > self.last_id => {
-                    self.last_id = n.id;
-                    let body = StatusEventJson {
-                        order_id: n.order_id,
-                        status: n.to_status,
-                        previous_status: n.from_status,
-                        cause: Some(n.cause),
-                        changed_at: n.at,
-                    };
-                    return Some(event(n.id, &body));
-                }
-                Ok(Notice::Status(_)) => {}
+                Ok(Notice::Changed(ids)) if ids.contains(&self.order_id) => self.catch_up().await,
+                Ok(Notice::Changed(_)) => {}
                 Ok(Notice::Resync) | Err(RecvError::Lagged(_)) => self.catch_up().await,
                 Err(RecvError::Closed) => return None,
             }

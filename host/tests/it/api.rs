@@ -452,6 +452,68 @@ async fn a_live_stream_sees_every_change_in_order() {
         .unwrap();
 }
 
+/// One statement changing hundreds of orders (a group commit) is announced in several
+/// notifications of at most 200 order ids each (migration 0012); a stream must hear its order
+/// whichever of them names it, and only its own order's row.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_stream_hears_its_order_among_hundreds_changed_in_one_statement() {
+    let t = TestHost::start().await;
+    let (_, order) = t.post("/api/orders", &order_body("many@x.io", &[("9", 1)])).await;
+    let id = order["id"].as_str().unwrap().to_string();
+    sqlx::query(
+        "INSERT INTO orders (id, tracking_token, customer_name, customer_email, total_cents, status)
+         SELECT gen_random_uuid(), md5(g::text), 'Bulk', 'bulk@x.io', 100, 'pending'
+         FROM generate_series(1, 649) g",
+    )
+    .execute(t.pool())
+    .await
+    .unwrap();
+    let resp = t.http.get(t.url(&format!("/api/orders/{id}/events"))).send().await.unwrap();
+    let mut events = SseReader::new(resp);
+    assert_eq!(events.next_within(Duration::from_secs(1)).await["status"], "pending");
+
+    // The trigger's own notifications, heard by a listener of the test's.
+    let mut listener = sqlx::postgres::PgListener::connect_with(t.pool()).await.unwrap();
+    listener.listen("order_status").await.unwrap();
+    let all: std::collections::BTreeSet<String> = sqlx::query_scalar("SELECT id::text FROM orders")
+        .fetch_all(t.pool())
+        .await
+        .unwrap()
+        .into_iter()
+        .collect();
+    assert_eq!(all.len(), 650);
+
+    for (from, to) in [("pending", "processing"), ("processing", "confirmed"), ("confirmed", "shipped")] {
+        let written = sqlx::query(
+            "INSERT INTO order_status_history (order_id, from_status, to_status, cause)
+             SELECT id, $1, $2, 'bulk' FROM orders",
+        )
+        .bind(from)
+        .bind(to)
+        .execute(t.pool())
+        .await
+        .unwrap();
+        assert_eq!(written.rows_affected(), 650);
+        // Four notifications of at most 200 ids, under Postgres's 8,000-byte payload limit,
+        // naming every changed order once.
+        let mut named = std::collections::BTreeSet::new();
+        for _ in 0..4 {
+            let n = tokio::time::timeout(Duration::from_secs(5), listener.recv())
+                .await
+                .expect("a status notification within 5 s")
+                .unwrap();
+            let ids: Vec<&str> = n.payload().split(',').collect();
+            assert!(ids.len() <= 200 && n.payload().len() < 8000, "{} ids", ids.len());
+            named.extend(ids.into_iter().map(String::from));
+        }
+        assert_eq!(named, all, "the notifications name each changed order");
+        let ev = events.next_within(Duration::from_secs(2)).await;
+        assert_eq!((ev["status"].as_str(), ev["cause"].as_str()), (Some(to), Some("bulk")), "{ev}");
+        assert_eq!(ev["order_id"], json!(id));
+    }
+    t.host.shutdown().await.unwrap();
+}
+
 /// Reads `data:` payloads of `status` events from an SSE response.
 struct SseReader {
     body: futures_util::stream::BoxStream<'static, reqwest::Result<bytes::Bytes>>,
@@ -1076,6 +1138,32 @@ async fn a_retention_pass_reads_the_rows_it_deletes_not_the_whole_window() {
         accesses <= 10 * 100 + 100,
         "deleting 100 rows made {accesses} buffer accesses to the outbox and its indexes ({pages} pages)"
     );
+}
+
+/// Replicas share the retention pass: one runs at a time, and a pass that ended less than the
+/// gap ago is not run again by another replica (it once ran on every replica every interval,
+/// vacuuming the same tables N times).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_retention_pass_runs_at_a_time_and_not_again_within_the_gap() {
+    use host::db::retention::{begin_pass, end_pass, vacuum_churned};
+    let pool = host::db::connect(&fresh_database().await, 3).await.expect("a migrated database");
+    let (mut a, mut b) = (pool.acquire().await.unwrap().detach(), pool.acquire().await.unwrap().detach());
+    let hour = Duration::from_secs(3600);
+
+    assert!(begin_pass(&mut a, hour).await.unwrap(), "the first pass of a new database runs");
+    assert!(!begin_pass(&mut b, Duration::ZERO).await.unwrap(), "a second replica waits while one runs");
+    vacuum_churned(&mut a).await.unwrap();
+    end_pass(&mut a).await.unwrap();
+    assert!(!begin_pass(&mut b, hour).await.unwrap(), "no pass again within the gap after one ended");
+    assert!(begin_pass(&mut b, Duration::ZERO).await.unwrap(), "a pass once the gap has passed");
+    // A replica that dies mid-pass releases the pass with its session.
+    drop(b);
+    let mut c = pool.acquire().await.unwrap().detach();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !begin_pass(&mut c, Duration::ZERO).await.unwrap() {
+        assert!(std::time::Instant::now() < deadline, "a dead session's pass was not released within 10 s");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// What MetalMart's React frontend declares in its `types.ts` for the JSON it reads, transcribed
