@@ -99,8 +99,9 @@ pub async fn run(pool: PgPool, notices: Notices, mut shutdown: watch::Receiver<b
                         let _ = notices.status.send(Notice::Changed(ids));
                     }
                     None => {
-                        // A payload of another shape (a replica of an older version mid-upgrade):
-                        // which orders changed is unknown, so every watcher re-reads.
+                        // A payload of another shape (the per-row JSON of the trigger before
+                        // migration 0012): which orders changed is unknown, so every watcher
+                        // re-reads.
                         tracing::warn!(payload = n.payload(), "undecodable status notice");
                         let _ = notices.status.send(Notice::Resync);
                     }
