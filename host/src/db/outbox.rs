@@ -232,8 +232,7 @@ pub async fn parked(pool: &PgPool) -> sqlx::Result<Vec<Parked>> {
         // this rare listing (migration 0012), and a join per parked row would rescan the backlog.
         "WITH parked AS MATERIALIZED (
              SELECT id, topic, key, attempts, last_error, created_at, parked_at FROM outbox
-             WHERE (parked_at IS NOT NULL OR next_attempt_at IS NOT NULL)
-               AND parked_at IS NOT NULL AND published_at IS NULL),
+             WHERE parked_at IS NOT NULL AND published_at IS NULL),
          held AS MATERIALIZED (
              SELECT key, id FROM outbox
              WHERE published_at IS NULL AND key = ANY(ARRAY(SELECT key FROM parked WHERE key IS NOT NULL)))
