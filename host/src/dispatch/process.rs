@@ -126,14 +126,30 @@ async fn handle_record(shared: &Shared, batchers: &Batchers, record: &Incoming) 
             None
         }
     };
+    let first = snapshot.as_ref().map(|s| FirstTry::of(s, record, &decoded));
     // The handlers run side by side on the same snapshot; their answers commit independently.
-    let done = futures_util::future::join_all(
-        handlers.iter().map(|h| handle_for(&ev, &decoded, h, snapshot.as_ref())),
-    )
-    .await;
+    let done =
+        futures_util::future::join_all(handlers.iter().map(|h| handle_for(&ev, &decoded, h, first.as_ref())))
+            .await;
     match done.contains(&Done::Abandoned) {
         true => Done::Abandoned,
         false => Done::Completed,
+    }
+}
+
+/// What every handler's first try starts from: the event's snapshot and, when its order exists,
+/// the event as the guest sees it, built once for all handlers. (Built per handler it was 4% of
+/// the dispatcher's CPU in a profile of the throughput drain: the record's headers, the order and
+/// its items copied for each.)
+struct FirstTry<'a> {
+    snapshot: &'a Snapshot,
+    event: Option<Event>,
+}
+
+impl<'a> FirstTry<'a> {
+    fn of(snapshot: &'a Snapshot, record: &Incoming, decoded: &Decoded) -> FirstTry<'a> {
+        let event = snapshot.order.as_deref().map(|order| wit_event(record, decoded, order, 1));
+        FirstTry { snapshot, event }
     }
 }
 
@@ -193,16 +209,16 @@ async fn handle_for(
     ev: &InFlight<'_>,
     decoded: &Decoded,
     h: &Arc<LoadedHandler>,
-    snapshot: Option<&Snapshot>,
+    first: Option<&FirstTry<'_>>,
 ) -> Done {
     let shared = ev.shared;
     // The event's snapshot serves the first try; every retry reads afresh.
-    let mut snapshot = snapshot;
+    let mut first = first;
     // Attempts the handler is answerable for; host failures are counted apart and never spend them.
     let mut attempt: u32 = 1;
     let mut host_failures: u32 = 0;
     let (class, reason) = loop {
-        let failure = match try_once(ev, decoded, h, attempt, snapshot.take()).await {
+        let failure = match try_once(ev, decoded, h, attempt, first.take()).await {
             Attempt::Done => {
                 shared.metrics.handler_event(&h.name, Outcome::applied);
                 return Done::Completed;
@@ -298,29 +314,36 @@ async fn try_once(
     decoded: &Decoded,
     h: &Arc<LoadedHandler>,
     attempt: u32,
-    snapshot: Option<&Snapshot>,
+    first: Option<&FirstTry<'_>>,
 ) -> Attempt {
     let shared = ev.shared;
-    let order = match order_for(shared, decoded, h, snapshot).await {
+    let order = match order_for(shared, decoded, h, first.map(|f| f.snapshot)).await {
         Ok(Some(o)) => o,
         Ok(None) => {
             return Attempt::Final("missing-order", format!("order {} does not exist", decoded.order_id));
         }
         Err(settled) => return settled,
     };
-    let event = wit_event(ev.record, decoded, &order, attempt);
+    let built;
+    let event = match first.and_then(|f| f.event.as_ref()) {
+        Some(event) => event,
+        None => {
+            built = wit_event(ev.record, decoded, &order, attempt);
+            &built
+        }
+    };
     let orders: Arc<dyn OrderSource> = Arc::new(DbOrders(shared.pool.clone()));
     let started = std::time::Instant::now();
     let invoke_span =
         tracing::info_span!("handler.invoke", handler = %h.name, version = %h.short_version(), attempt);
-    let result = shared.invoker.invoke(h, &event, orders.clone()).instrument(invoke_span).await;
+    let result = shared.invoker.invoke(h, event, orders.clone()).instrument(invoke_span).await;
     let took = started.elapsed();
     h.stats.record(took, result.is_ok());
     shared.metrics.invocation(&h.name, result.is_ok(), took);
     if shared.journal.wants(order.id) {
-        shared.journal.record(h, &event, order.id, &result, took);
+        shared.journal.record(h, event, order.id, &result, took);
     }
-    shared.shadows.observe(h, &event, order.id, &result, took, orders);
+    shared.shadows.observe(h, event, order.id, &result, took, orders);
     let actions = match result {
         Ok(a) => a,
         Err(e) => return Attempt::Failed(e),
