@@ -259,21 +259,22 @@ struct Mode {
 }
 
 const MODES: [Mode; 4] = [
-    Mode { name: "per-application wasm", batch_max: "1", in_flight: "256", native: false, shadow: false },
-    Mode { name: "batched wasm", batch_max: "128", in_flight: "256", native: false, shadow: false },
-    Mode { name: "batched native", batch_max: "128", in_flight: "256", native: true, shadow: false },
+    Mode { name: "per-application wasm", batch_max: "1", in_flight: "512", native: false, shadow: false },
+    Mode { name: "batched wasm", batch_max: "256", in_flight: "512", native: false, shadow: false },
+    Mode { name: "batched native", batch_max: "256", in_flight: "512", native: true, shadow: false },
+    // The defaults before 2026-12-07 (half the batch, half the events in flight), side by side.
     Mode {
-        name: "batched wasm, 1024 in flight",
+        name: "batched wasm, 128 per commit, 256 in flight",
         batch_max: "128",
-        in_flight: "1024",
+        in_flight: "256",
         native: false,
         shadow: false,
     },
 ];
 
 const SHADOW_MODES: [Mode; 2] = [
-    Mode { name: "batched wasm", batch_max: "128", in_flight: "256", native: false, shadow: false },
-    Mode { name: "batched wasm + shadows", batch_max: "128", in_flight: "256", native: false, shadow: true },
+    Mode { name: "batched wasm", batch_max: "256", in_flight: "512", native: false, shadow: false },
+    Mode { name: "batched wasm + shadows", batch_max: "256", in_flight: "512", native: false, shadow: true },
 ];
 
 const ADMIN_TOKEN: &str = "bench-token";
@@ -430,7 +431,7 @@ async fn run_throughput(
         round.finish(&admin).await?;
         bar.suspend(|| {
             println!(
-                "  round {} {:<28} {:>7.0} events/s  CPU per event: host {:>4.0} µs, Postgres {:>4.0} µs  {batches:.0} batches of {:.1}; median hop: relay {relay_hop:.0} ms, consume→apply {consume_hop:.0} ms{shadowed}",
+                "  round {} {:<44} {:>7.0} events/s  CPU per event: host {:>4.0} µs, Postgres {:>4.0} µs  {batches:.0} batches of {:.1}; median hop: relay {relay_hop:.0} ms, consume→apply {consume_hop:.0} ms{shadowed}",
                 i / modes.len() + 1,
                 mode.name,
                 events as f64 / secs,
@@ -456,7 +457,7 @@ async fn run_throughput(
         let r = median(mode.name);
         let secs = r.window.as_secs_f64();
         println!(
-            "  {:<28}  {:>7.0} events/s  {:>7.0} handler applications/s  {:>6.0} orders/s  ({:.2} s)",
+            "  {:<44}  {:>7.0} events/s  {:>7.0} handler applications/s  {:>6.0} orders/s  ({:.2} s)",
             mode.name,
             r.events as f64 / secs,
             r.applications as f64 / secs,
@@ -494,6 +495,10 @@ async fn run_throughput(
     }
     if has("batched wasm") && has("batched native") {
         println!("  wasm / native (batched)           {}", round_ratio("batched wasm", "batched native"));
+    }
+    const EARLIER_DEFAULTS: &str = "batched wasm, 128 per commit, 256 in flight";
+    if has("batched wasm") && has(EARLIER_DEFAULTS) {
+        println!("  defaults / earlier defaults       {}", round_ratio("batched wasm", EARLIER_DEFAULTS));
     }
     if has("batched wasm") && has("batched wasm + shadows") {
         println!(

@@ -34,8 +34,9 @@ pub(super) struct Snapshot {
 /// committers for the same connections and cores.
 const READERS: usize = 2;
 
-/// Requests in one read: the default in-flight cap (`DISPATCH_MAX_IN_FLIGHT`), so a full
-/// dispatcher's waiting events fit one read; it bounds the statements' arrays beyond that.
+/// Requests in one read: half the default in-flight cap (`DISPATCH_MAX_IN_FLIGHT`), so a full
+/// dispatcher's waiting events fit the two readers' reads; it bounds the statements' arrays
+/// beyond that.
 const MAX_BATCH: usize = 256;
 
 /// One lane's ask, answered on `reply`.
