@@ -219,8 +219,8 @@ impl Default for DispatchConfig {
             // 512 events and 256 applications per commit: batches of about 250 under load, where
             // 256 and 128 gave about 125, so each batch's statements (the group commit's nine
             // round trips, the snapshot read's three) are shared by twice the rows. Measured side
-            // by side (BENCHMARKS.md, 2026-12-07 "bigger batches"): 3-24% more events/s by the
-            // median of rounds in four measurements, though not in every round. A lone event still
+            // by side (BENCHMARKS.md, 2026-12-07 "bigger batches"): 0.95-1.24x the events/s by the
+            // median of rounds over eight measurements, 1.10x their median. A lone event still
             // waits at most the window.
             max_in_flight: 512,
             max_attempts: 5,
