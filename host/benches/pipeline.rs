@@ -258,18 +258,14 @@ struct Mode {
     shadow: bool,
 }
 
+/// The defaults before 2026-12-07 (half the batch, half the events in flight), run side by side.
+const EARLIER_DEFAULTS: &str = "batched wasm, 128 per commit, 256 in flight";
+
 const MODES: [Mode; 4] = [
     Mode { name: "per-application wasm", batch_max: "1", in_flight: "512", native: false, shadow: false },
     Mode { name: "batched wasm", batch_max: "256", in_flight: "512", native: false, shadow: false },
     Mode { name: "batched native", batch_max: "256", in_flight: "512", native: true, shadow: false },
-    // The defaults before 2026-12-07 (half the batch, half the events in flight), side by side.
-    Mode {
-        name: "batched wasm, 128 per commit, 256 in flight",
-        batch_max: "128",
-        in_flight: "256",
-        native: false,
-        shadow: false,
-    },
+    Mode { name: EARLIER_DEFAULTS, batch_max: "128", in_flight: "256", native: false, shadow: false },
 ];
 
 const SHADOW_MODES: [Mode; 2] = [
@@ -496,7 +492,6 @@ async fn run_throughput(
     if has("batched wasm") && has("batched native") {
         println!("  wasm / native (batched)           {}", round_ratio("batched wasm", "batched native"));
     }
-    const EARLIER_DEFAULTS: &str = "batched wasm, 128 per commit, 256 in flight";
     if has("batched wasm") && has(EARLIER_DEFAULTS) {
         println!("  defaults / earlier defaults       {}", round_ratio("batched wasm", EARLIER_DEFAULTS));
     }

@@ -116,43 +116,35 @@ struct Entry {
 type Answer = (Result<Vec<wit::Action>, wit::HandlerError>,);
 
 impl Entry {
-    fn new(component: &Component, instance_pre: InstancePre<StoreState>) -> anyhow::Result<Entry> {
+    /// `exports` are the component's own, as [`Runtime::exports`] found them.
+    fn new(
+        instance_pre: InstancePre<StoreState>,
+        [on_order_created, on_status_updated]: [ComponentExportIndex; 2],
+    ) -> anyhow::Result<Entry> {
         // Type-checks both exports against the world (the generated bindings' own check).
         wasm_err(wit::OrderHandlerPre::new(instance_pre.clone()))
             .with_context(|| format!("its exports do not match world {WORLD}"))?;
-        let index = |kind: EventKind| {
-            component
-                .get_export_index(None, kind.export_name())
-                .with_context(|| format!("it does not export `{}`", kind.export_name()))
-        };
-        Ok(Entry {
-            on_order_created: index(EventKind::OrderCreated)?,
-            on_status_updated: index(EventKind::StatusUpdated)?,
-            pre: instance_pre,
-        })
+        Ok(Entry { pre: instance_pre, on_order_created, on_status_updated })
     }
 
-    async fn on_order_created(
+    /// Calls the export for `event`'s kind on `instance`.
+    async fn call(
         &self,
         store: &mut Store<StoreState>,
         instance: Instance,
-        meta: &wit::EventMeta,
-        order: &wit::Order,
+        event: &Event,
     ) -> wasmtime::Result<Result<Vec<wit::Action>, wit::HandlerError>> {
-        // SAFETY: `Entry::new` type-checked `on-order-created` against the world, whose bindings
-        // give it exactly these parameters and `Answer`.
-        unsafe { call_unchecked(store, instance, &self.on_order_created, (meta, order)) }.await
-    }
-
-    async fn on_status_updated(
-        &self,
-        store: &mut Store<StoreState>,
-        instance: Instance,
-        meta: &wit::EventMeta,
-        update: &wit::StatusUpdate,
-    ) -> wasmtime::Result<Result<Vec<wit::Action>, wit::HandlerError>> {
-        // SAFETY: as above, for `on-status-updated`.
-        unsafe { call_unchecked(store, instance, &self.on_status_updated, (meta, update)) }.await
+        match event {
+            Event::OrderCreated { meta, order } => {
+                // SAFETY: `Entry::new` type-checked `on-order-created` against the world, whose
+                // bindings give it exactly the parameters (meta, order) and `Answer`.
+                unsafe { call_unchecked(store, instance, &self.on_order_created, (meta, order)) }.await
+            }
+            Event::StatusUpdated { meta, update } => {
+                // SAFETY: as above, for `on-status-updated` and (meta, update).
+                unsafe { call_unchecked(store, instance, &self.on_status_updated, (meta, update)) }.await
+            }
+        }
     }
 }
 
@@ -380,10 +372,10 @@ impl Runtime {
         }
         let (component, origin) =
             self.cache.get_or_compile(&self.engine, &version, bytes).context("compiling the component")?;
-        self.check_world(&component)?;
+        let exports = self.exports(&component)?;
         let instance_pre = wasm_err(self.linker.instantiate_pre(&component))
             .with_context(|| format!("it imports something the host does not provide (world {WORLD})"))?;
-        let entry = Entry::new(&component, instance_pre)?;
+        let entry = Entry::new(instance_pre, exports)?;
 
         let mut config = manifest.spec.config.clone();
         config.extend(config_overlay.iter().map(|(k, v)| (k.clone(), v.clone())));
@@ -399,20 +391,23 @@ impl Runtime {
         })
     }
 
-    /// Names every missing export up front; `Entry::new` then checks their types.
-    fn check_world(&self, component: &Component) -> anyhow::Result<()> {
-        let missing: Vec<&str> = EventKind::ALL
+    /// The world's exports, in `EventKind::ALL` order, naming every missing one up front;
+    /// `Entry::new` then checks their types.
+    fn exports(&self, component: &Component) -> anyhow::Result<[ComponentExportIndex; 2]> {
+        let found = EventKind::ALL.map(|k| component.get_export_index(None, k.export_name()));
+        let missing: Vec<String> = EventKind::ALL
             .iter()
-            .map(|k| k.export_name())
-            .filter(|name| component.get_export_index(None, name).is_none())
+            .zip(&found)
+            .filter(|(_, index)| index.is_none())
+            .map(|(k, _)| format!("`{}`", k.export_name()))
             .collect();
         if !missing.is_empty() {
             bail!(
                 "it does not export {}: build it against world {WORLD} (wit/ in this repository)",
-                missing.iter().map(|m| format!("`{m}`")).collect::<Vec<_>>().join(" and ")
+                missing.join(" and ")
             );
         }
-        Ok(())
+        Ok(found.map(|index| index.expect("checked above")))
     }
 
     /// Runs one event through one handler in a fresh Store: its own WASI context (no files, no
@@ -425,19 +420,11 @@ impl Runtime {
         orders: Arc<dyn OrderSource>,
     ) -> Result<Vec<wit::Action>, DispatchError> {
         let mut store = self.new_store(handler, event.meta().event_id.clone(), orders);
-        let entry = &handler.entry;
-        let instance = match entry.pre.instantiate_async(&mut store).await {
+        let instance = match handler.entry.pre.instantiate_async(&mut store).await {
             Ok(i) => i,
             Err(e) => return Err(classify_instantiation(e, store.data())),
         };
-        let outcome = match event {
-            Event::OrderCreated { meta, order } => {
-                entry.on_order_created(&mut store, instance, meta, order).await
-            }
-            Event::StatusUpdated { meta, update } => {
-                entry.on_status_updated(&mut store, instance, meta, update).await
-            }
-        };
+        let outcome = handler.entry.call(&mut store, instance, event).await;
         match outcome {
             Ok(Ok(actions)) => Ok(actions),
             Ok(Err(e)) => Err(DispatchError::Handler(e)),

@@ -1141,7 +1141,7 @@ async fn a_retention_pass_reads_the_rows_it_deletes_not_the_whole_window() {
 }
 
 /// Status changes as the group commit makes them (many orders per statement, three changes
-/// each) are mostly HOT updates: the orders table keeps room on its pages (migration 0012), so
+/// each) are often HOT updates: the orders table keeps room on its pages (migration 0012), so
 /// such a change writes no entry in any of its five indexes. At the default fillfactor almost
 /// none are, each writing five index entries: a copy of the table at fillfactor 100 takes the
 /// same updates side by side as the control.
@@ -1206,8 +1206,8 @@ async fn order_status_changes_are_hot_updates() {
     );
 }
 
-/// Three rounds of status changes, `BATCH` orders per statement as a group commit of about 125
-/// applications makes them, in insertion order: every row of a page is changed by the same
+/// Three rounds of status changes, `BATCH` orders per statement as a group commit under load
+/// makes them, in insertion order: every row of a page is changed by the same
 /// statement, the hardest case for room on the page.
 async fn change_statuses_in_batches(pool: &sqlx::PgPool, table: &str, ids: &[uuid::Uuid]) {
     const BATCH: usize = 100;
