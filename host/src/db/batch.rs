@@ -5,8 +5,6 @@
 //! batch size, so Postgres and sqlx prepare it once, and no batch can outgrow the 65,535 bind
 //! parameters of the wire protocol.
 
-use std::collections::HashSet;
-
 use sqlx::PgConnection;
 use uuid::Uuid;
 
@@ -26,7 +24,7 @@ pub struct Writes<'a> {
     pub released: Vec<Uuid>,
     pub history: Vec<HistoryRow<'a>>,
     pub outbox: Vec<Record>,
-    pub notifications: Vec<NewNotification<'a>>,
+    pub notifications: Vec<Addressed<'a>>,
     pub timers: Vec<NewTimer<'a>>,
 }
 
@@ -37,6 +35,12 @@ pub struct Processed<'a> {
     pub handler_version: &'a str,
     pub attempts: u32,
     pub position: &'a LogPosition,
+}
+
+/// A notification and its order's customer, read when the batch locked the order.
+pub struct Addressed<'a> {
+    pub note: NewNotification<'a>,
+    pub recipient: &'a str,
 }
 
 pub struct FinalStatus<'a> {
@@ -71,17 +75,22 @@ pub async fn write(conn: &mut PgConnection, w: &Writes<'_>) -> sqlx::Result<()> 
     Ok(())
 }
 
-/// Inserts the idempotency rows (outcome `applied`) and returns, for each of `rows`, whether it
-/// was new; the others are redeliveries another delivery already settled.
-pub async fn record_processed(conn: &mut PgConnection, rows: &[Processed<'_>]) -> sqlx::Result<Vec<bool>> {
-    let inserted: Vec<(String, String)> = sqlx::query_as(
+/// Inserts the idempotency rows (outcome `applied`). A row that exists already (another delivery
+/// of the event settled it first) fails the statement with a unique violation, and the caller
+/// rolls the batch back and applies it one by one, where each application finds out for itself.
+///
+/// Why not `ON CONFLICT DO NOTHING RETURNING`, which would name the duplicates in one go: such an
+/// insert probes the primary key before every row as well as when inserting it, and returns every
+/// row. In the pg_stat_statements of a batched drain that statement was the costliest of all, and
+/// a duplicate reaching the group commit is rare: the event's snapshot read has already skipped
+/// every handler that settled it, so only a delivery racing another one gets here.
+pub async fn record_processed(conn: &mut PgConnection, rows: &[Processed<'_>]) -> sqlx::Result<()> {
+    sqlx::query(
         "INSERT INTO processed_events
              (handler, event_id, handler_version, outcome, attempts, topic, kafka_partition, kafka_offset)
          SELECT h, e, v, 'applied', a, t, p, o
          FROM unnest($1::text[], $2::text[], $3::text[], $4::int[], $5::text[], $6::int[], $7::bigint[])
-              AS r(h, e, v, a, t, p, o)
-         ON CONFLICT DO NOTHING
-         RETURNING handler, event_id",
+              AS r(h, e, v, a, t, p, o)",
     )
     .bind(rows.iter().map(|r| r.handler).collect::<Vec<_>>())
     .bind(rows.iter().map(|r| r.event_id).collect::<Vec<_>>())
@@ -90,11 +99,9 @@ pub async fn record_processed(conn: &mut PgConnection, rows: &[Processed<'_>]) -
     .bind(rows.iter().map(|r| r.position.topic.as_str()).collect::<Vec<_>>())
     .bind(rows.iter().map(|r| r.position.partition).collect::<Vec<_>>())
     .bind(rows.iter().map(|r| r.position.offset).collect::<Vec<_>>())
-    .fetch_all(&mut *conn)
+    .execute(conn)
     .await?;
-    let mut inserted: HashSet<(String, String)> = inserted.into_iter().collect();
-    // `remove`: were one key listed twice, only its first listing is the new row.
-    Ok(rows.iter().map(|r| inserted.remove(&(r.handler.to_string(), r.event_id.to_string()))).collect())
+    Ok(())
 }
 
 /// Removes the idempotency rows of applications that were refused after all.
@@ -187,26 +194,26 @@ async fn outbox(conn: &mut PgConnection, records: &[Record]) -> sqlx::Result<()>
     Ok(())
 }
 
-/// Notifications addressed to each order's customer; like `effects::notify`, one for an order
-/// that does not exist is not written.
-async fn notifications(conn: &mut PgConnection, rows: &[NewNotification<'_>]) -> sqlx::Result<()> {
+/// Notifications in order. The recipient comes with each row rather than from a join with
+/// `orders`: the batch read it when it locked the order, and a join cost a lookup per row.
+async fn notifications(conn: &mut PgConnection, rows: &[Addressed<'_>]) -> sqlx::Result<()> {
     if rows.is_empty() {
         return Ok(());
     }
     sqlx::query(
         "INSERT INTO notifications (order_id, channel, recipient, subject, body, cause, event_id)
-         SELECT o.id, r.ch, o.customer_email, r.s, r.b, r.c, r.e
-         FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[])
-              WITH ORDINALITY AS r(i, ch, s, b, c, e, n)
-         JOIN orders o ON o.id = r.i
-         ORDER BY r.n",
+         SELECT i, ch, rc, s, b, c, e
+         FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[])
+              WITH ORDINALITY AS r(i, ch, rc, s, b, c, e, n)
+         ORDER BY n",
     )
-    .bind(rows.iter().map(|r| r.order_id).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| r.channel).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| r.subject).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| r.body).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| r.cause).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| r.event_id).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.note.order_id).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.note.channel).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.recipient).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.note.subject).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.note.body).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.note.cause).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.note.event_id).collect::<Vec<_>>())
     .execute(conn)
     .await?;
     Ok(())

@@ -12,7 +12,9 @@
 //! machine refuses is found before anything is written and only that application is left out
 //! (refused, then dead-lettered by its lane). A database error in the grouped statements rolls the
 //! batch back and runs it again one application at a time, each in its own savepoint, so only the
-//! failing application fails and follows its own retry or dead-letter path. An unavailable
+//! failing application fails and follows its own retry or dead-letter path. A delivery that
+//! another delivery of the same event settled meanwhile is such an error too (its idempotency
+//! row's unique violation); one by one, it comes out as the duplicate it is. An unavailable
 //! Postgres fails the whole batch; every lane retries.
 
 use std::collections::{BTreeSet, HashMap};
@@ -28,7 +30,7 @@ use super::Shared;
 use super::batching::{self, Batching};
 use super::process::{Applying, DbStep, Unapplied, at, delay_of};
 use crate::config::Topics;
-use crate::db::batch::{self, FinalStatus, HistoryRow, Processed, Writes};
+use crate::db::batch::{self, Addressed, FinalStatus, HistoryRow, Processed, Writes};
 use crate::db::effects::{self, LogPosition, NewNotification, NewTimer};
 use crate::db::orders::{self, Locked, Order, Settlement, StatusChange, StoreError};
 use crate::db::{self, FailureClass};
@@ -273,7 +275,8 @@ fn all_failed(failure: DbFailure, apps: &[Application]) -> Vec<Committed> {
 }
 
 /// The whole batch in one transaction: lock the orders it touches, record the idempotency rows
-/// (which sorts out redeliveries), plan the new applications, write, commit.
+/// (a redelivery already settled fails the batch here, and `one_by_one` sorts it out), plan,
+/// write, commit.
 async fn grouped(
     conn: &mut PgConnection,
     topics: &Topics,
@@ -283,12 +286,11 @@ async fn grouped(
     let ids: Vec<Uuid> = apps.iter().map(|a| a.order.id).collect::<BTreeSet<_>>().into_iter().collect();
     let locked = orders::lock_for_changes(&mut tx, &ids).await.map_err(at("locking the batch's orders"))?;
     let processed: Vec<Processed<'_>> = apps.iter().map(Application::processed).collect();
-    let fresh =
-        batch::record_processed(&mut tx, &processed).await.map_err(at("writing the idempotency records"))?;
-    let new: Vec<&Application> = apps.iter().zip(&fresh).filter(|(_, f)| **f).map(|(a, _)| a).collect();
-    let derived: Vec<Derived> = new.iter().map(|a| Derived::of(a)).collect();
-    let planned = plan(&new, &derived, &locked, topics);
-    let refused: Vec<(&str, &str)> = new
+    batch::record_processed(&mut tx, &processed).await.map_err(at("writing the idempotency records"))?;
+    let apps: Vec<&Application> = apps.iter().collect();
+    let derived: Vec<Derived> = apps.iter().map(|a| Derived::of(a)).collect();
+    let planned = plan(&apps, &derived, &locked, topics);
+    let refused: Vec<(&str, &str)> = apps
         .iter()
         .zip(&planned.refusals)
         .filter(|(_, r)| r.is_some())
@@ -297,15 +299,12 @@ async fn grouped(
     batch::forget_processed(&mut tx, &refused).await.map_err(at("forgetting refused applications"))?;
     batch::write(&mut tx, &planned.writes).await.map_err(at("writing the batch"))?;
     tx.commit().await.map_err(at("committing the batch"))?;
-    let mut refusals = planned.refusals.into_iter();
-    Ok(fresh
+    Ok(planned
+        .refusals
         .into_iter()
-        .map(|fresh| match fresh {
-            false => Committed::Duplicate,
-            true => match refusals.next().flatten() {
-                None => Committed::Applied,
-                Some(reason) => Committed::Refused(reason),
-            },
+        .map(|refusal| match refusal {
+            None => Committed::Applied,
+            Some(reason) => Committed::Refused(reason),
         })
         .collect())
 }
@@ -542,14 +541,23 @@ fn add<'a>(
                     }
                 }
             },
-            Action::NotifyCustomer(n) => writes.notifications.push(NewNotification {
-                order_id: app.order.id,
-                channel: n.channel.as_str(),
-                subject: &n.subject,
-                body: &n.body,
-                cause,
-                event_id: &app.event_id,
-            }),
+            // An order the batch could not lock does not exist: like `effects::notify`, no
+            // notification for it.
+            Action::NotifyCustomer(n) => {
+                if let Some(moving) = order.as_deref() {
+                    writes.notifications.push(Addressed {
+                        note: NewNotification {
+                            order_id: app.order.id,
+                            channel: n.channel.as_str(),
+                            subject: &n.subject,
+                            body: &n.body,
+                            cause,
+                            event_id: &app.event_id,
+                        },
+                        recipient: &moving.locked.customer_email,
+                    })
+                }
+            }
             Action::Log(l) => {
                 let (order_id, event_id) = (app.order.id, &app.event_id);
                 event_at!(l.level, handler = %cause, %order_id, event_id, "{}", l.message);

@@ -724,6 +724,14 @@ async fn fuzz_every_record_ends_applied_or_dead_lettered_byte_for_byte_and_nothi
         })
         .await;
     }
+    // Hostile records name orders that do not exist; none of their rows may (migration 0013
+    // dropped these tables' foreign keys: the writers hold or read the order they write for).
+    for table in ["order_status_history", "notifications"] {
+        let orphans = t
+            .count(&format!("{table} r WHERE NOT EXISTS (SELECT 1 FROM orders o WHERE o.id = r.order_id)"))
+            .await;
+        assert_eq!(orphans, 0, "{table} rows name orders that do not exist");
+    }
 
     // Every generated record was applied or dead-lettered (or found already applied by its ce_id).
     let rows: Vec<(String, i32, i64, String, String)> = sqlx::query_as(
@@ -1184,6 +1192,152 @@ async fn a_failing_application_in_a_grouped_batch_fails_alone() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_application_fails_alone_with_one_transaction_per_application() {
     one_failing_application_fails_alone("1").await;
+}
+
+/// A delivery racing another delivery of the same event: the other one commits the handler's
+/// idempotency row after this one's snapshot read (which saw none) and before its group commit.
+/// The batch's insert of that row fails, the batch is applied again one application at a time,
+/// and the racing application comes out as a duplicate: nothing of it is written, it is not
+/// dead-lettered, and the rest of its batch (the notifier's answer to the same event) commits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delivery_settled_meanwhile_by_another_is_a_duplicate_in_a_grouped_batch() {
+    let live = tempfile::tempdir().unwrap();
+    let extra = [("HANDLERS_RESCAN_SECS", "1"), ("DISPATCH_BATCH_WINDOW_MS", "200")];
+    let t = TestHost::start_with(Some(live.path()), 3, &extra).await;
+    let (code, o) = t.post("/api/orders", &order_body("racer@x.io", &[("1", 1)])).await;
+    assert_eq!(code, 201, "{o}");
+    let id = o["id"].as_str().unwrap().to_string();
+    eventually("the created event to wait for a handler", Duration::from_secs(20), || async {
+        (waiting_for_handler(&t).await == Some(1.0)).then_some(())
+    })
+    .await;
+    let (event_id,): (String,) = sqlx::query_as(
+        "SELECT convert_from(header_values[array_position(header_names, 'ce_id')], 'UTF8')
+         FROM outbox WHERE key = convert_to($1, 'UTF8')",
+    )
+    .bind(&id)
+    .fetch_one(t.pool())
+    .await
+    .unwrap();
+
+    // The other delivery: it holds the order's lock, as a group commit does, and settles the
+    // order-processor's application of the event; it commits once this host's batch waits.
+    let mut other = t.pool().begin().await.unwrap();
+    sqlx::query("SELECT id FROM orders WHERE id = $1::uuid FOR UPDATE")
+        .bind(&id)
+        .execute(&mut *other)
+        .await
+        .unwrap();
+    sqlx::query(
+        "INSERT INTO processed_events
+             (handler, event_id, handler_version, outcome, attempts, topic, kafka_partition, kafka_offset)
+         VALUES ('order-processor', $1, 'the-other-delivery', 'applied', 1, 'order.created', 0, 0)",
+    )
+    .bind(&event_id)
+    .execute(&mut *other)
+    .await
+    .unwrap();
+    let instant = "STAGE_DELAYS_MS = \"0,0,0\"";
+    let full = handlers_dir_configured(&[
+        ("handlers", "order-processor", SHIPPED, instant),
+        ("handlers", "notifier", SHIPPED, ""),
+    ]);
+    fill_dir(full.path(), live.path());
+    eventually("the group commit to wait for the order's lock", Duration::from_secs(30), || async {
+        let (waiting,): (i64,) = sqlx::query_as(
+            "SELECT count(*) FROM pg_stat_activity
+             WHERE wait_event_type = 'Lock' AND query LIKE '%WHERE id = ANY($1) ORDER BY id FOR UPDATE%'",
+        )
+        .fetch_one(t.pool())
+        .await
+        .unwrap();
+        (waiting > 0).then_some(())
+    })
+    .await;
+    other.commit().await.unwrap();
+
+    let notes = eventually("the notifier's answer to commit", Duration::from_secs(30), || async {
+        let n = notifications(&t, &id).await;
+        (!n.is_empty()).then_some(n)
+    })
+    .await;
+    assert_eq!(notes.len(), 1, "{notes:?}");
+    let rows: Vec<(String, String, String)> = sqlx::query_as(
+        "SELECT handler, handler_version, outcome FROM processed_events WHERE event_id = $1 ORDER BY handler",
+    )
+    .bind(&event_id)
+    .fetch_all(t.pool())
+    .await
+    .unwrap();
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    assert_eq!(rows[0].0, "notifier", "{rows:?}");
+    assert_eq!(rows[0].2, "applied", "{rows:?}");
+    assert_eq!(
+        rows[1],
+        ("order-processor".into(), "the-other-delivery".into(), "applied".into()),
+        "the other delivery's row is the only one"
+    );
+    // The duplicate's answer (processing, then on) was not applied, and nothing was dead-lettered.
+    assert_eq!(status_of(&t, &id).await, "pending");
+    assert_eq!(t.count("order_status_history").await, 1, "only the order's creation");
+    assert_eq!(t.count("processed_events WHERE outcome = 'dead-lettered'").await, 0);
+    let text = t.get_text("/metrics").await;
+    let series = |s: &str| metric_value(&text, s).unwrap_or_else(|| panic!("no {s} in\n{text}"));
+    assert_eq!(series("order_host_dispatch_batch_applications_count{path=\"one_by_one\"}"), 1.0, "{text}");
+
+    // Nothing stalls: the next order walks through.
+    let (_, next) = t.post("/api/orders", &order_body("after@x.io", &[("1", 1)])).await;
+    let next = next["id"].as_str().unwrap().to_string();
+    eventually("the next order to ship", Duration::from_secs(60), || async {
+        (status_of(&t, &next).await == "shipped").then_some(())
+    })
+    .await;
+    t.host.shutdown().await.unwrap();
+}
+
+/// Deleting an order by hand (the host never does) takes its status history and notifications
+/// with it, as the foreign keys' `ON DELETE CASCADE` did before migration 0013 replaced them
+/// with a trigger; other orders' rows stay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_an_order_deletes_its_history_and_notifications() {
+    let instant = "STAGE_DELAYS_MS = \"0,0,0\"";
+    let dir = handlers_dir_configured(&[
+        ("handlers", "order-processor", SHIPPED, instant),
+        ("handlers", "notifier", SHIPPED, ""),
+    ]);
+    let t = TestHost::start_with(Some(dir.path()), 3, &[]).await;
+    let mut ids = Vec::new();
+    for i in 0..2 {
+        let (code, o) = t.post("/api/orders", &order_body(&format!("deleted{i}@x.io"), &[("1", 1)])).await;
+        assert_eq!(code, 201, "{o}");
+        ids.push(o["id"].as_str().unwrap().to_string());
+    }
+    for id in &ids {
+        eventually("each order's four notifications", Duration::from_secs(60), || async {
+            (notifications(&t, id).await.len() == 4).then_some(())
+        })
+        .await;
+    }
+    let rows_of = |id: &str| {
+        let id = id.to_string();
+        let pool = t.pool().clone();
+        async move {
+            let (history, notes): (i64, i64) = sqlx::query_as(
+                "SELECT (SELECT count(*) FROM order_status_history WHERE order_id = $1::uuid),
+                        (SELECT count(*) FROM notifications WHERE order_id = $1::uuid)",
+            )
+            .bind(&id)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+            (history, notes)
+        }
+    };
+    assert_eq!(rows_of(&ids[0]).await, (4, 4));
+    sqlx::query("DELETE FROM orders WHERE id = $1::uuid").bind(&ids[0]).execute(t.pool()).await.unwrap();
+    assert_eq!(rows_of(&ids[0]).await, (0, 0), "the deleted order's rows went with it");
+    assert_eq!(rows_of(&ids[1]).await, (4, 4), "the other order's rows stay");
+    t.host.shutdown().await.unwrap();
 }
 
 /// Retention prunes only what can no longer matter: published outbox rows and idempotency rows
