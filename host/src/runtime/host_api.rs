@@ -103,7 +103,10 @@ pub fn sandbox_wasi_ctx() -> WasiCtx {
 
 /// The data of one invocation's Store.
 pub struct StoreState {
-    wasi: WasiCtx,
+    /// Built on the guest's first WASI call, if it makes one: the project's handlers make none
+    /// in a normal invocation, and building a context was about 1.5% of the dispatcher's CPU in
+    /// a batched drain (BENCHMARKS.md).
+    wasi: Option<WasiCtx>,
     table: ResourceTable,
     pub limiter: Limiter,
     pub timeout_ms: u64,
@@ -123,7 +126,7 @@ pub struct StoreState {
 impl StoreState {
     pub fn new(handler: &LoadedHandler, event_id: String, orders: Arc<dyn OrderSource>) -> StoreState {
         StoreState {
-            wasi: sandbox_wasi_ctx(),
+            wasi: None,
             table: ResourceTable::new(),
             limiter: Limiter {
                 limit_bytes: usize::try_from(handler.manifest.spec.memory_limit_bytes).unwrap_or(usize::MAX),
@@ -149,7 +152,7 @@ impl StoreState {
 
 impl WasiView for StoreState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+        WasiCtxView { ctx: self.wasi.get_or_insert_with(sandbox_wasi_ctx), table: &mut self.table }
     }
 }
 
