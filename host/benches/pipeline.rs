@@ -249,10 +249,11 @@ impl Run {
 /// One configuration of the drain: how handler answers commit, and what runs the handler logic.
 struct Mode {
     name: &'static str,
-    /// `DISPATCH_BATCH_MAX`: `1` is one transaction per handler application (before group commit).
-    batch_max: &'static str,
-    /// `DISPATCH_MAX_IN_FLIGHT`.
-    in_flight: &'static str,
+    /// `DISPATCH_BATCH_MAX`: `1` is one transaction per handler application (before group commit);
+    /// `None` is the host's default, so the bench follows it.
+    batch_max: Option<&'static str>,
+    /// `DISPATCH_MAX_IN_FLIGHT`, `None` for the default.
+    in_flight: Option<&'static str>,
     native: bool,
     /// A shadow candidate (an identical version) of each handler, started before the drain.
     shadow: bool,
@@ -262,15 +263,27 @@ struct Mode {
 const EARLIER_DEFAULTS: &str = "batched wasm, 128 per commit, 256 in flight";
 
 const MODES: [Mode; 4] = [
-    Mode { name: "per-application wasm", batch_max: "1", in_flight: "512", native: false, shadow: false },
-    Mode { name: "batched wasm", batch_max: "256", in_flight: "512", native: false, shadow: false },
-    Mode { name: "batched native", batch_max: "256", in_flight: "512", native: true, shadow: false },
-    Mode { name: EARLIER_DEFAULTS, batch_max: "128", in_flight: "256", native: false, shadow: false },
+    Mode {
+        name: "per-application wasm",
+        batch_max: Some("1"),
+        in_flight: None,
+        native: false,
+        shadow: false,
+    },
+    Mode { name: "batched wasm", batch_max: None, in_flight: None, native: false, shadow: false },
+    Mode { name: "batched native", batch_max: None, in_flight: None, native: true, shadow: false },
+    Mode {
+        name: EARLIER_DEFAULTS,
+        batch_max: Some("128"),
+        in_flight: Some("256"),
+        native: false,
+        shadow: false,
+    },
 ];
 
 const SHADOW_MODES: [Mode; 2] = [
-    Mode { name: "batched wasm", batch_max: "256", in_flight: "512", native: false, shadow: false },
-    Mode { name: "batched wasm + shadows", batch_max: "256", in_flight: "512", native: false, shadow: true },
+    Mode { name: "batched wasm", batch_max: None, in_flight: None, native: false, shadow: false },
+    Mode { name: "batched wasm + shadows", batch_max: None, in_flight: None, native: false, shadow: true },
 ];
 
 const ADMIN_TOKEN: &str = "bench-token";
@@ -352,10 +365,10 @@ async fn run_throughput(
         vars.extend([
             ("HANDLERS_DIR", dir.as_str()),
             ("KAFKA_GROUP_ID", group.as_str()),
-            ("DISPATCH_BATCH_MAX", mode.batch_max),
-            ("DISPATCH_MAX_IN_FLIGHT", mode.in_flight),
             ("ADMIN_TOKEN", ADMIN_TOKEN),
         ]);
+        let limits = [("DISPATCH_BATCH_MAX", mode.batch_max), ("DISPATCH_MAX_IN_FLIGHT", mode.in_flight)];
+        vars.extend(limits.into_iter().filter_map(|(name, value)| Some((name, value?))));
         let invoker = mode.native.then(|| Arc::new(native::NativeHandlers) as Arc<dyn Invoke>);
         let cpu_before = Cpu::now();
         profiler.start();

@@ -287,9 +287,8 @@ async fn grouped(
     let locked = orders::lock_for_changes(&mut tx, &ids).await.map_err(at("locking the batch's orders"))?;
     let processed: Vec<Processed<'_>> = apps.iter().map(Application::processed).collect();
     batch::record_processed(&mut tx, &processed).await.map_err(at("writing the idempotency records"))?;
-    let apps: Vec<&Application> = apps.iter().collect();
-    let derived: Vec<Derived> = apps.iter().map(|a| Derived::of(a)).collect();
-    let planned = plan(&apps, &derived, &locked, topics);
+    let derived: Vec<Derived> = apps.iter().map(Derived::of).collect();
+    let planned = plan(apps, &derived, &locked, topics);
     let refused: Vec<(&str, &str)> = apps
         .iter()
         .zip(&planned.refusals)
@@ -456,7 +455,7 @@ impl<'a> Moving<'a> {
 /// another: each application's status changes go through the state machine from the status the
 /// earlier ones left, and an application with a refused change is left out whole.
 fn plan<'a>(
-    apps: &[&'a Application],
+    apps: &'a [Application],
     derived: &'a [Derived],
     locked: &'a [Locked],
     topics: &Topics,

@@ -470,6 +470,14 @@ fn empty_dir(dir: &std::path::Path) {
     }
 }
 
+/// order-processor with no stage delays (every order walks to shipped at once) and notifier.
+fn instant_processor_and_notifier() -> tempfile::TempDir {
+    handlers_dir_configured(&[
+        ("handlers", "order-processor", SHIPPED, "STAGE_DELAYS_MS = \"0,0,0\""),
+        ("handlers", "notifier", SHIPPED, ""),
+    ])
+}
+
 async fn waiting_for_handler(t: &TestHost) -> Option<f64> {
     let text = t.http.get(t.url("/metrics")).send().await.ok()?.text().await.ok()?;
     metric_value(&text, "order_host_events_waiting_for_handler")
@@ -1126,11 +1134,7 @@ async fn one_failing_application_fails_alone(batch_max: &str) {
     })
     .await;
 
-    let instant = "STAGE_DELAYS_MS = \"0,0,0\"";
-    let full = handlers_dir_configured(&[
-        ("handlers", "order-processor", SHIPPED, instant),
-        ("handlers", "notifier", SHIPPED, ""),
-    ]);
+    let full = instant_processor_and_notifier();
     fill_dir(full.path(), live.path());
     let dead =
         consume(t.broker.bootstrap_servers(), "order.dead-letter", 1, Duration::from_secs(60), |_| true)
@@ -1237,11 +1241,7 @@ async fn a_delivery_settled_meanwhile_by_another_is_a_duplicate_in_a_grouped_bat
     .execute(&mut *other)
     .await
     .unwrap();
-    let instant = "STAGE_DELAYS_MS = \"0,0,0\"";
-    let full = handlers_dir_configured(&[
-        ("handlers", "order-processor", SHIPPED, instant),
-        ("handlers", "notifier", SHIPPED, ""),
-    ]);
+    let full = instant_processor_and_notifier();
     fill_dir(full.path(), live.path());
     eventually("the group commit to wait for the order's lock", Duration::from_secs(30), || async {
         let (waiting,): (i64,) = sqlx::query_as(
@@ -1300,11 +1300,7 @@ async fn a_delivery_settled_meanwhile_by_another_is_a_duplicate_in_a_grouped_bat
 /// with a trigger; other orders' rows stay.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deleting_an_order_deletes_its_history_and_notifications() {
-    let instant = "STAGE_DELAYS_MS = \"0,0,0\"";
-    let dir = handlers_dir_configured(&[
-        ("handlers", "order-processor", SHIPPED, instant),
-        ("handlers", "notifier", SHIPPED, ""),
-    ]);
+    let dir = instant_processor_and_notifier();
     let t = TestHost::start_with(Some(dir.path()), 3, &[]).await;
     let mut ids = Vec::new();
     for i in 0..2 {
