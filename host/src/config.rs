@@ -257,6 +257,14 @@ pub struct KafkaConfig {
     /// (tansu 0.6's memory and object-store engine does): a consumer resuming at a committed
     /// offset inside a batch would otherwise never see the rest of that batch.
     pub producer_batch_records: u32,
+    /// `KAFKA_SESSION_TIMEOUT_MS`: how long the group waits for a silent member before moving its
+    /// partitions (the Kafka client's `session.timeout.ms`; heartbeats go every third of it, at
+    /// most every 3 s, the client's default). Real brokers keep the client's default, 45 s. The
+    /// embedded broker (the Kafka client's mock cluster) holds every rebalance of a settled group
+    /// for the session timeout less 1 s before it assigns anything, even once every member has
+    /// rejoined, so a second member joining stalls the whole group for 44 s:
+    /// `KAFKA_BROKERS=embedded` defaults to `EMBEDDED_SESSION_TIMEOUT_MS`.
+    pub session_timeout: Duration,
 }
 
 /// The fetch wait for the embedded broker (see `KafkaConfig::fetch_wait`): short enough that a
@@ -265,6 +273,12 @@ pub struct KafkaConfig {
 pub const EMBEDDED_FETCH_WAIT_MS: u64 = 10;
 /// The Kafka client's default `fetch.wait.max.ms`, kept for real brokers.
 pub const BROKER_FETCH_WAIT_MS: u64 = 500;
+
+/// The session timeout for the embedded broker (see `KafkaConfig::session_timeout`): Kafka's own
+/// lower bound (`group.min.session.timeout.ms`), so a join stalls the mock's group for 5 s.
+pub const EMBEDDED_SESSION_TIMEOUT_MS: u64 = 6_000;
+/// The Kafka client's default `session.timeout.ms`, kept for real brokers.
+pub const BROKER_SESSION_TIMEOUT_MS: u64 = 45_000;
 
 /// The value of `KAFKA_BROKERS` that starts the in-process development broker.
 pub const EMBEDDED_BROKERS: &str = "embedded";
@@ -338,7 +352,7 @@ impl Config {
                 .filter(|v| !v.is_empty())
                 .unwrap_or_else(|| default.into())
         };
-        // Read once: it also picks the fetch wait's default.
+        // Read once: it also picks the fetch wait's and the session timeout's defaults.
         let brokers = text("KAFKA_BROKERS", "localhost:9092");
         Ok(Config {
             http_addr: parse(&lookup, "HTTP_ADDR", SocketAddr::from(([0, 0, 0, 0], 8080)), |v| {
@@ -365,6 +379,23 @@ impl Config {
                     anyhow::ensure!((1..=1_000_000).contains(&n), "must be between 1 and 1000000");
                     Ok(n)
                 })?,
+                session_timeout: {
+                    let default = if brokers == EMBEDDED_BROKERS {
+                        EMBEDDED_SESSION_TIMEOUT_MS
+                    } else {
+                        BROKER_SESSION_TIMEOUT_MS
+                    };
+                    parse(&lookup, "KAFKA_SESSION_TIMEOUT_MS", Duration::from_millis(default), |v| {
+                        let ms: u64 = v.parse()?;
+                        // Kafka's default group.min/max.session.timeout.ms: a broker refuses a
+                        // member asking for less or more.
+                        anyhow::ensure!(
+                            (6_000..=1_800_000).contains(&ms),
+                            "must be between 6000 and 1800000"
+                        );
+                        Ok(Duration::from_millis(ms))
+                    })?
+                },
                 brokers,
                 group_id: text("KAFKA_GROUP_ID", "order-processor"),
                 created_topic: text("KAFKA_TOPIC", "order.created"),
@@ -524,7 +555,7 @@ mod tests {
     }
 
     #[test]
-    fn the_embedded_broker_gets_a_short_fetch_wait_and_real_brokers_the_clients_default() {
+    fn the_embedded_broker_gets_a_short_fetch_wait_and_session_and_real_brokers_the_clients_defaults() {
         let wait = |pairs: &[(&str, &str)]| config(pairs).map(|c| c.kafka.fetch_wait.as_millis());
         assert_eq!(wait(&[]).unwrap(), 500);
         assert_eq!(wait(&[("KAFKA_BROKERS", "kafka:9092")]).unwrap(), 500);
@@ -534,6 +565,14 @@ mod tests {
         for bad in ["0", "300001", "soon", "-5"] {
             let e = format!("{:#}", wait(&[("KAFKA_FETCH_WAIT_MS", bad)]).unwrap_err());
             assert!(e.contains("KAFKA_FETCH_WAIT_MS"), "{bad}: {e}");
+        }
+        let session = |pairs: &[(&str, &str)]| config(pairs).map(|c| c.kafka.session_timeout.as_millis());
+        assert_eq!(session(&[]).unwrap(), 45_000);
+        assert_eq!(session(&[("KAFKA_BROKERS", "embedded")]).unwrap(), 6_000);
+        assert_eq!(session(&[("KAFKA_SESSION_TIMEOUT_MS", "10000")]).unwrap(), 10_000);
+        for bad in ["5999", "1800001", "long"] {
+            let e = format!("{:#}", session(&[("KAFKA_SESSION_TIMEOUT_MS", bad)]).unwrap_err());
+            assert!(e.contains("KAFKA_SESSION_TIMEOUT_MS"), "{bad}: {e}");
         }
         let batch =
             |v: &str| config(&[("KAFKA_PRODUCER_BATCH_RECORDS", v)]).map(|c| c.kafka.producer_batch_records);

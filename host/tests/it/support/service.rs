@@ -71,6 +71,10 @@ pub fn test_config(database_url: &str, brokers: &str, extra: &[(&str, &str)]) ->
         ("HTTP_ADDR", "127.0.0.1:0".to_string()),
         ("DATABASE_URL", database_url.to_string()),
         ("KAFKA_BROKERS", brokers.to_string()),
+        // `brokers` is an embedded broker (the mock cluster) started by the test: give it the
+        // session timeout `KAFKA_BROKERS=embedded` gets, or a second host joining a settled
+        // group stalls it for 44 s (`KafkaConfig::session_timeout`).
+        ("KAFKA_SESSION_TIMEOUT_MS", host::config::EMBEDDED_SESSION_TIMEOUT_MS.to_string()),
         // No handlers: these tests are about the order service.
         ("HANDLERS_DIR", "/nonexistent/order-host-test-handlers".to_string()),
     ]);
