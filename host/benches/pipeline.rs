@@ -7,6 +7,9 @@
 //!   events/s through consume → handler → Postgres → produce: one transaction per application
 //!   against group commit, WASM components against the same logic compiled natively (rounds
 //!   interleaved against drift), on a throwaway and on a durable Postgres.
+//! - `pipeline-handlers`: WASM against native handler logic alone, batched, on a backlog four
+//!   times the throughput's, so that each drain lasts seconds rather than one or two, in more
+//!   rounds: the same ratio as the throughput's, with less of one round's noise in it.
 //! - `pipeline-shadow`: the same drain, batched WASM, with and without a shadow candidate (an
 //!   identical version) of each handler running on every event: what shadowing costs.
 //! - `pipeline-replicas`: a backlog drained by 1, 2 and 3 `order-host` processes in one group
@@ -40,9 +43,10 @@ fn main() -> anyhow::Result<()> {
     let (demo, throughput) = (selected("pipeline-demo"), selected("pipeline-throughput"));
     let replicas = selected("pipeline-replicas");
     let shadow = selected("pipeline-shadow");
+    let handlers = selected("pipeline-handlers");
     // Minutes long: only when asked for by name.
     let soak = args.iter().any(|a| a.contains("soak"));
-    if !demo && !throughput && !replicas && !soak && !shadow {
+    if !demo && !throughput && !replicas && !soak && !shadow && !handlers {
         return Ok(());
     }
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf();
@@ -54,7 +58,8 @@ fn main() -> anyhow::Result<()> {
             run_demo(&pg, &root).await?;
         }
         if throughput {
-            run_throughput(&pg, &root, "Postgres without fsync, as in development", &MODES).await?;
+            run_throughput(&pg, &root, "Postgres without fsync, as in development", &MODES, THROUGHPUT)
+                .await?;
             // Where commits are real, one commit per application costs a WAL flush each.
             // `BENCH_DURABLE=0` skips this half (for profiling one configuration).
             if !std::env::var("BENCH_DURABLE").is_ok_and(|v| v == "0") {
@@ -62,8 +67,12 @@ fn main() -> anyhow::Result<()> {
             }
         }
         if shadow {
-            run_throughput(&pg, &root, "a shadow of each handler on every event, and none", &SHADOW_MODES)
-                .await?;
+            let label = "a shadow of each handler on every event, and none";
+            run_throughput(&pg, &root, label, &SHADOW_MODES, THROUGHPUT).await?;
+        }
+        if handlers {
+            let label = "WASM against native handlers, long drains, Postgres without fsync";
+            run_throughput(&pg, &root, label, &HANDLER_MODES, LONG_DRAINS).await?;
         }
         if replicas {
             replicas::run(&pg, &root).await?;
@@ -82,8 +91,14 @@ fn main() -> anyhow::Result<()> {
 async fn run_durable(root: &std::path::Path) -> anyhow::Result<()> {
     let dir = std::env::temp_dir().join(format!("order-host-bench-durable-pg-{}", std::process::id()));
     let durable = LocalPostgres::start_with(&dir, Durability::Durable)?;
-    let result =
-        run_throughput(&durable, root, "durable Postgres: fsync and synchronous_commit on", &MODES).await;
+    let result = run_throughput(
+        &durable,
+        root,
+        "durable Postgres: fsync and synchronous_commit on",
+        &MODES,
+        THROUGHPUT,
+    )
+    .await;
     drop(durable);
     let _ = std::fs::remove_dir_all(&dir);
     result
@@ -226,9 +241,18 @@ async fn create_orders_from(
     Ok(())
 }
 
-const BACKLOG: usize = 3_000;
-/// Five, not three: on this 2-core VM one drain's rate moves by a third from round to round.
-const ROUNDS: usize = 5;
+/// How big a backlog each round drains, and how many rounds interleave the modes.
+#[derive(Clone, Copy)]
+struct Drains {
+    backlog: usize,
+    rounds: usize,
+}
+
+/// Five rounds, not three: on this 2-core VM one drain's rate moves by a third from round to round.
+const THROUGHPUT: Drains = Drains { backlog: 3_000, rounds: 5 };
+/// A batched drain of 3,000 orders lasts 1–2 s, short enough that one stall of the machine moves
+/// a round's rate by a third; 12,000 last 5–8 s.
+const LONG_DRAINS: Drains = Drains { backlog: 12_000, rounds: 7 };
 
 /// What one throughput run measured.
 struct Run {
@@ -286,6 +310,11 @@ const SHADOW_MODES: [Mode; 2] = [
     Mode { name: "batched wasm + shadows", batch_max: None, in_flight: None, native: false, shadow: true },
 ];
 
+const HANDLER_MODES: [Mode; 2] = [
+    Mode { name: "batched wasm", batch_max: None, in_flight: None, native: false, shadow: false },
+    Mode { name: "batched native", batch_max: None, in_flight: None, native: true, shadow: false },
+];
+
 const ADMIN_TOKEN: &str = "bench-token";
 
 /// Starts an identical candidate of each shipped handler as its shadow, through the admin API.
@@ -331,6 +360,7 @@ async fn run_throughput(
     root: &std::path::Path,
     label: &str,
     modes: &[Mode],
+    Drains { backlog, rounds }: Drains,
 ) -> anyhow::Result<()> {
     println!("pipeline throughput, {label}");
     // `BENCH_MODES=wasm` (a comma-separated list of name fragments) keeps only the matching
@@ -341,7 +371,7 @@ async fn run_throughput(
         .filter(|m| wanted.as_deref().is_none_or(|w| w.split(',').any(|f| m.name.contains(f.trim()))))
         .collect();
     // Rounds interleave the modes so drift on a noisy machine hits them alike.
-    let runs: Vec<&Mode> = (0..ROUNDS).flat_map(|_| modes.iter().copied()).collect();
+    let runs: Vec<&Mode> = (0..rounds).flat_map(|_| modes.iter().copied()).collect();
     let topics = Round::topics("r", runs.len());
     let names: Vec<&str> = topics.iter().map(String::as_str).collect();
     let broker = EmbeddedBroker::start(&names, 3)?;
@@ -355,7 +385,7 @@ async fn run_throughput(
         let round = Round::create(pg, &admin, &broker, "r", i).await?;
         let common = round.vars();
         let status = &round.status;
-        seed_backlog(&common, BACKLOG).await?;
+        seed_backlog(&common, backlog).await?;
 
         // A fresh group drains it: every order walks to shipped with no delays.
         let dir = handlers.path().display().to_string();
@@ -385,7 +415,7 @@ async fn run_throughput(
         poll_count(
             &host.pool,
             done,
-            8 * BACKLOG as i64,
+            8 * backlog as i64,
             Duration::from_millis(250),
             Duration::from_secs(600),
         )
@@ -422,7 +452,7 @@ async fn run_throughput(
         let (shipped,): (i64,) = sqlx::query_as("SELECT count(*) FROM orders WHERE status = 'shipped'")
             .fetch_one(&host.pool)
             .await?;
-        anyhow::ensure!(shipped == BACKLOG as i64, "only {shipped} of {BACKLOG} orders shipped");
+        anyhow::ensure!(shipped == backlog as i64, "only {shipped} of {backlog} orders shipped");
         let shadowed = match mode.shadow {
             true => {
                 let (compared, different, skipped, p50s) = shadow_counts(&host).await?;
@@ -460,7 +490,7 @@ async fn run_throughput(
         runs[runs.len() / 2]
     };
     println!(
-        "pipeline throughput ({label}; {BACKLOG} orders backlogged, no stage delays, order-processor + notifier, median of {ROUNDS} interleaved rounds)"
+        "pipeline throughput ({label}; {backlog} orders backlogged, no stage delays, order-processor + notifier, median of {rounds} interleaved rounds)"
     );
     for mode in &modes {
         let r = median(mode.name);
@@ -470,7 +500,7 @@ async fn run_throughput(
             mode.name,
             r.events as f64 / secs,
             r.applications as f64 / secs,
-            BACKLOG as f64 / secs,
+            backlog as f64 / secs,
             secs
         );
     }

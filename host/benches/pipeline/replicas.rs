@@ -15,6 +15,8 @@ use std::process::{Child, Command, Stdio};
 use super::*;
 
 const BACKLOG: usize = 6_000;
+/// As many rounds as the throughput drains, for the same reason.
+const ROUNDS: usize = THROUGHPUT.rounds;
 const REPLICAS: [usize; 3] = [1, 2, 3];
 
 /// A replica process, killed when dropped.
