@@ -16,7 +16,7 @@ async fn a_killed_host_loses_nothing_and_applies_nothing_twice() {
     let base = format!("http://127.0.0.1:{port}");
     let http = reqwest::Client::new();
 
-    let mut host = start_host(&database_url, &brokers, port);
+    let mut host = start_host(&database_url, &brokers, port, &[ON_DEV_BROKER]);
     wait_ready(&http, &base).await;
     let bodies: Vec<_> = (0..ORDERS).map(|i| order_body(&format!("crash{i}@x.io"), &[("1", 1)])).collect();
     for chunk in bodies.chunks(25) {
@@ -41,7 +41,7 @@ async fn a_killed_host_loses_nothing_and_applies_nothing_twice() {
     let shipped_at_kill = count("SELECT count(*) FROM orders WHERE status = 'shipped'").await;
     assert!(shipped_at_kill < ORDERS as i64, "the kill came too late to test anything");
 
-    let _host = start_host(&database_url, &brokers, port);
+    let _host = start_host(&database_url, &brokers, port, &[ON_DEV_BROKER]);
     wait_ready(&http, &base).await;
     eventually("every order to ship after the restart", Duration::from_secs(180), || async {
         (count("SELECT count(*) FROM orders WHERE status = 'shipped'").await == ORDERS as i64).then_some(())

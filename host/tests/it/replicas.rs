@@ -132,7 +132,7 @@ mod processes {
     struct Cluster {
         database_url: String,
         brokers: String,
-        /// What every replica's environment adds for this broker ([`ON_TANSU`] on tansu).
+        /// What every replica's environment adds for this broker ([`ON_DEV_BROKER`] or [`ON_TANSU`]).
         broker_env: &'static [(&'static str, &'static str)],
         logs: PathBuf,
         replicas: Vec<Replica>,
@@ -268,7 +268,7 @@ mod processes {
     async fn three_replicas_survive_a_rolling_restart_a_kill_and_a_join_under_load() {
         let _alone = crate::support::process::exclusive().await;
         let (_broker, brokers) = start_dev_broker();
-        rolling_restart_kill_and_join(brokers, &[]).await;
+        rolling_restart_kill_and_join(brokers, &[ON_DEV_BROKER]).await;
     }
 
     /// The same on tansu. Ignored, so not run by `cargo xtask test` or CI, because tansu 0.6 has
@@ -321,8 +321,9 @@ mod processes {
         }
         let rolled = started.elapsed();
         cluster.kill(0);
-        // The killed member keeps its partitions until its session (45 s) times out and the
-        // coordinator rebalances without it; the orders on them wait that long, then ship.
+        // The killed member keeps its partitions until its session times out (6 s on the dev
+        // broker, 45 s on tansu) and the coordinator rebalances without it; the orders on them
+        // wait that long, then ship.
         // (tansu 0.6 checks sessions only while a rebalance is forming, so there a member killed
         // less than a session before the next rebalance keeps its partitions while the group is
         // stable: one more reason the tansu variant is ignored.)

@@ -69,10 +69,17 @@ pub fn start_dev_broker() -> (Process, String) {
     (Process(child), bootstrap)
 }
 
-/// The `order-host` binary serving on `port` with the built handlers in DEMO_MODE.
-pub fn start_host(database_url: &str, brokers: &str, port: u16) -> Process {
-    spawn_host(database_url, brokers, port, None, &[])
+/// The `order-host` binary serving on `port` with the built handlers in DEMO_MODE, and `env` on
+/// top.
+pub fn start_host(database_url: &str, brokers: &str, port: u16, env: &[(&str, &str)]) -> Process {
+    spawn_host(database_url, brokers, port, None, env)
 }
+
+/// What every host started against [`start_dev_broker`] needs: the session timeout
+/// `KAFKA_BROKERS=embedded` gets (`host::config::EMBEDDED_SESSION_TIMEOUT_MS`). The mock cluster
+/// holds every rebalance of a settled group for the session less 1 s, even once every member has
+/// rejoined, so with librdkafka's 45 s each restart, kill or join would stall the group 44 s.
+pub const ON_DEV_BROKER: (&str, &str) = ("KAFKA_SESSION_TIMEOUT_MS", "6000");
 
 /// As [`start_host`], with `LOG_FORMAT=json` at info level written to `log`, and `env` on top.
 pub fn start_host_logging_json(
