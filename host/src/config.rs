@@ -354,48 +354,34 @@ impl Config {
         };
         // Read once: it also picks the fetch wait's and the session timeout's defaults.
         let brokers = text("KAFKA_BROKERS", "localhost:9092");
+        let embedded = brokers == EMBEDDED_BROKERS;
         Ok(Config {
             http_addr: parse(&lookup, "HTTP_ADDR", SocketAddr::from(([0, 0, 0, 0], 8080)), |v| {
                 Ok(v.parse()?)
             })?,
             database_url: lookup("DATABASE_URL").filter(|v| !v.trim().is_empty()).map(DatabaseUrl::new),
             kafka: KafkaConfig {
-                fetch_wait: {
-                    let default = if brokers == EMBEDDED_BROKERS {
-                        EMBEDDED_FETCH_WAIT_MS
-                    } else {
-                        BROKER_FETCH_WAIT_MS
-                    };
-                    parse(&lookup, "KAFKA_FETCH_WAIT_MS", Duration::from_millis(default), |v| {
-                        let ms: u64 = v.parse()?;
-                        // The Kafka client's own bounds for fetch.wait.max.ms.
-                        anyhow::ensure!((1..=300_000).contains(&ms), "must be between 1 and 300000");
-                        Ok(Duration::from_millis(ms))
-                    })?
-                },
+                // The Kafka client's own bounds for fetch.wait.max.ms.
+                fetch_wait: millis_within(
+                    &lookup,
+                    "KAFKA_FETCH_WAIT_MS",
+                    if embedded { EMBEDDED_FETCH_WAIT_MS } else { BROKER_FETCH_WAIT_MS },
+                    1..=300_000,
+                )?,
                 producer_batch_records: parse(&lookup, "KAFKA_PRODUCER_BATCH_RECORDS", 10_000, |v| {
                     let n: u32 = v.parse()?;
                     // The Kafka client's own bounds for batch.num.messages.
                     anyhow::ensure!((1..=1_000_000).contains(&n), "must be between 1 and 1000000");
                     Ok(n)
                 })?,
-                session_timeout: {
-                    let default = if brokers == EMBEDDED_BROKERS {
-                        EMBEDDED_SESSION_TIMEOUT_MS
-                    } else {
-                        BROKER_SESSION_TIMEOUT_MS
-                    };
-                    parse(&lookup, "KAFKA_SESSION_TIMEOUT_MS", Duration::from_millis(default), |v| {
-                        let ms: u64 = v.parse()?;
-                        // Kafka's default group.min/max.session.timeout.ms: a broker refuses a
-                        // member asking for less or more.
-                        anyhow::ensure!(
-                            (6_000..=1_800_000).contains(&ms),
-                            "must be between 6000 and 1800000"
-                        );
-                        Ok(Duration::from_millis(ms))
-                    })?
-                },
+                // Kafka's default group.min/max.session.timeout.ms: a broker refuses a member
+                // asking for less or more.
+                session_timeout: millis_within(
+                    &lookup,
+                    "KAFKA_SESSION_TIMEOUT_MS",
+                    if embedded { EMBEDDED_SESSION_TIMEOUT_MS } else { BROKER_SESSION_TIMEOUT_MS },
+                    6_000..=1_800_000,
+                )?,
                 brokers,
                 group_id: text("KAFKA_GROUP_ID", "order-processor"),
                 created_topic: text("KAFKA_TOPIC", "order.created"),
@@ -513,6 +499,20 @@ fn parse<T>(
         None => Ok(default),
         Some(raw) => parse(raw.trim()).with_context(|| format!("invalid {key}={raw:?}")),
     }
+}
+
+/// `key` as whole milliseconds within `bounds`, `default_ms` when unset.
+fn millis_within(
+    lookup: &impl Fn(&str) -> Option<String>,
+    key: &str,
+    default_ms: u64,
+    bounds: std::ops::RangeInclusive<u64>,
+) -> anyhow::Result<Duration> {
+    parse(lookup, key, Duration::from_millis(default_ms), |v| {
+        let ms: u64 = v.parse()?;
+        anyhow::ensure!(bounds.contains(&ms), "must be between {} and {}", bounds.start(), bounds.end());
+        Ok(Duration::from_millis(ms))
+    })
 }
 
 pub fn parse_bool(value: &str) -> anyhow::Result<bool> {
