@@ -350,7 +350,7 @@ impl Consumer {
 }
 
 /// A third of the session, as Kafka advises, and never less often than the client's default 3 s.
-fn heartbeat_interval(session: Duration) -> Duration {
+pub fn heartbeat_interval(session: Duration) -> Duration {
     (session / 3).min(Duration::from_secs(3))
 }
 

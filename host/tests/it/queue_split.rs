@@ -57,7 +57,10 @@ async fn run_splitter(
         // The hosts' session timeout on this broker (`test_config`): a member joining with
         // librdkafka's 45 s would make the mock cluster hold the group's next rebalance for 44 s.
         .set("session.timeout.ms", host::config::EMBEDDED_SESSION_TIMEOUT_MS.to_string())
-        .set("heartbeat.interval.ms", (host::config::EMBEDDED_SESSION_TIMEOUT_MS / 3).to_string())
+        .set("heartbeat.interval.ms", {
+            let session = Duration::from_millis(host::config::EMBEDDED_SESSION_TIMEOUT_MS);
+            host::kafka::heartbeat_interval(session).as_millis().to_string()
+        })
         .create()
         .expect("splitter consumer");
     let originals: Vec<&str> = QUEUES.iter().map(|(_, t)| *t).collect();
