@@ -81,6 +81,13 @@ pub fn start_host(database_url: &str, brokers: &str, port: u16, env: &[(&str, &s
 /// rejoined, so with librdkafka's 45 s each restart, kill or join would stall the group 44 s.
 pub const ON_DEV_BROKER: (&str, &str) = ("KAFKA_SESSION_TIMEOUT_MS", "6000");
 
+/// A `const` cannot format a number, so the text above restates the host's constant; this keeps
+/// the two from drifting apart.
+#[test]
+fn on_dev_broker_sets_the_embedded_session_timeout() {
+    assert_eq!(ON_DEV_BROKER.1, host::config::EMBEDDED_SESSION_TIMEOUT_MS.to_string());
+}
+
 /// As [`start_host`], with `LOG_FORMAT=json` at info level written to `log`, and `env` on top.
 pub fn start_host_logging_json(
     database_url: &str,
