@@ -138,6 +138,16 @@ pub fn validate_new_order(name: &str, email: &str, lines: &[LineRequest]) -> Res
     Ok(())
 }
 
+/// Checks a shipping address, given as `(field, value)` pairs named as the client sent them:
+/// every field is optional free text, at most `MAX_TEXT` characters like the customer's name, so
+/// that an order stays small wherever it is listed or sent.
+pub fn validate_address(fields: &[(&str, &str)]) -> Result<(), Invalid> {
+    match fields.iter().find(|(_, value)| value.chars().count() > MAX_TEXT) {
+        Some((field, _)) => Err(invalid(*field, format!("must be at most {MAX_TEXT} characters"))),
+        None => Ok(()),
+    }
+}
+
 /// A deliberately plain address check: one `@`, a non-empty local part, a dotted domain of
 /// letters, digits, `-` and `.`, no whitespace, at most 254 bytes. Deliverability is the mail
 /// system's business; this catches typos and junk.
@@ -210,6 +220,15 @@ mod tests {
         for bad in ["", "a", "a@b", "@b.com", "a@@b.com", "a b@c.com", "a@b..com", "a@-b.com", "a@b.com\n"] {
             assert!(!is_valid_email(bad), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn address_fields_are_bounded() {
+        let long = "é".repeat(MAX_TEXT + 1);
+        let at_cap = "é".repeat(MAX_TEXT);
+        assert!(validate_address(&[("street", ""), ("city", &at_cap)]).is_ok());
+        let err = validate_address(&[("street", "1 Main St"), ("city", &long)]).unwrap_err();
+        assert_eq!(err.field, "city");
     }
 
     #[test]

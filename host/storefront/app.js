@@ -95,7 +95,9 @@ async function cartView() {
 function checkout() {
   const items = cart.load();
   if (Object.keys(items).length === 0) return cartView();
-  const field = (name, label, type = "text") => h("label", {}, label, h("input", { name, type, required: "" }));
+  // The API's limits (docs/contracts.md): 200 characters a text field, 254 for an email address.
+  const field = (name, label, type = "text") =>
+    h("label", {}, label, h("input", { name, type, required: "", maxlength: type === "email" ? "254" : "200" }));
   const error = h("p", { class: "error", role: "alert" });
   const form = h("form", { id: "checkout" },
     field("customer_name", "Name"), field("customer_email", "Email", "email"),

@@ -144,6 +144,12 @@ impl HandlerSpec {
         if self.timeout_ms == 0 {
             return Err("timeout-ms must be at least 1".into());
         }
+        if self.timeout_ms > MAX_TIMEOUT_MS {
+            return Err(format!(
+                "timeout-ms must be at most {MAX_TIMEOUT_MS} (one minute), not {}",
+                self.timeout_ms
+            ));
+        }
         if self.memory_limit_bytes < 64 * 1024 {
             return Err("memory-limit-bytes must be at least one 64 KiB wasm page".into());
         }
@@ -158,6 +164,12 @@ impl HandlerSpec {
 fn all_events() -> Vec<EventKind> {
     EventKind::ALL.to_vec()
 }
+
+/// The longest deadline a handler may ask for. A guest runs on a dispatcher thread and holds its
+/// key's lane until it answers or its deadline traps it, so a deadline is how long one stuck
+/// handler may hold both; a minute is far beyond any decision function and still ends. (Without a
+/// cap, `u64::MAX` overflowed the host's epoch arithmetic.)
+pub const MAX_TIMEOUT_MS: u64 = 60_000;
 
 // A decision function that needs more than half a second is a bug, not a slow handler.
 fn default_timeout_ms() -> u64 {
@@ -203,6 +215,10 @@ mod tests {
         assert!(format!("{:#}", typo.unwrap_err()).contains("timout-ms"));
         let zero = Manifest::parse("[[handler]]\nname = \"a\"\nfile = \"a.wasm\"\ntimeout-ms = 0\n");
         assert!(format!("{:#}", zero.unwrap_err()).contains("handler `a`: timeout-ms"));
+        let long = Manifest::parse("[[handler]]\nname = \"a\"\nfile = \"a.wasm\"\ntimeout-ms = 60001\n");
+        assert!(format!("{:#}", long.unwrap_err()).contains("handler `a`: timeout-ms must be at most 60000"));
+        let cap = Manifest::parse("[[handler]]\nname = \"a\"\nfile = \"a.wasm\"\ntimeout-ms = 60000\n");
+        assert_eq!(cap.unwrap().handlers[0].spec.timeout_ms, 60_000);
         let event =
             Manifest::parse("[[handler]]\nname = \"a\"\nfile = \"a.wasm\"\nevents = [\"order-shipped\"]\n");
         assert!(format!("{:#}", event.unwrap_err()).contains("order-shipped"));

@@ -208,8 +208,8 @@ pub struct UploadParams {
     /// Comma-separated: `order-created`, `status-updated` (whitespace around each is ignored).
     #[param(pattern = r"^(order-created|status-updated)(,(order-created|status-updated))*$")]
     pub events: Option<String>,
-    /// At least 1.
-    #[param(minimum = 1)]
+    /// 1 to 60000 (`handler_manifest::MAX_TIMEOUT_MS`); 400 `invalid_query` outside.
+    #[param(minimum = 1, maximum = 60000)]
     pub timeout_ms: Option<u64>,
     /// At least 65536 (one wasm page), and at most the host's `HANDLER_MAX_MEMORY_BYTES` (400
     /// `invalid_component` above it).
@@ -353,12 +353,14 @@ pub(super) async fn load_component(
     loaded.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_component", format!("{e:#}")))
 }
 
+/// The registry's rule for a name (`runtime::validate_name`, length included), checked before
+/// anything is compiled, less the `.` a manifest may use.
 fn check_upload_name(name: &str) -> Result<(), ApiError> {
-    if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+    if name.contains('.') || crate::runtime::validate_name(name).is_err() {
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
             "invalid_name",
-            format!("handler name {name:?} must be letters, digits, `-` or `_`"),
+            format!("handler name {name:?} must be 1 to 64 letters, digits, `-` or `_`"),
         ));
     }
     Ok(())
@@ -385,6 +387,10 @@ fn upload_spec(admin: &Admin, name: &str, params: &UploadParams) -> Result<Handl
     }
     spec.timeout_ms = params.timeout_ms.unwrap_or(spec.timeout_ms);
     spec.memory_limit_bytes = params.memory_limit_bytes.unwrap_or(spec.memory_limit_bytes);
+    // The overrides are the query's: a limit out of range is its error, answered before compiling.
+    spec.validate().map_err(|problem| {
+        ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", format!("the upload's limits: {problem}"))
+    })?;
     Ok(spec)
 }
 

@@ -13,13 +13,14 @@ use super::{ApiError, AppState, ErrorBody};
 use crate::db;
 use crate::db::effects::Notification;
 use crate::db::orders::{Address, Cause, HistoryEntry, NewOrder, Order};
-use crate::orders::{LineRequest, Status, cents_to_amount, validate_new_order};
+use crate::orders::{LineRequest, Status, cents_to_amount, validate_address, validate_new_order};
 
 /// Topics with this prefix are mirrord's per-session copies: an order processed from one was
 /// handled by a developer's local host.
 const MIRRORD_TOPIC_PREFIX: &str = "mirrord-tmp-";
 
-/// Free text without NUL characters; in a request every field is optional (empty when absent).
+/// Free text without NUL characters, at most 200 characters a field; in a request every field is
+/// optional (empty when absent).
 #[derive(Serialize, Deserialize, ToSchema, Default, Clone)]
 #[serde(default)]
 pub struct AddressJson {
@@ -238,6 +239,13 @@ async fn create(state: &AppState, req: CreateOrderRequest, reserve: bool) -> Res
         .collect();
     validate_new_order(&req.customer_name, &req.customer_email, &lines)?;
     let a = req.shipping_address;
+    validate_address(&[
+        ("shipping_address.street", &a.street),
+        ("shipping_address.city", &a.city),
+        ("shipping_address.state", &a.state),
+        ("shipping_address.zip_code", &a.zip_code),
+        ("shipping_address.country", &a.country),
+    ])?;
     let new = NewOrder {
         customer_name: req.customer_name,
         customer_email: req.customer_email,

@@ -483,8 +483,24 @@ pub fn validate_name(name: &str) -> anyhow::Result<()> {
 /// Epoch ticks for `left`; +1 because the current epoch may be about to tick, so `n` ticks can be
 /// as short as `n - 1`.
 fn deadline_ticks(left: std::time::Duration, tick: std::time::Duration) -> u64 {
-    let tick = tick.as_millis().max(1) as u64;
-    (left.as_millis() as u64).div_ceil(tick) + 1
+    let tick = u64::try_from(tick.as_millis()).unwrap_or(u64::MAX).max(1);
+    // Saturating: the manifest caps deadlines at a minute, but an overflow here would wrap to a
+    // deadline of zero ticks and trap every invocation at once.
+    u64::try_from(left.as_millis()).unwrap_or(u64::MAX).div_ceil(tick).saturating_add(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    #[test]
+    fn deadline_ticks_round_up_and_saturate() {
+        let ms = Duration::from_millis;
+        assert_eq!(super::deadline_ticks(ms(500), ms(10)), 51);
+        assert_eq!(super::deadline_ticks(ms(501), ms(10)), 52);
+        assert_eq!(super::deadline_ticks(ms(5), Duration::ZERO), 6, "a zero tick counts as 1 ms");
+        assert_eq!(super::deadline_ticks(Duration::MAX, ms(1)), u64::MAX);
+    }
 }
 
 /// An instantiation that failed: no pool slot is the host's capacity, a trapping start function

@@ -200,6 +200,20 @@ async fn bad_orders_get_exact_errors_and_leave_nothing_behind() {
             400,
             "unknown_product",
         ),
+        // Address fields were unbounded but for the 64 KiB body: one order could carry 60 KB of
+        // street into every page of `GET /api/orders`.
+        (
+            "long street",
+            with(&|b| b["shipping_address"]["street"] = json!("x".repeat(201))),
+            400,
+            "validation_failed",
+        ),
+        (
+            "long country",
+            with(&|b| b["shipping_address"]["country"] = json!("é".repeat(201))),
+            400,
+            "validation_failed",
+        ),
     ];
     for path in ["/api/orders", "/api/checkout"] {
         for (what, body, status, code) in &cases {
@@ -223,6 +237,8 @@ async fn bad_orders_get_exact_errors_and_leave_nothing_behind() {
     assert!(err["error"]["message"].as_str().unwrap().contains("items[0].quantity"), "{err}");
     let (_, err) = t.post("/api/orders", &cases[12].1).await;
     assert!(err["error"]["message"].as_str().unwrap().contains("\"404\""), "{err}");
+    let (_, err) = t.post("/api/orders", &cases[13].1).await;
+    assert!(err["error"]["message"].as_str().unwrap().contains("shipping_address.street"), "{err}");
     assert_eq!(footprint(&t).await, before, "a failed request left rows behind");
     t.host.shutdown().await.unwrap();
 }

@@ -239,7 +239,10 @@ async fn a_shadow_is_aborted_when_the_version_it_shadows_stops_serving() {
 async fn a_refused_upload_is_answered_while_its_body_is_still_being_sent() {
     let (t, _dir) = start(&[]).await;
     let large = || Some(vec![0u8; 4 << 20]);
+    // 65 characters: a name the registry would refuse after compiling, refused up front instead.
+    let long_name = format!("/admin/handlers/{}", "a".repeat(65));
     let refusals = [
+        (reqwest::Method::PUT, long_name.as_str(), 400, "invalid_name"),
         (reqwest::Method::PUT, "/admin/handlers/notifier?promote_after=3", 400, "invalid_query"),
         (reqwest::Method::PUT, "/admin/handlers/nobody?mode=shadow", 409, "nothing_serving"),
         (reqwest::Method::PUT, "/admin/handlers/notifier?timeout_ms=soon", 400, "invalid_query"),
@@ -267,6 +270,33 @@ async fn a_refused_upload_is_answered_while_its_body_is_still_being_sent() {
     }
     let (code, body) = admin(&t, reqwest::Method::GET, "/admin/handlers/notifier/shadow", None).await;
     assert_eq!(code, 404, "no refusal started a shadow: {body}");
+    t.host.shutdown().await.unwrap();
+}
+
+/// A deadline the host cannot honour is refused at upload, naming it, and the serving version
+/// stays. `timeout_ms=18446744073709551615` used to be accepted: its epoch ticks overflowed at the
+/// first invocation (a panic in a debug build, a deadline of zero ticks in a release one).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_with_a_deadline_above_the_cap_is_refused_and_the_old_version_serves() {
+    let (t, _dir) = start(&[]).await;
+    let serving = |list: Value| {
+        let notifier = list.as_array().unwrap().iter().find(|h| h["name"] == "notifier").cloned();
+        notifier.unwrap()["current"]["version"].clone()
+    };
+    let before = serving(admin(&t, reqwest::Method::GET, "/admin/handlers", None).await.1);
+    let bytes = versioned(&component("handlers", "notifier"), "deadline-cap");
+    for timeout in ["18446744073709551615", "60001"] {
+        let path = format!("/admin/handlers/notifier?timeout_ms={timeout}");
+        let (code, body) = admin(&t, reqwest::Method::PUT, &path, Some(bytes.clone())).await;
+        assert_eq!((code, body["error"]["code"].as_str()), (400, Some("invalid_query")), "{path}: {body}");
+        let message = body["error"]["message"].as_str().unwrap_or_default();
+        assert!(message.contains("timeout") && message.contains("60000"), "{path}: {body}");
+    }
+    let after = serving(admin(&t, reqwest::Method::GET, "/admin/handlers", None).await.1);
+    assert_eq!(after, before, "the serving version is unchanged");
+    let (code, body) =
+        admin(&t, reqwest::Method::PUT, "/admin/handlers/notifier?timeout_ms=60000", Some(bytes)).await;
+    assert_eq!(code, 200, "the cap itself is accepted: {body}");
     t.host.shutdown().await.unwrap();
 }
 
