@@ -489,20 +489,6 @@ fn deadline_ticks(left: std::time::Duration, tick: std::time::Duration) -> u64 {
     u64::try_from(left.as_millis()).unwrap_or(u64::MAX).div_ceil(tick).saturating_add(1)
 }
 
-#[cfg(test)]
-mod tests {
-    use std::time::Duration;
-
-    #[test]
-    fn deadline_ticks_round_up_and_saturate() {
-        let ms = Duration::from_millis;
-        assert_eq!(super::deadline_ticks(ms(500), ms(10)), 51);
-        assert_eq!(super::deadline_ticks(ms(501), ms(10)), 52);
-        assert_eq!(super::deadline_ticks(ms(5), Duration::ZERO), 6, "a zero tick counts as 1 ms");
-        assert_eq!(super::deadline_ticks(Duration::MAX, ms(1)), u64::MAX);
-    }
-}
-
 /// An instantiation that failed: no pool slot is the host's capacity, a trapping start function
 /// is the handler's.
 fn classify_instantiation(error: wasmtime::Error, state: &StoreState) -> DispatchError {
@@ -561,4 +547,18 @@ fn classify(error: wasmtime::Error, state: &StoreState) -> DispatchError {
 /// wasmtime has its own error type; the host's plumbing speaks anyhow.
 fn wasm_err<T>(result: wasmtime::Result<T>) -> anyhow::Result<T> {
     result.map_err(anyhow::Error::from)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    #[test]
+    fn deadline_ticks_round_up_and_saturate() {
+        let ms = Duration::from_millis;
+        assert_eq!(super::deadline_ticks(ms(500), ms(10)), 51);
+        assert_eq!(super::deadline_ticks(ms(501), ms(10)), 52);
+        assert_eq!(super::deadline_ticks(ms(5), Duration::ZERO), 6, "a zero tick counts as 1 ms");
+        assert_eq!(super::deadline_ticks(Duration::MAX, ms(1)), u64::MAX);
+    }
 }
