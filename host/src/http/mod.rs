@@ -15,10 +15,9 @@ mod shadow;
 mod storefront;
 mod stream;
 
-use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
-use anyhow::Context;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::http::StatusCode;
@@ -161,17 +160,59 @@ fn request_span(req: &axum::http::Request<axum::body::Body>) -> tracing::Span {
     span
 }
 
+/// How long a client may take to send a request's headers, and so also how long an idle
+/// keep-alive connection stays open (hyper times both from when it starts reading a request).
+/// hyper's default; without it a client sending headers a byte at a time held a connection forever.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Serves until `shutdown` turns true, then stops accepting and lets in-flight requests finish.
+///
+/// Hand-written rather than `axum::serve`, which cannot give hyper the timer its header-read
+/// timeout needs; this is the loop axum's own `serve` runs, with that one setting added.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: AppState,
     mut shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     let (router, _) = router_and_spec(state);
-    axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())
-        .with_graceful_shutdown(async move {
-            let _ = shutdown.wait_for(|s| *s).await;
-        })
-        .await
-        .context("serving HTTP")
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT);
+    let connections = hyper_util::server::graceful::GracefulShutdown::new();
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    accept_failed(e).await;
+                    continue;
+                }
+            },
+            () = stopped(&mut shutdown) => break,
+        };
+        let service = hyper_util::service::TowerToHyperService::new(router.clone());
+        let connection =
+            connections.watch(http.serve_connection(hyper_util::rt::TokioIo::new(stream), service));
+        tokio::spawn(async move {
+            // A client that went away or timed out: nothing to answer, nothing lost.
+            if let Err(e) = connection.await {
+                tracing::debug!(error = %e, "HTTP connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    connections.shutdown().await;
+    Ok(())
+}
+
+/// Returns once `shutdown` turns true (or its sender is gone). A function of its own so that the
+/// receiver's borrow guard ends here, not in the accept loop's `select!`, whose future must be `Send`.
+async fn stopped(shutdown: &mut watch::Receiver<bool>) {
+    let _ = shutdown.wait_for(|s| *s).await;
+}
+
+/// An accept that failed. Running out of file descriptors is the usual cause, and passes as
+/// connections close: wait a little rather than spin, as `axum::serve` does.
+async fn accept_failed(error: std::io::Error) {
+    tracing::warn!(%error, "accepting an HTTP connection failed");
+    tokio::time::sleep(Duration::from_millis(100)).await;
 }

@@ -1424,3 +1424,24 @@ async fn product_and_order_json_carry_every_field_metalmart_types_declare() {
     assert!(conforms(&broken, "Product", "p").is_err());
     t.host.shutdown().await.unwrap();
 }
+
+/// A client that never finishes its headers is disconnected, and others are served meanwhile.
+/// `axum::serve` gives hyper no timer, so hyper's header-read timeout never applied: anyone could
+/// hold connections open forever by sending a request's headers a byte at a time.
+#[tokio::test]
+async fn a_client_that_never_finishes_its_headers_is_disconnected() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let t = TestHost::start().await;
+    let addr = t.base.trim_start_matches("http://");
+    let mut slow = tokio::net::TcpStream::connect(addr).await.unwrap();
+    slow.write_all(b"POST /api/orders HTTP/1.1\r\nHost: metalmart\r\nContent-Type: appl").await.unwrap();
+    let (code, _) = t.get("/api/products").await;
+    assert_eq!(code, 200, "another client is served while the slow one dawdles");
+    // The host's header-read timeout is 30 s; allow 15 s more before calling it held forever.
+    let mut answer = Vec::new();
+    let ended = tokio::time::timeout(Duration::from_secs(45), slow.read_to_end(&mut answer)).await;
+    assert!(ended.is_ok(), "the host still held a connection whose headers never finished, 45 s on");
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.is_empty() || answer.starts_with("HTTP/1.1 408"), "unexpected answer: {answer:?}");
+    t.host.shutdown().await.unwrap();
+}
