@@ -95,6 +95,7 @@ pub struct Metrics {
     in_flight: Family<PartitionLabels, Gauge>,
     keys_running: Gauge,
     events_waiting_behind_key: Gauge,
+    admin_uploads: Gauge,
     rebalance_pause: Histogram,
     journal_dropped: Counter,
     shadow_comparisons: Family<InvocationLabels, Counter>,
@@ -191,6 +192,8 @@ pub struct Snapshot {
     /// Keys with an event running, and events queued behind them.
     pub keys_running: i64,
     pub events_waiting_behind_key: i64,
+    /// Components the admin API is receiving, compiling or replaying now (0 with it off).
+    pub admin_uploads: i64,
 }
 
 impl Default for Metrics {
@@ -232,6 +235,7 @@ impl Metrics {
             in_flight: Family::default(),
             keys_running: Gauge::default(),
             events_waiting_behind_key: Gauge::default(),
+            admin_uploads: Gauge::default(),
             rebalance_pause: Histogram::new(exponential_buckets(0.01, 2.0, 14)),
         };
         m.register()
@@ -349,6 +353,11 @@ impl Metrics {
             self.rebalance_pause.clone(),
         );
         r.register("dispatch_keys_running", "Keys (orders) with an event running", self.keys_running.clone());
+        r.register(
+            "admin_uploads_in_progress",
+            "Components being received, compiled or replayed through the admin API (at most 2; more get 429)",
+            self.admin_uploads.clone(),
+        );
         r.register(
             "dispatch_events_waiting_behind_key",
             "Events queued behind a running event of their key; the busiest keys are listed at /admin/dispatch/backlog",
@@ -491,6 +500,7 @@ impl Metrics {
             self.in_flight.get_or_create(&labels).set(p.events as i64);
         }
         self.keys_running.set(snapshot.keys_running);
+        self.admin_uploads.set(snapshot.admin_uploads);
         self.events_waiting_behind_key.set(snapshot.events_waiting_behind_key);
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry)
@@ -521,6 +531,7 @@ mod tests {
             timers_due: 1,
             timers_scheduled: 2,
             handlers_loaded: 2,
+            admin_uploads: 1,
             ..Snapshot::default()
         });
         for line in [
@@ -534,6 +545,7 @@ mod tests {
             "order_host_timers_due 1",
             "order_host_timers_scheduled 2",
             "order_host_handlers_loaded 2",
+            "order_host_admin_uploads_in_progress 1",
         ] {
             assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
         }

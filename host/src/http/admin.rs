@@ -32,8 +32,9 @@ pub struct Admin {
     /// The host's values over every handler's config (`DEMO_MODE`).
     pub overlay: BTreeMap<String, String>,
     pub max_upload_bytes: usize,
-    /// Uploads being received or compiled at once; more are refused with 429 before their body
-    /// is read, so memory stays bounded by `MAX_CONCURRENT_UPLOADS × HANDLER_UPLOAD_MAX_BYTES`.
+    /// Uploads and replays being received, compiled or run at once; more are refused with 429
+    /// before their body is read, so memory stays bounded by
+    /// `MAX_CONCURRENT_UPLOADS × HANDLER_UPLOAD_MAX_BYTES`.
     pub uploads: tokio::sync::Semaphore,
     /// Runs dead letters again through their handlers' serving versions.
     pub redriver: crate::dispatch::redrive::Redriver,
@@ -43,6 +44,29 @@ pub struct Admin {
 
 /// Concurrent uploads: compiling is CPU-bound and a deploy uploads a handful of components.
 pub const MAX_CONCURRENT_UPLOADS: usize = 2;
+
+impl Admin {
+    /// A place among the components being received, compiled or replayed at once, held until
+    /// the returned permit drops; `None` when all are taken.
+    pub(super) fn upload_place(&self) -> Option<tokio::sync::SemaphorePermit<'_>> {
+        self.uploads.try_acquire().ok()
+    }
+
+    /// How many places are taken now (`/metrics`).
+    pub fn uploads_in_progress(&self) -> usize {
+        MAX_CONCURRENT_UPLOADS - self.uploads.available_permits()
+    }
+}
+
+/// 429 `too_many_uploads`, answered once the request's body is drained (see `refuse`).
+pub(super) async fn too_many_uploads(body: Body) -> Response {
+    let busy = ApiError::new(
+        StatusCode::TOO_MANY_REQUESTS,
+        "too_many_uploads",
+        format!("{MAX_CONCURRENT_UPLOADS} uploads or replays are already in progress; try again shortly"),
+    );
+    refuse(Request::new(body), busy.into_response()).await
+}
 
 /// Refuses every `/admin` request unless the admin API is on and the bearer token matches.
 pub async fn authorize(State(state): State<AppState>, request: Request, next: Next) -> Response {
@@ -298,13 +322,9 @@ pub async fn put_handler(
     body: Body,
 ) -> Result<Response, ApiError> {
     let admin = admin(&state);
-    let Ok(_permit) = admin.uploads.try_acquire() else {
-        let busy = ApiError::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            "too_many_uploads",
-            format!("{MAX_CONCURRENT_UPLOADS} uploads are already in progress; try again shortly"),
-        );
-        return Ok(refuse(Request::new(body), busy.into_response()).await);
+    let _place = match admin.upload_place() {
+        Some(place) => place,
+        None => return Ok(too_many_uploads(body).await),
     };
     // Read before anything is checked: hyper closes a connection whose request body was left
     // unread, and a client still sending the component would see a broken pipe instead of the

@@ -40,6 +40,7 @@ pub async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError
         partitions: state.backlog.partitions(),
         keys_running: lanes.running as i64,
         events_waiting_behind_key: lanes.waiting as i64,
+        admin_uploads: state.admin.as_ref().map_or(0, |a| a.uploads_in_progress() as i64),
     });
     Ok(([(CONTENT_TYPE, metrics::CONTENT_TYPE)], text).into_response())
 }

@@ -8,12 +8,13 @@ use axum::body::Body;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
-use super::admin::{HandlerView, admin, load_component, read_upload, view_of};
+use super::admin::{HandlerView, admin, load_component, read_upload, too_many_uploads, view_of};
 use super::{ApiError, AppState, ErrorBody};
 use crate::db::journal::{self, Invocation};
 use crate::dispatch::DbOrders;
@@ -276,14 +277,20 @@ const DIFFS_SHOWN: usize = 50;
         (status = 401, body = ErrorBody, description = "missing or wrong bearer token"),
         (status = 404, body = ErrorBody, description = "`handler_not_found` (nothing serves under that name), or `admin_disabled`"),
         (status = 413, body = ErrorBody, description = "over `HANDLER_UPLOAD_MAX_BYTES`"),
+        (status = 429, body = ErrorBody, description = "`too_many_uploads`: two uploads or replays already in progress"),
         (status = 500, body = ErrorBody), (status = 503, body = ErrorBody, description = "database unavailable")))]
 pub async fn replay(
     State(state): State<AppState>,
     Path(name): Path<String>,
     params: Result<Query<ReplayParams>, QueryRejection>,
     body: Body,
-) -> Result<Json<ReplayView>, ApiError> {
+) -> Result<Response, ApiError> {
     let admin = admin(&state);
+    // A replay buffers and compiles a component as an upload does, then runs it many times.
+    let _place = match admin.upload_place() {
+        Some(place) => place,
+        None => return Ok(too_many_uploads(body).await),
+    };
     let bytes = read_upload(body, admin.max_upload_bytes).await?;
     let Query(params) =
         params.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", e.body_text()))?;
@@ -344,7 +351,7 @@ pub async fn replay(
             });
         }
     }
-    Ok(Json(view))
+    Ok(Json(view).into_response())
 }
 
 /// What every handler invocation for one order was given and answered, oldest first, for the

@@ -300,6 +300,49 @@ async fn an_upload_with_a_deadline_above_the_cap_is_refused_and_the_old_version_
     t.host.shutdown().await.unwrap();
 }
 
+/// Uploads and replays share the bound on components being received, compiled or run at once:
+/// with two uploads still sending, a third upload and a replay are refused with 429, and once
+/// those two end a replay runs. A replay used to take no place at all, so any number of them
+/// could each buffer a component and compile it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replays_and_uploads_share_the_bound_on_concurrent_components() {
+    let (t, _dir) = start(&[]).await;
+    let bytes = versioned(&component("handlers", "notifier"), "bound");
+    let mut senders = Vec::new();
+    let mut pending = Vec::new();
+    for _ in 0..host::http::admin::MAX_CONCURRENT_UPLOADS {
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(1);
+        tx.send(Ok(bytes[..100].to_vec())).await.unwrap();
+        let body = reqwest::Body::wrap_stream(tokio_stream::wrappers::ReceiverStream::new(rx));
+        // A client of its own: the slow uploads must not wait on the shared client's pool.
+        let client = reqwest::Client::new();
+        let request = client.put(t.url("/admin/handlers/notifier")).bearer_auth(TOKEN).body(body);
+        pending.push(tokio::spawn(request.send()));
+        senders.push(tx);
+    }
+    // Both slow uploads hold their places once the host has started reading them: wait for that
+    // in /metrics before asking for a third.
+    eventually("two uploads in progress", Duration::from_secs(10), || async {
+        let text = t.http.get(t.url("/metrics")).send().await.ok()?.text().await.ok()?;
+        text.lines().any(|l| l == "order_host_admin_uploads_in_progress 2").then_some(())
+    })
+    .await;
+    let (code, busy) = admin(&t, reqwest::Method::PUT, "/admin/handlers/notifier", Some(bytes.clone())).await;
+    assert_eq!(code, 429, "a third upload: {busy}");
+    assert_eq!(busy["error"]["code"], "too_many_uploads", "{busy}");
+    let (code, body) =
+        admin(&t, reqwest::Method::POST, "/admin/handlers/notifier/replay", Some(bytes.clone())).await;
+    assert_eq!((code, body["error"]["code"].as_str()), (429, Some("too_many_uploads")), "a replay: {body}");
+    drop(senders);
+    for upload in pending {
+        let answer = upload.await.unwrap().expect("the cut-short upload is answered");
+        assert_eq!(answer.status(), 400, "a truncated component is refused");
+    }
+    let (code, body) = admin(&t, reqwest::Method::POST, "/admin/handlers/notifier/replay", Some(bytes)).await;
+    assert_eq!(code, 200, "with the places free a replay runs: {body}");
+    t.host.shutdown().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_journal_shows_what_each_handler_saw_and_replay_reports_exactly_the_changed_answers() {
     let (t, _dir) = start(&[("JOURNAL_MODE", "all")]).await;
