@@ -30,9 +30,9 @@ pub struct ListParams {
     pub class: Option<String>,
     pub order_id: Option<Uuid>,
     pub state: Option<LetterState>,
-    /// Dead-lettered at or after (RFC 3339).
+    /// Dead-lettered at or after (RFC 3339, years 0000 to 9999).
     pub since: Option<DateTime<Utc>>,
-    /// Dead-lettered before (RFC 3339).
+    /// Dead-lettered before (RFC 3339, years 0000 to 9999).
     pub until: Option<DateTime<Utc>>,
     /// `next_cursor` of the previous page.
     pub cursor: Option<i64>,
@@ -62,6 +62,20 @@ fn page_limit(limit: Option<i64>) -> Result<i64, ApiError> {
     }
 }
 
+/// An instant bound from the query, refused by name unless its year is 0 to 9999 (RFC 3339's
+/// four digits). chrono also parses signed and longer years, which Postgres cannot compare with a
+/// `timestamptz` and used to answer as a value that "cannot be stored".
+fn instant(name: &str, at: Option<DateTime<Utc>>) -> Result<Option<DateTime<Utc>>, ApiError> {
+    use chrono::Datelike;
+    match at {
+        Some(t) if !(0..=9999).contains(&t.year()) => Err(invalid(
+            "invalid_query",
+            format!("{name} must be an RFC 3339 instant in the years 0000 to 9999"),
+        )),
+        _ => Ok(at),
+    }
+}
+
 /// Dead letters matching the filters, oldest first, a page at a time.
 #[utoipa::path(get, path = "/admin/dead-letters", tag = "admin", params(ListParams), security(("admin_token" = [])),
     responses((status = 200, body = Page),
@@ -80,8 +94,8 @@ pub async fn list(
         class: p.class,
         order_id: p.order_id,
         state: p.state,
-        since: p.since,
-        until: p.until,
+        since: instant("since", p.since)?,
+        until: instant("until", p.until)?,
     };
     let items = dead_letters::list(&state.pool, &filter, p.cursor.unwrap_or(0), limit).await?;
     let next_cursor = (items.len() as i64 == limit).then(|| items.last().map(|d| d.id)).flatten();

@@ -234,6 +234,15 @@ async fn discard_is_final_and_bad_requests_change_nothing() {
         (M::GET, "/admin/dead-letters?limit=0".to_string(), None, 400, "invalid_query"),
         (M::GET, "/admin/dead-letters?state=lost".to_string(), None, 400, "invalid_query"),
         (M::GET, "/admin/dead-letters?order_id=nope".to_string(), None, 400, "invalid_query"),
+        // A year chrono parses but Postgres cannot store: the answer names the parameter.
+        (M::GET, "/admin/dead-letters?since=-10000-01-01T00:00:00Z".to_string(), None, 400, "invalid_query"),
+        (
+            M::GET,
+            "/admin/dead-letters?until=%2B300000-01-01T00:00:00Z".to_string(),
+            None,
+            400,
+            "invalid_query",
+        ),
         (M::GET, "/admin/dead-letters/abc".to_string(), None, 400, "invalid_id"),
         (M::GET, "/admin/dead-letters/999999".to_string(), None, 404, "dead_letter_not_found"),
         (M::POST, "/admin/dead-letters/999999/redrive".to_string(), None, 404, "dead_letter_not_found"),
