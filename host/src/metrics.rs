@@ -355,7 +355,7 @@ impl Metrics {
         r.register("dispatch_keys_running", "Keys (orders) with an event running", self.keys_running.clone());
         r.register(
             "admin_uploads_in_progress",
-            "Components being received, compiled or replayed through the admin API (at most 2; more get 429)",
+            "Components being received, compiled or replayed through the admin API (beyond its limit, 429)",
             self.admin_uploads.clone(),
         );
         r.register(

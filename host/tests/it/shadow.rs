@@ -314,17 +314,15 @@ async fn replays_and_uploads_share_the_bound_on_concurrent_components() {
         let (tx, rx) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(1);
         tx.send(Ok(bytes[..100].to_vec())).await.unwrap();
         let body = reqwest::Body::wrap_stream(tokio_stream::wrappers::ReceiverStream::new(rx));
-        // A client of its own: the slow uploads must not wait on the shared client's pool.
-        let client = reqwest::Client::new();
-        let request = client.put(t.url("/admin/handlers/notifier")).bearer_auth(TOKEN).body(body);
+        let request = t.http.put(t.url("/admin/handlers/notifier")).bearer_auth(TOKEN).body(body);
         pending.push(tokio::spawn(request.send()));
         senders.push(tx);
     }
     // Both slow uploads hold their places once the host has started reading them: wait for that
     // in /metrics before asking for a third.
     eventually("two uploads in progress", Duration::from_secs(10), || async {
-        let text = t.http.get(t.url("/metrics")).send().await.ok()?.text().await.ok()?;
-        text.lines().any(|l| l == "order_host_admin_uploads_in_progress 2").then_some(())
+        let text = t.get_text("/metrics").await;
+        (metric_value(&text, "order_host_admin_uploads_in_progress") == Some(2.0)).then_some(())
     })
     .await;
     let (code, busy) = admin(&t, reqwest::Method::PUT, "/admin/handlers/notifier", Some(bytes.clone())).await;
